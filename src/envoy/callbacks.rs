@@ -1,0 +1,157 @@
+//! Safe wrappers over Envoy's callbacks: logging, and [`EnvoyStream`], the `HttpStream` of a real
+//! Envoy stream.
+
+use super::abi::{self, Callbacks, EnvoyBuffer, FilterEnvoyPtr, HttpHeader, ModuleBuffer};
+use crate::config::{RouteConfig, TenantId};
+use crate::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply, LogLevel};
+use std::sync::OnceLock;
+
+static CALLBACKS: OnceLock<Callbacks> = OnceLock::new();
+
+/// Resolves Envoy's callbacks; called once from program init inside Envoy.
+pub fn init() -> Result<&'static Callbacks, String> {
+    if let Some(cb) = CALLBACKS.get() {
+        return Ok(cb);
+    }
+    let resolved = Callbacks::resolve()?;
+    Ok(CALLBACKS.get_or_init(|| resolved))
+}
+
+/// The callbacks, once resolved (i.e. when running inside Envoy).
+pub fn resolved() -> Option<&'static Callbacks> {
+    CALLBACKS.get()
+}
+
+/// Logs through Envoy; false when not running inside Envoy.
+pub fn log(level: LogLevel, message: &str) -> bool {
+    let Some(cb) = resolved() else { return false };
+    // SAFETY: `log` takes a borrowed buffer for the duration of the call; `message` outlives it.
+    unsafe { (cb.log)(level as u32, ModuleBuffer::of(message.as_bytes())) };
+    true
+}
+
+/// The lowest level Envoy's `dynamic_modules` logger has enabled, when inside Envoy.
+pub fn lowest_enabled_level() -> Option<LogLevel> {
+    let cb = resolved()?;
+    // SAFETY: `log_enabled` takes a level by value and has no other preconditions.
+    LogLevel::ALL.into_iter().find(|l| unsafe { (cb.log_enabled)(*l as u32) }).or(Some(LogLevel::Critical))
+}
+
+fn header_type(kind: HeaderKind) -> u32 {
+    match kind {
+        HeaderKind::RequestHeaders => abi::header_type::REQUEST_HEADER,
+        HeaderKind::RequestTrailers => abi::header_type::REQUEST_TRAILER,
+        HeaderKind::ResponseHeaders => abi::header_type::RESPONSE_HEADER,
+        HeaderKind::ResponseTrailers => abi::header_type::RESPONSE_TRAILER,
+    }
+}
+
+/// Copies Envoy-owned bytes.
+///
+/// SAFETY (for callers): `ptr` must be NULL or point to `len` readable bytes for this call.
+unsafe fn copy(ptr: *const u8, len: usize) -> Vec<u8> {
+    if ptr.is_null() || len == 0 {
+        return Vec::new();
+    }
+    // SAFETY: guaranteed by the caller (Envoy-owned buffer valid during the current hook).
+    unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec()
+}
+
+/// One Envoy HTTP stream, valid for the duration of the hook that created it.
+#[derive(Clone, Copy)]
+pub struct EnvoyStream {
+    fe: FilterEnvoyPtr,
+    cb: &'static Callbacks,
+}
+
+impl EnvoyStream {
+    /// Wraps the stream pointer Envoy passed to the current hook.
+    pub(super) fn new(fe: FilterEnvoyPtr, cb: &'static Callbacks) -> EnvoyStream {
+        EnvoyStream { fe, cb }
+    }
+}
+
+impl HttpStream for EnvoyStream {
+    fn header_values(&self, kind: HeaderKind, key: &[u8]) -> Option<Vec<Vec<u8>>> {
+        let mut out = EnvoyBuffer { ptr: std::ptr::null(), length: 0 };
+        let mut count = 0usize;
+        // SAFETY: `fe` is the live stream of the current hook; out-pointers are valid locals; `key`
+        // is borrowed for the call.
+        let found = unsafe {
+            (self.cb.http_get_header)(self.fe, header_type(kind), ModuleBuffer::of(key), &mut out, 0, &mut count)
+        };
+        if !found || count == 0 {
+            return Some(Vec::new());
+        }
+        // SAFETY: Envoy filled `out` with a buffer valid until the hook returns.
+        let mut values = vec![unsafe { copy(out.ptr, out.length) }];
+        for index in 1..count {
+            // SAFETY: as above, for the value at `index` < `count`.
+            unsafe {
+                (self.cb.http_get_header)(self.fe, header_type(kind), ModuleBuffer::of(key), &mut out, index, std::ptr::null_mut());
+                values.push(copy(out.ptr, out.length));
+            }
+        }
+        Some(values)
+    }
+
+    fn header_count(&self, kind: HeaderKind) -> usize {
+        // SAFETY: `fe` is the live stream of the current hook.
+        unsafe { (self.cb.http_get_headers_size)(self.fe, header_type(kind)) }
+    }
+
+    fn headers(&self, kind: HeaderKind) -> Option<Vec<HeaderPair>> {
+        let size = self.header_count(kind);
+        let empty = HttpHeader { key_ptr: std::ptr::null(), key_length: 0, value_ptr: std::ptr::null(), value_length: 0 };
+        let mut raw = vec![empty; size];
+        // SAFETY: `raw` has room for the `size` entries Envoy reported for this map just now.
+        if !unsafe { (self.cb.http_get_headers)(self.fe, header_type(kind), raw.as_mut_ptr()) } {
+            return None;
+        }
+        // SAFETY: Envoy filled each entry with buffers valid until the hook returns.
+        Some(raw.iter().map(|h| unsafe { (copy(h.key_ptr, h.key_length), copy(h.value_ptr, h.value_length)) }).collect())
+    }
+
+    fn set_header(&mut self, kind: HeaderKind, key: &[u8], value: Option<&[u8]>) -> bool {
+        let value = value.map_or(ModuleBuffer::NULL, ModuleBuffer::of);
+        // SAFETY: live stream; buffers borrowed for the call; a NULL value removes the header.
+        unsafe { (self.cb.http_set_header)(self.fe, header_type(kind), ModuleBuffer::of(key), value) }
+    }
+
+    fn add_header(&mut self, kind: HeaderKind, key: &[u8], value: &[u8]) -> bool {
+        // SAFETY: live stream; buffers borrowed for the call.
+        unsafe { (self.cb.http_add_header)(self.fe, header_type(kind), ModuleBuffer::of(key), ModuleBuffer::of(value)) }
+    }
+
+    fn send_local_reply(&mut self, reply: &LocalReply) {
+        let mut headers: Vec<HttpHeader> = reply
+            .headers
+            .iter()
+            .map(|(k, v)| HttpHeader { key_ptr: k.as_ptr(), key_length: k.len(), value_ptr: v.as_ptr(), value_length: v.len() })
+            .collect();
+        // SAFETY: live stream; `headers`, body and details are borrowed for the call. Envoy may
+        // re-enter thaw (local-reply hook) before returning; the driver holds no borrow of stream
+        // state across this call (see hooks.rs).
+        unsafe {
+            (self.cb.http_send_response)(
+                self.fe,
+                reply.status,
+                headers.as_mut_ptr(),
+                headers.len(),
+                ModuleBuffer::of(&reply.body),
+                ModuleBuffer::of(&reply.details),
+            )
+        }
+    }
+
+    fn route_tenant(&self) -> Option<TenantId> {
+        // SAFETY: live stream.
+        let ptr = unsafe { (self.cb.get_most_specific_route_config)(self.fe) };
+        if ptr.is_null() {
+            return None;
+        }
+        // SAFETY: Envoy hands back the pointer thaw's per-route config hook returned: a leaked
+        // `Box<RouteConfig>` that Envoy keeps alive while the route (and so this stream) uses it.
+        Some(unsafe { &*ptr.cast::<RouteConfig>() }.tenant.clone())
+    }
+}

@@ -1,0 +1,277 @@
+//! The `envoy_dynamic_module_on_*` hooks Envoy calls. Each is a thin shim: turn raw pointers into
+//! safe values, run the safe code under a panic guard, turn the result back. A panic never
+//! crosses into Envoy: it is logged and the hook fails closed (config rejected, request denied).
+//!
+//! Re-entrancy: Envoy may call back into thaw while thaw is inside a callback (sending a local
+//! reply runs Envoy's encoder path). The per-stream state lives in a `RefCell` and every hook takes
+//! it with `try_borrow_mut`, so a re-entrant hook sees "busy" instead of an aliased `&mut`.
+
+use super::abi::{self, ConfigEnvoyPtr, ConfigModulePtr, EnvoyBuffer, FilterEnvoyPtr, FilterModulePtr, HttpHeader};
+use super::callbacks::{self, EnvoyStream};
+use crate::config::RouteConfig;
+use crate::filter::{FilterConfig, StreamFilter, Verdict};
+use crate::stream::{HttpStream, LocalReply};
+use crate::log_at;
+use std::cell::RefCell;
+use std::ffi::{c_char, c_void};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+/// Runs `f`, turning a panic into a log line and `fail`.
+fn guard<R>(hook: &'static str, fail: impl FnOnce() -> R, f: impl FnOnce() -> R) -> R {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            log_at!(Critical, "thaw: panic in {hook} ({what}); failing closed");
+            fail()
+        }
+    }
+}
+
+/// Bytes of an Envoy buffer for the duration of the hook.
+///
+/// SAFETY (for callers): the buffer is one Envoy passed to the current hook.
+unsafe fn bytes<'a>(b: EnvoyBuffer) -> &'a [u8] {
+    if b.ptr.is_null() || b.length == 0 {
+        return &[];
+    }
+    // SAFETY: Envoy guarantees `length` readable bytes at `ptr` until the hook returns.
+    unsafe { std::slice::from_raw_parts(b.ptr, b.length) }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
+    guard("program_init", std::ptr::null, || match callbacks::init() {
+        Ok(_) => abi::ABI_VERSION.as_ptr(),
+        Err(e) => {
+            eprintln!("thaw: cannot load into this Envoy: {e}");
+            std::ptr::null()
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    _config_envoy: ConfigEnvoyPtr,
+    name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> ConfigModulePtr {
+    guard("http_filter_config_new", std::ptr::null, || {
+        // SAFETY: both buffers were passed to this hook by Envoy.
+        let (name, config) = unsafe { (bytes(name), bytes(config)) };
+        let name = String::from_utf8_lossy(name);
+        match FilterConfig::load_json(&name, config) {
+            Ok(loaded) => Box::into_raw(Box::new(Arc::new(loaded))) as ConfigModulePtr,
+            Err(e) => {
+                log_at!(Error, "thaw: filter `{name}`: rejected config: {e}");
+                std::ptr::null()
+            }
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: ConfigModulePtr) {
+    guard("http_filter_config_destroy", || (), || {
+        if !config.is_null() {
+            // SAFETY: `config` came from Box::into_raw in config_new and Envoy destroys it once.
+            drop(unsafe { Box::from_raw(config as *mut Arc<FilterConfig>) });
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
+    name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> *const c_void {
+    guard("http_filter_per_route_config_new", std::ptr::null, || {
+        // SAFETY: both buffers were passed to this hook by Envoy.
+        let (name, config) = unsafe { (bytes(name), bytes(config)) };
+        match RouteConfig::parse(config) {
+            Ok(route) => Box::into_raw(Box::new(route)) as *const c_void,
+            Err(e) => {
+                log_at!(Error, "thaw: filter `{}`: rejected per-route config: {e}", String::from_utf8_lossy(name));
+                std::ptr::null()
+            }
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(config: *const c_void) {
+    guard("http_filter_per_route_config_destroy", || (), || {
+        if !config.is_null() {
+            // SAFETY: `config` came from Box::into_raw in per_route_config_new; destroyed once.
+            drop(unsafe { Box::from_raw(config as *mut RouteConfig) });
+        }
+    })
+}
+
+type StreamCell = RefCell<StreamFilter>;
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_new(config: ConfigModulePtr, _fe: FilterEnvoyPtr) -> FilterModulePtr {
+    guard("http_filter_new", std::ptr::null, || {
+        // SAFETY: `config` is the live pointer config_new returned; Envoy keeps it alive for the
+        // filter's lifetime.
+        let config = unsafe { &*(config as *const Arc<FilterConfig>) };
+        Box::into_raw(Box::new(RefCell::new(StreamFilter::new(Arc::clone(config))))) as FilterModulePtr
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(fm: FilterModulePtr) {
+    guard("http_filter_destroy", || (), || {
+        if !fm.is_null() {
+            // SAFETY: `fm` came from Box::into_raw in http_filter_new; Envoy destroys it once,
+            // after every other hook of the stream.
+            let cell = unsafe { Box::from_raw(fm as *mut StreamCell) };
+            cell.into_inner().on_destroy();
+        }
+    })
+}
+
+/// Runs a stream hook with the stream's state and a handle to the Envoy stream. Panics fail closed
+/// with a 503 local reply; a re-entrant call (state busy) gets `busy`.
+fn with_stream<R>(
+    hook: &'static str,
+    fe: FilterEnvoyPtr,
+    fm: FilterModulePtr,
+    busy: R,
+    fail: R,
+    f: impl FnOnce(&mut StreamFilter, EnvoyStream) -> R,
+) -> R {
+    let Some(cb) = callbacks::resolved() else { return fail };
+    let stream = EnvoyStream::new(fe, cb);
+    let mut failed = stream;
+    guard(
+        hook,
+        || {
+            failed.send_local_reply(&LocalReply::internal_error());
+            fail
+        },
+        || {
+            // SAFETY: `fm` is the live pointer http_filter_new returned; Envoy calls stream hooks
+            // on the stream's one worker thread only.
+            let cell = unsafe { &*(fm as *const StreamCell) };
+            match cell.try_borrow_mut() {
+                Ok(mut filter) => f(&mut filter, stream),
+                Err(_) => busy,
+            }
+        },
+    )
+}
+
+fn headers_status(v: Verdict) -> u32 {
+    match v {
+        Verdict::Continue => abi::headers_status::CONTINUE,
+        Verdict::Stop => abi::headers_status::STOP_ITERATION,
+    }
+}
+
+const CONTINUE: u32 = abi::headers_status::CONTINUE;
+const STOP: u32 = abi::headers_status::STOP_ITERATION;
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(fe: FilterEnvoyPtr, fm: FilterModulePtr, end_of_stream: bool) -> u32 {
+    with_stream("request_headers", fe, fm, CONTINUE, STOP, |f, s| headers_status(f.on_request_headers(s, end_of_stream)))
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(_fe: FilterEnvoyPtr, _fm: FilterModulePtr, _end_of_stream: bool) -> u32 {
+    abi::body_status::CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(_fe: FilterEnvoyPtr, _fm: FilterModulePtr) -> u32 {
+    abi::trailers_status::CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(fe: FilterEnvoyPtr, fm: FilterModulePtr, end_of_stream: bool) -> u32 {
+    with_stream("response_headers", fe, fm, CONTINUE, STOP, |f, s| headers_status(f.on_response_headers(s, end_of_stream)))
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(_fe: FilterEnvoyPtr, _fm: FilterModulePtr, _end_of_stream: bool) -> u32 {
+    abi::body_status::CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(_fe: FilterEnvoyPtr, _fm: FilterModulePtr) -> u32 {
+    abi::trailers_status::CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(fe: FilterEnvoyPtr, fm: FilterModulePtr) {
+    with_stream("stream_complete", fe, fm, (), (), |f, s| f.on_stream_complete(s))
+}
+
+// Hooks Envoy requires but thaw does not use yet (HTTP callouts, streams, scheduling, watermarks):
+// each is a no-op; nothing thaw starts can trigger them.
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    _fe: FilterEnvoyPtr,
+    _fm: FilterModulePtr,
+    _callout_id: u64,
+    _result: u32,
+    _headers: *const HttpHeader,
+    _headers_size: usize,
+    _body_chunks: *const EnvoyBuffer,
+    _body_chunks_size: usize,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    _fe: FilterEnvoyPtr,
+    _fm: FilterModulePtr,
+    _stream_id: u64,
+    _headers: *const HttpHeader,
+    _headers_size: usize,
+    _end_stream: bool,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    _fe: FilterEnvoyPtr,
+    _fm: FilterModulePtr,
+    _stream_id: u64,
+    _data: *const EnvoyBuffer,
+    _data_count: usize,
+    _end_stream: bool,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    _fe: FilterEnvoyPtr,
+    _fm: FilterModulePtr,
+    _stream_id: u64,
+    _trailers: *const HttpHeader,
+    _trailers_size: usize,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(_fe: FilterEnvoyPtr, _fm: FilterModulePtr, _stream_id: u64) {}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(_fe: FilterEnvoyPtr, _fm: FilterModulePtr, _stream_id: u64, _reason: u32) {}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(_fe: FilterEnvoyPtr, _fm: FilterModulePtr, _event_id: u64) {}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(_fe: FilterEnvoyPtr, _fm: FilterModulePtr) {}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(_fe: FilterEnvoyPtr, _fm: FilterModulePtr) {}

@@ -1,0 +1,18 @@
+//! thaw: per-tenant proxy-wasm security filters for Envoy, from signed AOT-compiled artifacts, on Wasmtime.
+//!
+//! Map (see ARCHITECTURE.md): Envoy loads this cdylib and calls the hooks in [`envoy`]; the filter
+//! config is parsed by [`config`] and loaded by [`filter`] (artifacts verified by [`artifact`],
+//! deserialized by [`engine`]); each request is driven by [`filter::StreamFilter`], which runs the
+//! tenant's guest through the proxy-wasm host in [`proxy_wasm`], taking instances from [`pool`].
+//! The `thaw` CLI ([`cli`]) builds artifacts with the same engine settings.
+
+pub mod artifact;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod envoy;
+pub mod filter;
+pub mod pool;
+pub mod proxy_wasm;
+pub mod stream;
+pub mod telemetry;

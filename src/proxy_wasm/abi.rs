@@ -1,0 +1,125 @@
+//! proxy-wasm 0.2.1 numbers (status codes, enums) and the limits thaw puts on what guests pass in.
+//! Every limit lives here with its reason.
+
+use crate::stream::{HeaderKind, LogLevel};
+
+/// `proxy_status_t`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Status {
+    Ok = 0,
+    NotFound = 1,
+    BadArgument = 2,
+    SerializationFailure = 3,
+    ParseFailure = 4,
+    InvalidMemoryAccess = 6,
+    Empty = 7,
+    CasMismatch = 8,
+    InternalFailure = 10,
+    Unimplemented = 12,
+}
+
+/// WASI preview 1 errno values thaw answers with.
+pub mod errno {
+    pub const SUCCESS: i32 = 0;
+    pub const BADF: i32 = 8;
+    pub const FAULT: i32 = 21;
+    pub const INVAL: i32 = 28;
+    pub const NOSYS: i32 = 52;
+}
+
+/// `proxy_action_t` returned by stream callbacks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Action {
+    Continue,
+    Pause,
+}
+
+impl From<i32> for Action {
+    fn from(v: i32) -> Action {
+        // Envoy's host treats anything but PAUSE (1) as CONTINUE; so does thaw.
+        if v == 1 {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+}
+
+/// `proxy_map_type_t`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MapType {
+    Http(HeaderKind),
+    GrpcReceiveInitialMetadata,
+    GrpcReceiveTrailingMetadata,
+    HttpCallResponseHeaders,
+    HttpCallResponseTrailers,
+}
+
+impl TryFrom<i32> for MapType {
+    type Error = Status;
+    fn try_from(v: i32) -> Result<MapType, Status> {
+        Ok(match v {
+            0 => MapType::Http(HeaderKind::RequestHeaders),
+            1 => MapType::Http(HeaderKind::RequestTrailers),
+            2 => MapType::Http(HeaderKind::ResponseHeaders),
+            3 => MapType::Http(HeaderKind::ResponseTrailers),
+            4 => MapType::GrpcReceiveInitialMetadata,
+            5 => MapType::GrpcReceiveTrailingMetadata,
+            6 => MapType::HttpCallResponseHeaders,
+            7 => MapType::HttpCallResponseTrailers,
+            _ => return Err(Status::BadArgument),
+        })
+    }
+}
+
+/// `proxy_buffer_type_t`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum BufferType {
+    HttpRequestBody,
+    HttpResponseBody,
+    DownstreamData,
+    UpstreamData,
+    HttpCallResponseBody,
+    GrpcReceiveBuffer,
+    VmConfiguration,
+    PluginConfiguration,
+    ForeignFunctionArguments,
+}
+
+impl TryFrom<i32> for BufferType {
+    type Error = Status;
+    fn try_from(v: i32) -> Result<BufferType, Status> {
+        Ok(match v {
+            0 => BufferType::HttpRequestBody,
+            1 => BufferType::HttpResponseBody,
+            2 => BufferType::DownstreamData,
+            3 => BufferType::UpstreamData,
+            4 => BufferType::HttpCallResponseBody,
+            5 => BufferType::GrpcReceiveBuffer,
+            6 => BufferType::VmConfiguration,
+            7 => BufferType::PluginConfiguration,
+            8 => BufferType::ForeignFunctionArguments,
+            _ => return Err(Status::BadArgument),
+        })
+    }
+}
+
+impl TryFrom<i32> for LogLevel {
+    type Error = Status;
+    fn try_from(v: i32) -> Result<LogLevel, Status> {
+        LogLevel::ALL.get(usize::try_from(v).map_err(|_| Status::BadArgument)?).copied().ok_or(Status::BadArgument)
+    }
+}
+
+/// Largest serialized header map a guest may pass (Envoy's host: 1 MiB).
+pub const MAX_HEADER_MAP_BYTES: usize = 1024 * 1024;
+/// Most pairs in a serialized header map (Envoy's host: 1024).
+pub const MAX_HEADER_PAIRS: usize = 1024;
+/// Largest single key, value, log line or details string a guest may pass.
+pub const MAX_GUEST_STRING_BYTES: usize = 1024 * 1024;
+/// Largest local-reply body a guest may send.
+pub const MAX_LOCAL_REPLY_BODY_BYTES: usize = 1024 * 1024;
+/// Largest `random_get` request (Envoy's host: 64 KiB).
+pub const MAX_RANDOM_GET_BYTES: usize = 64 * 1024;
+/// Most iovecs in one `fd_write`.
+pub const MAX_IOVECS: usize = 1024;

@@ -1,0 +1,337 @@
+//! The host functions a proxy-wasm guest imports (module `env`) and the WASI preview 1 functions a
+//! wasm32-wasip1 guest imports (module `wasi_snapshot_preview1`).
+//!
+//! Every hostcall reads the same way: decode guest integers into enums (unknown -> BAD_ARGUMENT),
+//! read guest memory through `memory` (bad pointer -> INVALID_MEMORY_ACCESS), delegate, encode the
+//! result. A guest mistake is a status code; only a failure of the guest itself (its allocator
+//! trapping, `proc_exit`) traps. Imports thaw does not implement get a stub that answers
+//! UNIMPLEMENTED (`env`) or ENOSYS (WASI) and logs once per tenant and name.
+
+use super::abi::{self, errno, BufferType, MapType, Status};
+use super::header_map;
+use super::host::{Effect, HostState};
+use super::memory::{self, HostError, HostResult};
+use crate::log_at;
+use crate::stream::{HeaderKind, LocalReply, LogLevel};
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+use wasmtime::{Caller, ExternType, Linker, Module, Val, ValType};
+
+type C<'a> = Caller<'a, HostState>;
+
+/// proxy-wasm status for the guest, or a trap.
+fn status(result: HostResult) -> wasmtime::Result<i32> {
+    match result {
+        Ok(()) => Ok(Status::Ok as i32),
+        Err(HostError::Status(s)) => Ok(s as i32),
+        Err(HostError::Trap(e)) => Err(e),
+    }
+}
+
+/// WASI errno for the guest, or a trap.
+fn wasi(result: Result<(), HostError>) -> wasmtime::Result<i32> {
+    match result {
+        Ok(()) => Ok(errno::SUCCESS),
+        Err(HostError::Status(Status::InvalidMemoryAccess)) => Ok(errno::FAULT),
+        Err(HostError::Status(_)) => Ok(errno::INVAL),
+        Err(HostError::Trap(e)) => Err(e),
+    }
+}
+
+/// Adds every implemented host function to `linker`.
+pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    let env = "env";
+    linker.func_wrap(env, "proxy_log", |c: C, level: i32, ptr: i32, len: i32| status(proxy_log(c, level, ptr, len)))?;
+    linker.func_wrap(env, "proxy_get_log_level", |c: C, out: i32| status(proxy_get_log_level(c, out)))?;
+    linker.func_wrap(env, "proxy_get_current_time_nanoseconds", |c: C, out: i32| status(proxy_get_current_time(c, out)))?;
+    linker.func_wrap(env, "proxy_set_effective_context", |mut c: C, id: i32| {
+        c.data_mut().effective_context = id as u32;
+        Ok(Status::Ok as i32)
+    })?;
+    linker.func_wrap(env, "proxy_get_buffer_bytes", |c: C, t: i32, start: i32, max: i32, ptr_out: i32, len_out: i32| {
+        status(proxy_get_buffer_bytes(c, t, start, max, ptr_out, len_out))
+    })?;
+    linker.func_wrap(env, "proxy_get_buffer_status", |c: C, t: i32, len_out: i32, flags_out: i32| {
+        status(proxy_get_buffer_status(c, t, len_out, flags_out))
+    })?;
+    linker.func_wrap(env, "proxy_get_header_map_size", |c: C, map: i32, out: i32| status(proxy_get_header_map_size(c, map, out)))?;
+    linker.func_wrap(env, "proxy_get_header_map_pairs", |c: C, map: i32, ptr_out: i32, len_out: i32| {
+        status(proxy_get_header_map_pairs(c, map, ptr_out, len_out))
+    })?;
+    linker.func_wrap(env, "proxy_set_header_map_pairs", |c: C, map: i32, ptr: i32, len: i32| {
+        status(proxy_set_header_map_pairs(c, map, ptr, len))
+    })?;
+    linker.func_wrap(env, "proxy_get_header_map_value", |c: C, map: i32, kp: i32, kl: i32, ptr_out: i32, len_out: i32| {
+        status(proxy_get_header_map_value(c, map, kp, kl, ptr_out, len_out))
+    })?;
+    linker.func_wrap(env, "proxy_add_header_map_value", |c: C, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| {
+        status(change_header(c, map, kp, kl, Change::Add(vp, vl)))
+    })?;
+    linker.func_wrap(env, "proxy_replace_header_map_value", |c: C, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| {
+        status(change_header(c, map, kp, kl, Change::Replace(vp, vl)))
+    })?;
+    linker.func_wrap(env, "proxy_remove_header_map_value", |c: C, map: i32, kp: i32, kl: i32| {
+        status(change_header(c, map, kp, kl, Change::Remove))
+    })?;
+    linker.func_wrap(
+        env,
+        "proxy_send_local_response",
+        |c: C, code: i32, dp: i32, dl: i32, bp: i32, bl: i32, hp: i32, hl: i32, grpc: i32| {
+            status(proxy_send_local_response(c, code, dp, dl, bp, bl, hp, hl, grpc))
+        },
+    )?;
+
+    let w = "wasi_snapshot_preview1";
+    linker.func_wrap(w, "fd_write", |c: C, fd: i32, iovs: i32, n: i32, out: i32| fd_write(c, fd, iovs, n, out))?;
+    linker.func_wrap(w, "clock_time_get", |c: C, id: i32, _precision: i64, out: i32| wasi(clock_time_get(c, id, out)))?;
+    linker.func_wrap(w, "random_get", |c: C, ptr: i32, len: i32| wasi(random_get(c, ptr, len)))?;
+    linker.func_wrap(w, "environ_sizes_get", |c: C, count: i32, size: i32| wasi(zero_sizes(c, count, size)))?;
+    linker.func_wrap(w, "environ_get", |_: C, _: i32, _: i32| Ok(errno::SUCCESS))?;
+    linker.func_wrap(w, "args_sizes_get", |c: C, count: i32, size: i32| wasi(zero_sizes(c, count, size)))?;
+    linker.func_wrap(w, "args_get", |_: C, _: i32, _: i32| Ok(errno::SUCCESS))?;
+    linker.func_wrap(w, "proc_exit", |_: C, code: i32| -> wasmtime::Result<()> {
+        Err(wasmtime::Error::msg(format!("guest called proc_exit({code})")))
+    })?;
+    Ok(())
+}
+
+/// Defines a stub for every function `module` imports from `env` or WASI that `linker` lacks.
+/// Other imports (another module name, memories, tables, globals) are refused with their name.
+pub fn add_stubs_for_unknown_imports(linker: &mut Linker<HostState>, module: &Module) -> Result<(), String> {
+    linker.allow_shadowing(false);
+    for import in module.imports() {
+        let (module_name, name) = (import.module(), import.name());
+        let ExternType::Func(ty) = import.ty() else {
+            return Err(format!("imports {module_name}.{name}, which is not a function (thaw provides only functions)"));
+        };
+        let unimplemented = match module_name {
+            "env" => Status::Unimplemented as i32,
+            "wasi_snapshot_preview1" => errno::NOSYS,
+            other => return Err(format!("imports {other}.{name}; only `env` and `wasi_snapshot_preview1` are provided")),
+        };
+        let name_owned = format!("{module_name}.{name}");
+        let results: Vec<ValType> = ty.results().collect();
+        let stub = linker.func_new(module_name, name, ty.clone(), move |caller, _params, out| {
+            log_unimplemented_once(&caller.data().tenant.to_string(), &name_owned);
+            for (slot, ty) in out.iter_mut().zip(&results) {
+                *slot = match ty {
+                    ValType::I32 => Val::I32(unimplemented),
+                    ValType::I64 => Val::I64(unimplemented as i64),
+                    _ => Val::default_for_ty(ty).unwrap_or(Val::I32(0)),
+                };
+            }
+            Ok(())
+        });
+        // An error here means the name is already defined (implemented): nothing to stub.
+        let _ = stub;
+    }
+    Ok(())
+}
+
+fn log_unimplemented_once(tenant: &str, name: &str) {
+    static SEEN: Mutex<Option<HashSet<(String, String)>>> = Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if seen.get_or_insert_with(HashSet::new).insert((tenant.to_string(), name.to_string())) {
+        log_at!(Warn, "thaw: tenant `{tenant}` called {name}, which thaw does not implement; answered UNIMPLEMENTED");
+    }
+}
+
+fn proxy_log(c: C, level: i32, ptr: i32, len: i32) -> HostResult {
+    let level = LogLevel::try_from(level)?;
+    let message = memory::read(&c, ptr, len, abi::MAX_GUEST_STRING_BYTES)?;
+    crate::telemetry::log(level, &format!("wasm [{}]: {}", c.data().tenant, String::from_utf8_lossy(&message)));
+    Ok(())
+}
+
+fn proxy_get_log_level(mut c: C, out: i32) -> HostResult {
+    memory::write_u32(&mut c, out, crate::telemetry::current_level() as u32)
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn proxy_get_current_time(mut c: C, out: i32) -> HostResult {
+    memory::write_u64(&mut c, out, now_nanos())
+}
+
+/// The bytes of a buffer the guest can read, or the status that says why not.
+fn buffer(c: &C, buffer_type: i32) -> HostResult<std::sync::Arc<[u8]>> {
+    match BufferType::try_from(buffer_type)? {
+        BufferType::PluginConfiguration => Ok(c.data().plugin_config.clone()),
+        BufferType::VmConfiguration => Ok(c.data().vm_config.clone()),
+        _ => Err(Status::Unimplemented.into()),
+    }
+}
+
+fn proxy_get_buffer_bytes(mut c: C, t: i32, start: i32, max: i32, ptr_out: i32, len_out: i32) -> HostResult {
+    let bytes = buffer(&c, t)?;
+    let start = (start as u32 as usize).min(bytes.len());
+    let end = start.saturating_add(max as u32 as usize).min(bytes.len());
+    if bytes.is_empty() {
+        return Err(Status::NotFound.into());
+    }
+    memory::return_bytes(&mut c, &bytes[start..end], ptr_out, len_out)
+}
+
+fn proxy_get_buffer_status(mut c: C, t: i32, len_out: i32, flags_out: i32) -> HostResult {
+    let bytes = buffer(&c, t)?;
+    memory::write_u32(&mut c, len_out, bytes.len() as u32)?;
+    memory::write_u32(&mut c, flags_out, 0)
+}
+
+/// The HTTP header map a guest names, or NOT_FOUND for maps that do not exist in this call.
+fn http_map(map: i32) -> HostResult<HeaderKind> {
+    match MapType::try_from(map)? {
+        MapType::Http(kind) => Ok(kind),
+        _ => Err(Status::NotFound.into()),
+    }
+}
+
+fn proxy_get_header_map_size(mut c: C, map: i32, out: i32) -> HostResult {
+    let kind = http_map(map)?;
+    let pairs = c.data().stream.as_ref().and_then(|s| s.headers(kind)).ok_or(Status::NotFound)?;
+    memory::write_u32(&mut c, out, header_map::encode(&pairs).len() as u32)
+}
+
+fn proxy_get_header_map_pairs(mut c: C, map: i32, ptr_out: i32, len_out: i32) -> HostResult {
+    let kind = http_map(map)?;
+    let pairs = c.data().stream.as_ref().and_then(|s| s.headers(kind)).ok_or(Status::NotFound)?;
+    memory::return_bytes(&mut c, &header_map::encode(&pairs), ptr_out, len_out)
+}
+
+fn proxy_set_header_map_pairs(mut c: C, map: i32, ptr: i32, len: i32) -> HostResult {
+    let kind = http_map(map)?;
+    let bytes = memory::read(&c, ptr, len, abi::MAX_HEADER_MAP_BYTES)?;
+    let new_pairs = header_map::decode(&bytes).map_err(|_| Status::BadArgument)?;
+    let stream = c.data_mut().stream.as_mut().ok_or(Status::NotFound)?;
+    let old = stream.headers(kind).ok_or(Status::NotFound)?;
+    // Replace the whole map: remove every key not kept, then set the new values in order.
+    for (key, _) in &old {
+        if !new_pairs.iter().any(|(k, _)| k.eq_ignore_ascii_case(key)) {
+            stream.set_header(kind, key, None);
+        }
+    }
+    let mut written: Vec<&[u8]> = Vec::new();
+    for (key, value) in &new_pairs {
+        if written.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+            stream.add_header(kind, key, value);
+        } else {
+            stream.set_header(kind, key, Some(value));
+            written.push(key);
+        }
+    }
+    Ok(())
+}
+
+fn proxy_get_header_map_value(mut c: C, map: i32, kp: i32, kl: i32, ptr_out: i32, len_out: i32) -> HostResult {
+    let kind = http_map(map)?;
+    let key = memory::read(&c, kp, kl, abi::MAX_GUEST_STRING_BYTES)?;
+    let values = c.data().stream.as_ref().and_then(|s| s.header_values(kind, &key)).ok_or(Status::NotFound)?;
+    // Several values of one key read as one, joined by commas (as Envoy's host does).
+    let value = values.join(&b","[..]);
+    if values.is_empty() {
+        return Err(Status::NotFound.into());
+    }
+    memory::return_bytes(&mut c, &value, ptr_out, len_out)
+}
+
+enum Change {
+    Add(i32, i32),
+    Replace(i32, i32),
+    Remove,
+}
+
+fn change_header(mut c: C, map: i32, kp: i32, kl: i32, change: Change) -> HostResult {
+    let kind = http_map(map)?;
+    let key = memory::read(&c, kp, kl, abi::MAX_GUEST_STRING_BYTES)?;
+    let value = match change {
+        Change::Add(vp, vl) | Change::Replace(vp, vl) => Some(memory::read(&c, vp, vl, abi::MAX_GUEST_STRING_BYTES)?),
+        Change::Remove => None,
+    };
+    let stream = c.data_mut().stream.as_mut().ok_or(Status::NotFound)?;
+    let done = match (change, value) {
+        (Change::Add(..), Some(v)) => stream.add_header(kind, &key, &v),
+        (Change::Replace(..), Some(v)) => stream.set_header(kind, &key, Some(&v)),
+        _ => stream.set_header(kind, &key, None),
+    };
+    if done {
+        Ok(())
+    } else {
+        Err(Status::NotFound.into())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn proxy_send_local_response(c: C, code: i32, dp: i32, dl: i32, bp: i32, bl: i32, hp: i32, hl: i32, _grpc: i32) -> HostResult {
+    let status = u32::try_from(code).ok().filter(|s| (200..600).contains(s)).ok_or(Status::BadArgument)?;
+    let details = memory::read(&c, dp, dl, abi::MAX_GUEST_STRING_BYTES)?;
+    let body = memory::read(&c, bp, bl, abi::MAX_LOCAL_REPLY_BODY_BYTES)?;
+    let headers = header_map::decode(&memory::read(&c, hp, hl, abi::MAX_HEADER_MAP_BYTES)?).map_err(|_| Status::BadArgument)?;
+    let mut c = c;
+    if c.data().stream.is_none() {
+        return Err(Status::BadArgument.into());
+    }
+    c.data_mut().effects.push(Effect::LocalReply(LocalReply { status, headers, body, details }));
+    Ok(())
+}
+
+fn fd_write(mut c: C, fd: i32, iovs: i32, count: i32, out: i32) -> wasmtime::Result<i32> {
+    let result = (|| -> HostResult<usize> {
+        let count = count as u32 as usize;
+        if count > abi::MAX_IOVECS {
+            return Err(Status::BadArgument.into());
+        }
+        let table = memory::read(&c, iovs, (count * 8) as i32, abi::MAX_IOVECS * 8)?;
+        let mut text = Vec::new();
+        for iov in table.chunks_exact(8) {
+            let ptr = i32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
+            let len = i32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
+            text.extend(memory::read(&c, ptr, len, abi::MAX_GUEST_STRING_BYTES)?);
+        }
+        let level = match fd {
+            1 => LogLevel::Info,
+            2 => LogLevel::Error,
+            _ => return Err(Status::NotFound.into()),
+        };
+        let tenant = c.data().tenant.clone();
+        for line in String::from_utf8_lossy(&text).lines().filter(|l| !l.is_empty()) {
+            crate::telemetry::log(level, &format!("wasm [{tenant}] {}: {line}", if fd == 1 { "stdout" } else { "stderr" }));
+        }
+        memory::write_u32(&mut c, out, text.len() as u32)?;
+        Ok(text.len())
+    })();
+    match result {
+        Ok(_) => Ok(errno::SUCCESS),
+        Err(HostError::Status(Status::NotFound)) => Ok(errno::BADF),
+        Err(e) => wasi(Err(e)),
+    }
+}
+
+fn clock_time_get(mut c: C, id: i32, out: i32) -> HostResult {
+    let nanos = match id {
+        0 => now_nanos(),
+        1 => {
+            static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+            START.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
+        }
+        _ => return Err(Status::BadArgument.into()),
+    };
+    memory::write_u64(&mut c, out, nanos)
+}
+
+fn random_get(mut c: C, ptr: i32, len: i32) -> HostResult {
+    let len = len as u32 as usize;
+    if len > abi::MAX_RANDOM_GET_BYTES {
+        return Err(Status::BadArgument.into());
+    }
+    let mut bytes = vec![0u8; len];
+    rand_core::RngCore::try_fill_bytes(&mut rand_core::OsRng, &mut bytes).map_err(|_| Status::InternalFailure)?;
+    memory::write(&mut c, ptr, &bytes)
+}
+
+fn zero_sizes(mut c: C, count: i32, size: i32) -> HostResult {
+    memory::write_u32(&mut c, count, 0)?;
+    memory::write_u32(&mut c, size, 0)
+}

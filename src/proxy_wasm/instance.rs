@@ -1,0 +1,276 @@
+//! A tenant's program ([`Plugin`]) and its live instances ([`GuestInstance`]): instantiation, the
+//! init sequence (`_initialize`, root context, `proxy_on_vm_start`, `proxy_on_configure`), and each
+//! proxy-wasm callback run under a CPU deadline. A trap, a deadline overrun or a memory-cap hit
+//! marks the instance failed; the driver then drops it and answers per `on_error`.
+
+use super::abi::Action;
+use super::host::{Effect, HostState};
+use super::hostcalls;
+use super::memory::GuestMemory;
+use crate::artifact::ArtifactDigest;
+use crate::config::{TenantConfig, TenantId};
+use crate::engine::EPOCH_TICK;
+use crate::stream::HttpStream;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use wasmtime::{Engine, Instance, InstancePre, Linker, Module, Store, TypedFunc};
+
+/// A tenant's loaded program, shared (read-only) by every worker.
+pub struct Plugin {
+    pub tenant: TenantId,
+    pub digest: ArtifactDigest,
+    /// Unique per loaded plugin: pools key on it, so a config reload never reuses old instances.
+    pub uid: u64,
+    engine: Engine,
+    pre: InstancePre<HostState>,
+    plugin_config: Arc<[u8]>,
+    vm_config: Arc<[u8]>,
+    deadline_ticks: u64,
+}
+
+/// Why a guest could not serve.
+#[derive(Debug, Clone)]
+pub enum GuestError {
+    /// The guest trapped, overran its deadline, hit its memory cap, or broke a host invariant.
+    Failed { tenant: TenantId, hook: &'static str, reason: String },
+    /// `proxy_on_vm_start` or `proxy_on_configure` returned false.
+    Rejected { tenant: TenantId, hook: &'static str },
+}
+
+impl fmt::Display for GuestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GuestError::Failed { tenant, hook, reason } => write!(f, "tenant `{tenant}`: guest failed in {hook}: {reason}"),
+            GuestError::Rejected { tenant, hook } => {
+                write!(f, "tenant `{tenant}`: the guest rejected its configuration ({hook} returned false)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for GuestError {}
+
+impl Plugin {
+    /// Links `module` against the host functions. Refuses modules whose imports thaw cannot
+    /// provide or that lack the exports every proxy-wasm guest has.
+    pub fn new(engine: &Engine, tenant: &TenantConfig, module: Module, digest: ArtifactDigest) -> Result<Plugin, String> {
+        static NEXT_UID: AtomicU64 = AtomicU64::new(1);
+        if module.get_export("memory").is_none() {
+            return Err("the module exports no `memory`".into());
+        }
+        if module.get_export("proxy_on_memory_allocate").is_none() && module.get_export("malloc").is_none() {
+            return Err("the module exports neither `proxy_on_memory_allocate` nor `malloc`".into());
+        }
+        let mut linker = Linker::new(engine);
+        hostcalls::add_to_linker(&mut linker).map_err(|e| format!("host functions: {e:#}"))?;
+        hostcalls::add_stubs_for_unknown_imports(&mut linker, &module)?;
+        let pre = linker.instantiate_pre(&module).map_err(|e| format!("cannot link the module: {e:#}"))?;
+        let tick_ms = EPOCH_TICK.as_millis().max(1) as u64;
+        Ok(Plugin {
+            tenant: tenant.id.clone(),
+            digest,
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
+            engine: engine.clone(),
+            pre,
+            plugin_config: tenant.plugin_config.as_slice().into(),
+            vm_config: tenant.vm_config.as_slice().into(),
+            // One extra tick: the first may end at once (the ticker does not start with the call).
+            deadline_ticks: tenant.call_deadline_ms.div_ceil(tick_ms) + 1,
+        })
+    }
+
+    /// A fresh, initialized instance: instantiated, `_initialize`d, root context created,
+    /// `proxy_on_vm_start` and `proxy_on_configure` run.
+    pub fn instantiate(&self) -> Result<GuestInstance, GuestError> {
+        let state = HostState::new(self.tenant.clone(), self.plugin_config.clone(), self.vm_config.clone());
+        let mut store = Store::new(&self.engine, state);
+        let failed = |hook: &'static str, e: wasmtime::Error| GuestError::Failed {
+            tenant: self.tenant.clone(),
+            hook,
+            reason: format!("{e:#}"),
+        };
+        // With epoch interruption, the deadline must be set before instantiation runs any code.
+        store.set_epoch_deadline(self.deadline_ticks);
+        let instance = self.pre.instantiate(&mut store).map_err(|e| failed("instantiate", e))?;
+        let exports = Exports::find(&mut store, &instance).map_err(|e| failed("instantiate", e))?;
+        let memory = instance.get_memory(&mut store, "memory").ok_or_else(|| failed("instantiate", wasmtime::Error::msg("no memory")))?;
+        store.data_mut().memory = Some(GuestMemory { memory, allocate: exports.allocate.clone() });
+        let mut guest = GuestInstance {
+            store,
+            exports,
+            tenant: self.tenant.clone(),
+            deadline_ticks: self.deadline_ticks,
+            root_context_id: ROOT_CONTEXT_ID,
+            next_context_id: ROOT_CONTEXT_ID + 1,
+            failed: false,
+        };
+        guest.start()?;
+        Ok(guest)
+    }
+}
+
+/// The root context of every instance (one plugin per instance).
+const ROOT_CONTEXT_ID: u32 = 1;
+
+/// The guest's callbacks, looked up once per instance. All optional but the allocator.
+struct Exports {
+    allocate: TypedFunc<i32, i32>,
+    initialize: Option<TypedFunc<(), ()>>,
+    on_context_create: Option<TypedFunc<(i32, i32), ()>>,
+    on_vm_start: Option<TypedFunc<(i32, i32), i32>>,
+    on_configure: Option<TypedFunc<(i32, i32), i32>>,
+    on_request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_done: Option<TypedFunc<i32, i32>>,
+    on_log: Option<TypedFunc<i32, ()>>,
+    on_delete: Option<TypedFunc<i32, ()>>,
+}
+
+impl Exports {
+    fn find(store: &mut Store<HostState>, instance: &Instance) -> wasmtime::Result<Exports> {
+        // An export of the right name but the wrong type is an error, not "absent".
+        macro_rules! optional {
+            ($name:literal) => {
+                match instance.get_func(&mut *store, $name) {
+                    Some(f) => Some(f.typed(&*store).map_err(|e| e.context(concat!("export `", $name, "`")))?),
+                    None => None,
+                }
+            };
+        }
+        let allocate = match optional!("proxy_on_memory_allocate") {
+            Some(f) => f,
+            None => optional!("malloc").ok_or_else(|| wasmtime::Error::msg("no allocator export"))?,
+        };
+        Ok(Exports {
+            allocate,
+            initialize: optional!("_initialize"),
+            on_context_create: optional!("proxy_on_context_create"),
+            on_vm_start: optional!("proxy_on_vm_start"),
+            on_configure: optional!("proxy_on_configure"),
+            on_request_headers: optional!("proxy_on_request_headers"),
+            on_response_headers: optional!("proxy_on_response_headers"),
+            on_done: optional!("proxy_on_done"),
+            on_log: optional!("proxy_on_log"),
+            on_delete: optional!("proxy_on_delete"),
+        })
+    }
+}
+
+/// One live instance of a tenant's guest. Serves one stream at a time.
+pub struct GuestInstance {
+    store: Store<HostState>,
+    exports: Exports,
+    tenant: TenantId,
+    deadline_ticks: u64,
+    root_context_id: u32,
+    next_context_id: u32,
+    failed: bool,
+}
+
+impl GuestInstance {
+    /// False once a call failed: the instance must not serve again.
+    pub fn is_healthy(&self) -> bool {
+        !self.failed
+    }
+
+    /// Runs one guest call under the deadline, with `stream` bound for its hostcalls.
+    fn call<R>(
+        &mut self,
+        hook: &'static str,
+        stream: Option<Box<dyn HttpStream>>,
+        f: impl FnOnce(&Exports, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, GuestError> {
+        if self.failed {
+            return Err(GuestError::Failed { tenant: self.tenant.clone(), hook, reason: "instance already failed".into() });
+        }
+        self.store.data_mut().stream = stream;
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let result = f(&self.exports, &mut self.store);
+        self.store.data_mut().stream = None;
+        result.map_err(|e| {
+            self.failed = true;
+            let reason = match e.downcast_ref::<wasmtime::Trap>() {
+                Some(wasmtime::Trap::Interrupt) => "CPU deadline exceeded".to_string(),
+                _ => format!("{e:#}"),
+            };
+            GuestError::Failed { tenant: self.tenant.clone(), hook, reason }
+        })
+    }
+
+    fn start(&mut self) -> Result<(), GuestError> {
+        let root = self.root_context_id as i32;
+        let vm_len = self.store.data().vm_config.len() as i32;
+        let plugin_len = self.store.data().plugin_config.len() as i32;
+        self.call("_initialize", None, |e, s| e.initialize.as_ref().map_or(Ok(()), |f| f.call(s, ())))?;
+        self.call("proxy_on_context_create", None, |e, s| e.on_context_create.as_ref().map_or(Ok(()), |f| f.call(s, (root, 0))))?;
+        let vm_ok = self.call("proxy_on_vm_start", None, |e, s| e.on_vm_start.as_ref().map_or(Ok(1), |f| f.call(s, (root, vm_len))))?;
+        if vm_ok == 0 {
+            self.failed = true;
+            return Err(GuestError::Rejected { tenant: self.tenant.clone(), hook: "proxy_on_vm_start" });
+        }
+        let configured =
+            self.call("proxy_on_configure", None, |e, s| e.on_configure.as_ref().map_or(Ok(1), |f| f.call(s, (root, plugin_len))))?;
+        if configured == 0 {
+            self.failed = true;
+            return Err(GuestError::Rejected { tenant: self.tenant.clone(), hook: "proxy_on_configure" });
+        }
+        // Nothing from init may leak into the first request.
+        self.store.data_mut().effects.clear();
+        Ok(())
+    }
+
+    /// Creates an HTTP context under the root context; returns its id.
+    pub fn create_http_context(&mut self) -> Result<u32, GuestError> {
+        let id = self.next_context_id;
+        self.next_context_id = self.next_context_id.checked_add(1).unwrap_or(ROOT_CONTEXT_ID + 1);
+        let root = self.root_context_id as i32;
+        self.call("proxy_on_context_create", None, |e, s| {
+            e.on_context_create.as_ref().map_or(Ok(()), |f| f.call(s, (id as i32, root)))
+        })?;
+        Ok(id)
+    }
+
+    pub fn on_request_headers(
+        &mut self,
+        stream: Box<dyn HttpStream>,
+        context: u32,
+        num_headers: usize,
+        end_of_stream: bool,
+    ) -> Result<Action, GuestError> {
+        let args = (context as i32, num_headers as i32, end_of_stream as i32);
+        self.call("proxy_on_request_headers", Some(stream), |e, s| {
+            e.on_request_headers.as_ref().map_or(Ok(0), |f| f.call(s, args))
+        })
+        .map(Action::from)
+    }
+
+    pub fn on_response_headers(
+        &mut self,
+        stream: Box<dyn HttpStream>,
+        context: u32,
+        num_headers: usize,
+        end_of_stream: bool,
+    ) -> Result<Action, GuestError> {
+        let args = (context as i32, num_headers as i32, end_of_stream as i32);
+        self.call("proxy_on_response_headers", Some(stream), |e, s| {
+            e.on_response_headers.as_ref().map_or(Ok(0), |f| f.call(s, args))
+        })
+        .map(Action::from)
+    }
+
+    /// Ends an HTTP context: `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`, as Envoy does.
+    pub fn finish_http_context(&mut self, stream: Option<Box<dyn HttpStream>>, context: u32) -> Result<(), GuestError> {
+        let id = context as i32;
+        self.call("proxy_on_done", None, |e, s| e.on_done.as_ref().map_or(Ok(1), |f| f.call(s, id)))?;
+        self.call("proxy_on_log", stream, |e, s| e.on_log.as_ref().map_or(Ok(()), |f| f.call(s, id)))?;
+        self.call("proxy_on_delete", None, |e, s| e.on_delete.as_ref().map_or(Ok(()), |f| f.call(s, id)))?;
+        self.store.data_mut().effects.clear();
+        Ok(())
+    }
+
+    /// The effects the guest asked for during the last calls, in order.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.store.data_mut().effects)
+    }
+}

@@ -1,0 +1,99 @@
+//! Bounds-checked access to a guest's linear memory, and handing bytes to the guest through its
+//! allocator. Every guest pointer and length goes through here; an out-of-bounds one becomes
+//! `INVALID_MEMORY_ACCESS` for the guest, never a host fault.
+
+use super::abi::Status;
+use super::host::HostState;
+use wasmtime::{Caller, Memory, TypedFunc};
+
+/// The guest exports the host needs on every hostcall, looked up once after instantiation.
+#[derive(Clone)]
+pub struct GuestMemory {
+    pub memory: Memory,
+    /// `proxy_on_memory_allocate` or, for older guests, `malloc`.
+    pub allocate: TypedFunc<i32, i32>,
+}
+
+/// How a hostcall ends when it does not succeed: a status for the guest, or a trap.
+#[derive(Debug)]
+pub enum HostError {
+    Status(Status),
+    Trap(wasmtime::Error),
+}
+
+impl From<Status> for HostError {
+    fn from(s: Status) -> HostError {
+        HostError::Status(s)
+    }
+}
+
+pub type HostResult<T = ()> = Result<T, HostError>;
+
+fn guest(caller: &Caller<'_, HostState>) -> HostResult<GuestMemory> {
+    // Set right after instantiation, before any guest code that could call the host runs.
+    caller.data().memory.clone().ok_or(HostError::Status(Status::InternalFailure))
+}
+
+fn range(ptr: i32, len: usize, memory_size: usize) -> HostResult<std::ops::Range<usize>> {
+    let start = ptr as u32 as usize;
+    let end = start.checked_add(len).ok_or(Status::InvalidMemoryAccess)?;
+    if end > memory_size {
+        return Err(Status::InvalidMemoryAccess.into());
+    }
+    Ok(start..end)
+}
+
+/// Copies `len` bytes at `ptr` out of guest memory. `len` above `max` is `BAD_ARGUMENT`.
+pub fn read(caller: &Caller<'_, HostState>, ptr: i32, len: i32, max: usize) -> HostResult<Vec<u8>> {
+    let len = len as u32 as usize;
+    if len > max {
+        return Err(Status::BadArgument.into());
+    }
+    let memory = guest(caller)?.memory;
+    let data = memory.data(caller);
+    Ok(data[range(ptr, len, data.len())?].to_vec())
+}
+
+pub fn write(caller: &mut Caller<'_, HostState>, ptr: i32, bytes: &[u8]) -> HostResult {
+    let memory = guest(caller)?.memory;
+    let data = memory.data_mut(caller);
+    let r = range(ptr, bytes.len(), data.len())?;
+    data[r].copy_from_slice(bytes);
+    Ok(())
+}
+
+pub fn write_u32(caller: &mut Caller<'_, HostState>, ptr: i32, value: u32) -> HostResult {
+    write(caller, ptr, &value.to_le_bytes())
+}
+
+pub fn write_u64(caller: &mut Caller<'_, HostState>, ptr: i32, value: u64) -> HostResult {
+    write(caller, ptr, &value.to_le_bytes())
+}
+
+/// Checks that `ptr` can take `len` bytes, without writing (to fail before allocating).
+pub fn check_writable(caller: &Caller<'_, HostState>, ptr: i32, len: usize) -> HostResult {
+    let memory = guest(caller)?.memory;
+    range(ptr, len, memory.data_size(caller)).map(drop)
+}
+
+/// Hands `bytes` to the guest: allocates with the guest's allocator, copies, and stores the
+/// pointer at `ptr_out` and the length at `len_out`. Empty bytes are returned as (NULL, 0), which
+/// every SDK reads as an empty value.
+pub fn return_bytes(caller: &mut Caller<'_, HostState>, bytes: &[u8], ptr_out: i32, len_out: i32) -> HostResult {
+    check_writable(caller, ptr_out, 4)?;
+    check_writable(caller, len_out, 4)?;
+    let ptr = if bytes.is_empty() {
+        0
+    } else {
+        let allocate = guest(caller)?.allocate;
+        let len = i32::try_from(bytes.len()).map_err(|_| Status::BadArgument)?;
+        let ptr = allocate.call(&mut *caller, len).map_err(HostError::Trap)?;
+        if ptr == 0 {
+            return Err(HostError::Trap(wasmtime::Error::msg("the guest allocator returned NULL")));
+        }
+        write(caller, ptr, bytes)?;
+        ptr
+    };
+    write_u32(caller, ptr_out, ptr as u32)?;
+    write_u32(caller, len_out, bytes.len() as u32)
+}

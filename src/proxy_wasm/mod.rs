@@ -1,0 +1,17 @@
+//! The proxy-wasm 0.2.1 host: what a guest filter sees of the proxy.
+//!
+//! [`Plugin`] is a tenant's loaded program (module linked against the host functions, shared by
+//! every worker); [`GuestInstance`] is one live instance of it with its own store, driven through
+//! the proxy-wasm callbacks. Hostcalls live in [`hostcalls`], guest memory access in [`memory`],
+//! the header-map codec in [`header_map`], numbers and limits in [`abi`].
+
+pub mod abi;
+pub mod header_map;
+pub mod host;
+pub mod hostcalls;
+pub mod instance;
+pub mod memory;
+
+pub use abi::Action;
+pub use host::Effect;
+pub use instance::{GuestError, GuestInstance, Plugin};
