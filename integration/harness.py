@@ -176,12 +176,16 @@ def validate(config, workdir):
 class Envoy:
     """A running Envoy with `http_filters`, in front of `upstream`. Use as a context manager."""
 
-    def __init__(self, http_filters, upstream, workdir, routes=None, concurrency=2, log_level="info"):
-        self.port = free_port()
-        self.admin_port = free_port()
+    def __init__(self, http_filters, upstream, workdir, routes=None, concurrency=2, log_level="info", config_text=None,
+                 port=None, admin_port=None):
+        """`config_text` (YAML or JSON with this Envoy's ports already in it) replaces the generated config."""
+        self.port = port or free_port()
+        self.admin_port = admin_port or free_port()
         self.workdir = Path(workdir)
-        self.config_path = self.workdir / f"envoy-{self.port}.json"
-        self.config_path.write_text(json.dumps(envoy_config(http_filters, upstream.port, self.port, self.admin_port, routes)))
+        self.config_path = self.workdir / f"envoy-{self.port}.yaml"
+        if config_text is None:
+            config_text = json.dumps(envoy_config(http_filters, upstream.port, self.port, self.admin_port, routes))
+        self.config_path.write_text(config_text)
         self.log_path = self.workdir / f"envoy-{self.port}.log"
         self.concurrency = concurrency
         self.log_level = log_level

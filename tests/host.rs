@@ -1,0 +1,282 @@
+//! The proxy-wasm host driven without Envoy, through a fake of the safe `HttpStream` interface:
+//! the real auth filter (proxy-wasm SDK) end to end through the filter driver, and hand-shaped
+//! hostile guests (wild pointers and lengths, traps, endless loops, rejected configs).
+//! Artifacts are real: compiled with thaw's engine, signed, written to disk, verified, loaded.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thaw::artifact::signature::PrivateKey;
+use thaw::config::{Config, Policy, TenantConfig, TenantId, TenantSource, DEFAULT_CALL_DEADLINE_MS};
+use thaw::engine::{self, Target};
+use thaw::filter::{FilterConfig, StreamFilter, Verdict};
+use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
+
+#[derive(Default)]
+struct FakeState {
+    request: Vec<HeaderPair>,
+    replies: Vec<LocalReply>,
+}
+
+/// A fake Envoy stream: request headers in a Vec, local replies recorded.
+#[derive(Clone, Default)]
+struct Fake(Rc<RefCell<FakeState>>);
+
+impl Fake {
+    fn with(headers: &[(&str, &str)]) -> Fake {
+        let fake = Fake::default();
+        fake.0.borrow_mut().request = headers.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect();
+        fake
+    }
+    fn header(&self, key: &str) -> Option<String> {
+        self.0.borrow().request.iter().find(|(k, _)| k == key.as_bytes()).map(|(_, v)| String::from_utf8_lossy(v).into())
+    }
+    fn replies(&self) -> Vec<LocalReply> {
+        self.0.borrow().replies.clone()
+    }
+}
+
+impl HttpStream for Fake {
+    fn header_values(&self, kind: HeaderKind, key: &[u8]) -> Option<Vec<Vec<u8>>> {
+        (kind == HeaderKind::RequestHeaders).then(|| {
+            self.0.borrow().request.iter().filter(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.clone()).collect()
+        })
+    }
+    fn headers(&self, kind: HeaderKind) -> Option<Vec<HeaderPair>> {
+        (kind == HeaderKind::RequestHeaders).then(|| self.0.borrow().request.clone())
+    }
+    fn set_header(&mut self, kind: HeaderKind, key: &[u8], value: Option<&[u8]>) -> bool {
+        if kind != HeaderKind::RequestHeaders {
+            return false;
+        }
+        let mut s = self.0.borrow_mut();
+        s.request.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+        if let Some(v) = value {
+            s.request.push((key.to_vec(), v.to_vec()));
+        }
+        true
+    }
+    fn add_header(&mut self, kind: HeaderKind, key: &[u8], value: &[u8]) -> bool {
+        if kind != HeaderKind::RequestHeaders {
+            return false;
+        }
+        self.0.borrow_mut().request.push((key.to_vec(), value.to_vec()));
+        true
+    }
+    fn send_local_reply(&mut self, reply: &LocalReply) {
+        self.0.borrow_mut().replies.push(reply.clone());
+    }
+    fn route_tenant(&self) -> Option<TenantId> {
+        None
+    }
+}
+
+/// A work directory with a trusted key; artifacts compiled and signed into it.
+struct Workspace {
+    dir: tempfile::TempDir,
+    key: PrivateKey,
+    public: PathBuf,
+}
+
+impl Workspace {
+    fn new() -> Workspace {
+        let dir = tempfile::tempdir().unwrap();
+        let key = PrivateKey::generate();
+        let public = dir.path().join("trusted.pub.pem");
+        std::fs::write(&public, key.public_key_pem()).unwrap();
+        Workspace { dir, key, public }
+    }
+
+    fn tenant(&self, name: &str, wasm: &[u8], plugin_config: &str) -> TenantConfig {
+        let cwasm = engine::compile_engine(Target::host()).unwrap().precompile_module(wasm).unwrap();
+        let module = self.dir.path().join(format!("{name}.cwasm"));
+        let signature = self.dir.path().join(format!("{name}.cwasm.sig"));
+        std::fs::write(&module, &cwasm).unwrap();
+        std::fs::write(&signature, self.key.sign(&cwasm)).unwrap();
+        TenantConfig {
+            id: TenantId::try_from(name).unwrap(),
+            module,
+            signature,
+            plugin_config: plugin_config.as_bytes().to_vec(),
+            vm_config: Vec::new(),
+            root_id: String::new(),
+            call_deadline_ms: DEFAULT_CALL_DEADLINE_MS,
+        }
+    }
+
+    fn load(&self, tenants: Vec<TenantConfig>, on_error: Policy) -> Result<Arc<FilterConfig>, String> {
+        let config = Config {
+            trusted_keys: vec![self.public.clone()],
+            tenant_from: TenantSource::Header("x-tenant-id".into()),
+            unknown_tenant: Policy::Deny,
+            on_error,
+            allow_jit: false,
+            tenants,
+        };
+        FilterConfig::load("test", &config).map(Arc::new)
+    }
+}
+
+fn auth_filter_wasm() -> Vec<u8> {
+    let dir = std::env::var_os("THAW_GUESTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("build/guests"));
+    let path = dir.join("auth-filter.wasm");
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!("{}: {e}; build the example guests first: ./bazel-free-build.sh build", path.display())
+    })
+}
+
+/// Runs one request through the driver: request headers, then stream completion.
+fn serve(config: &Arc<FilterConfig>, stream: &Fake) -> Verdict {
+    let mut filter = StreamFilter::new(Arc::clone(config));
+    let verdict = filter.on_request_headers(stream.clone(), true);
+    filter.on_stream_complete(stream.clone());
+    verdict
+}
+
+#[test]
+fn the_auth_filter_runs_through_the_host() {
+    let ws = Workspace::new();
+    let tenant = ws.tenant("acme", &auth_filter_wasm(), r#"{"tokens":{"s3cret":"alice"}}"#);
+    let config = ws.load(vec![tenant], Policy::Deny).unwrap();
+
+    let ok = Fake::with(&[("x-tenant-id", "acme"), ("authorization", "Bearer s3cret"), ("x-auth-subject", "mallory")]);
+    assert_eq!(serve(&config, &ok), Verdict::Continue);
+    assert_eq!(ok.header("x-auth-subject").as_deref(), Some("alice"));
+    assert!(ok.replies().is_empty());
+
+    for headers in [vec![("x-tenant-id", "acme")], vec![("x-tenant-id", "acme"), ("authorization", "Bearer nope")]] {
+        let denied = Fake::with(&headers);
+        assert_eq!(serve(&config, &denied), Verdict::Stop);
+        let replies = denied.replies();
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0].status, 403);
+        assert!(String::from_utf8_lossy(&replies[0].body).starts_with("forbidden"));
+    }
+
+    let unknown = Fake::with(&[("x-tenant-id", "globex"), ("authorization", "Bearer s3cret")]);
+    assert_eq!(serve(&config, &unknown), Verdict::Stop);
+    assert_eq!(unknown.replies()[0].status, 403);
+}
+
+/// Allocator and memory every hand-shaped guest needs.
+const GUEST_PRELUDE: &str = r#"
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+    (local.get $p))
+"#;
+
+fn guest(body: &str) -> Vec<u8> {
+    wat::parse_str(format!("(module {GUEST_PRELUDE} {body})")).unwrap()
+}
+
+#[test]
+fn hostile_pointers_and_lengths_get_status_codes_not_host_faults() {
+    let wasm = wat::parse_str(format!(
+        r#"(module
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_pairs" (func $pairs (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_header_map_pairs" (func $setpairs (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_send_local_response" (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_bytes" (func $buf (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_http_call" (func $http (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  {GUEST_PRELUDE}
+  (data (i32.const 16) ":path")
+  (data (i32.const 32) "survived")
+  (data (i32.const 48) "\ff\ff\ff\ff garbage")
+  (func $expect (param $got i32) (param $want i32)
+    (if (i32.ne (local.get $got) (local.get $want)) (then unreachable)))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    ;; a log message far outside memory, and one whose end wraps past it
+    (call $expect (call $log (i32.const 2) (i32.const 0xFFFFFFF0) (i32.const 100)) (i32.const 6))
+    (call $expect (call $log (i32.const 2) (i32.const 65530) (i32.const 100)) (i32.const 6))
+    ;; a header key outside memory; result pointers outside memory
+    (call $expect (call $get (i32.const 0) (i32.const 0xFFFF0000) (i32.const 10) (i32.const 200) (i32.const 204)) (i32.const 6))
+    (call $expect (call $get (i32.const 0) (i32.const 16) (i32.const 5) (i32.const 0xFFFFFFFC) (i32.const 204)) (i32.const 6))
+    ;; an unknown map type; a garbage serialized map; a local reply whose headers claim 2 GiB
+    (call $expect (call $pairs (i32.const 99) (i32.const 200) (i32.const 204)) (i32.const 2))
+    (call $expect (call $setpairs (i32.const 0) (i32.const 48) (i32.const 12)) (i32.const 2))
+    (call $expect (call $reply (i32.const 403) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+                               (i32.const 0) (i32.const 0x7FFFFFFF) (i32.const -1)) (i32.const 2))
+    ;; the plugin configuration copied to a wild pointer
+    (call $expect (call $buf (i32.const 7) (i32.const 0) (i32.const 10) (i32.const 0xFFFFFFFF) (i32.const 204)) (i32.const 6))
+    ;; a hostcall thaw does not implement yet
+    (call $expect (call $http (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+                              (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)) (i32.const 12))
+    ;; WASI fd_write with its iovec table outside memory: EFAULT
+    (call $expect (call $fd_write (i32.const 1) (i32.const 0xFFFFFF00) (i32.const 4) (i32.const 200)) (i32.const 21))
+    ;; after all that, a good call still works
+    (call $expect (call $get (i32.const 0) (i32.const 16) (i32.const 5) (i32.const 200) (i32.const 204)) (i32.const 0))
+    (call $expect (i32.load (i32.const 204)) (i32.const 1))
+    (call $expect (i32.load8_u (i32.load (i32.const 200))) (i32.const 0x2f))
+    (drop (call $reply (i32.const 299) (i32.const 0) (i32.const 0) (i32.const 32) (i32.const 8)
+                       (i32.const 0) (i32.const 0) (i32.const -1)))
+    (i32.const 1))
+)"#
+    ))
+    .unwrap();
+    let ws = Workspace::new();
+    let config = ws.load(vec![ws.tenant("hostile", &wasm, "plugin config")], Policy::Deny).unwrap();
+    let stream = Fake::with(&[("x-tenant-id", "hostile"), (":path", "/")]);
+    assert_eq!(serve(&config, &stream), Verdict::Stop);
+    let replies = stream.replies();
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!((replies[0].status, replies[0].body.as_slice()), (299, &b"survived"[..]), "a hostcall answered wrongly");
+}
+
+#[test]
+fn a_trapping_guest_fails_closed_or_open_as_configured() {
+    let trap = guest(r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) unreachable)"#);
+    let ws = Workspace::new();
+    let closed = ws.load(vec![ws.tenant("t", &trap, "")], Policy::Deny).unwrap();
+    let stream = Fake::with(&[("x-tenant-id", "t")]);
+    assert_eq!(serve(&closed, &stream), Verdict::Stop);
+    assert_eq!(stream.replies()[0].status, 503);
+    // Every request gets a fresh answer: the failed instance is never reused.
+    let again = Fake::with(&[("x-tenant-id", "t")]);
+    assert_eq!(serve(&closed, &again), Verdict::Stop);
+    assert_eq!(again.replies()[0].status, 503);
+
+    let open = ws.load(vec![ws.tenant("t", &trap, "")], Policy::Allow).unwrap();
+    let stream = Fake::with(&[("x-tenant-id", "t")]);
+    assert_eq!(serve(&open, &stream), Verdict::Continue);
+    assert!(stream.replies().is_empty());
+}
+
+#[test]
+fn an_endless_loop_is_cut_at_the_deadline() {
+    let spin = guest(r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (loop br 0) (i32.const 0))"#);
+    let ws = Workspace::new();
+    let config = ws.load(vec![ws.tenant("spin", &spin, "")], Policy::Deny).unwrap();
+    let stream = Fake::with(&[("x-tenant-id", "spin")]);
+    let started = Instant::now();
+    assert_eq!(serve(&config, &stream), Verdict::Stop);
+    let took = started.elapsed();
+    assert_eq!(stream.replies()[0].status, 503);
+    assert!(took < Duration::from_millis(500), "a 10 ms deadline took {took:?}");
+}
+
+#[test]
+fn a_guest_that_rejects_its_configuration_rejects_the_config() {
+    let reject = guest(r#"(func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 0))"#);
+    let ws = Workspace::new();
+    let err = ws.load(vec![ws.tenant("picky", &reject, "{}")], Policy::Deny).err().expect("config must be rejected");
+    assert!(err.contains("tenant `picky`") && err.contains("proxy_on_configure"), "{err}");
+}
+
+#[test]
+fn a_guest_without_an_allocator_is_refused_at_load() {
+    let wasm = wat::parse_str(r#"(module (memory (export "memory") 1))"#).unwrap();
+    let ws = Workspace::new();
+    let err = ws.load(vec![ws.tenant("bare", &wasm, "")], Policy::Deny).err().expect("must be refused");
+    assert!(err.contains("tenant `bare`") && err.contains("proxy_on_memory_allocate"), "{err}");
+}
