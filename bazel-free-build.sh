@@ -13,7 +13,7 @@ VENV="$ROOT/.venv"
 ENVOY_VERSION="1.40.0"
 APT_PACKAGES=(rustc-web cargo-web rust-web-src lld-19 wasi-libc wabt wrk)
 # Guests are built with Debian's rustc-web (the rustup toolchain has no wasm32 std); see examples/README.md.
-GUESTS=(auth-filter)
+GUESTS=(auth-filter probe-filter chaos-filter)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -79,7 +79,7 @@ cmd_build() {
   log "cargo: libthaw.so and the thaw CLI (release)"
   cargo build --release --locked
   mkdir -p "$BUILD/guests" "$BUILD/keys"
-  for g in "${GUESTS[@]}"; do build_guest "$g"; done
+  build_guests
   dev_key
   local thaw="$ROOT/target/release/thaw"
   for g in "${GUESTS[@]}"; do
@@ -92,13 +92,14 @@ cmd_build() {
   log "built: target/release/libthaw.so, target/release/thaw, build/guests/*.cwasm(.sig)"
 }
 
-build_guest() {
-  local name="$1" dir="$ROOT/examples/$1"
-  log "guest: $name (wasm32-wasip1, Debian rustc-web)"
-  (cd "$dir" && PATH=/usr/bin:/bin RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 \
+build_guests() {
+  log "guests: ${GUESTS[*]} (wasm32-wasip1, Debian rustc-web)"
+  (cd "$ROOT/examples" && PATH=/usr/bin:/bin RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 \
      CARGO_HOME="$BUILD/cargo-home-web" CARGO_TARGET_DIR="$BUILD/guest-target" \
      /usr/bin/cargo build --release --locked -q -Zbuild-std=std,panic_abort --target wasm32-wasip1)
-  cp "$BUILD/guest-target/wasm32-wasip1/release/${name//-/_}.wasm" "$BUILD/guests/${name}.wasm"
+  for name in "${GUESTS[@]}"; do
+    cp "$BUILD/guest-target/wasm32-wasip1/release/${name//-/_}.wasm" "$BUILD/guests/${name}.wasm"
+  done
 }
 
 # A development signing key, generated into build/ (git-ignored), never committed.

@@ -77,7 +77,7 @@ def thaw_filter(filter_config, name="thaw"):
         "name": name,
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-            "dynamic_module_config": {"name": "thaw", "do_not_close": True},
+            "dynamic_module_config": {"name": "thaw", "do_not_close": True, "metrics_namespace": "thaw"},
             "filter_name": name,
             "filter_config": {"@type": "type.googleapis.com/google.protobuf.Struct", "value": filter_config},
         },
@@ -99,6 +99,7 @@ def route_tenant(tenant, name="thaw"):
 def envoy_config(http_filters, upstream_port, listen_port, admin_port, routes=None):
     routes = routes or [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
     return {
+        "stats_flush_interval": "0.5s",
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {
             "listeners": [
@@ -240,6 +241,14 @@ class Envoy:
     def stats(self):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/stats/prometheus", timeout=5) as r:
             return r.read().decode()
+
+    def metric(self, name, tenant):
+        """The value of prometheus sample `name{tenant="..."}` (summed if repeated), or None."""
+        total = None
+        for line in self.stats().splitlines():
+            if line.startswith(f'{name}{{tenant="{tenant}"}} '):
+                total = (total or 0) + float(line.rsplit(" ", 1)[1])
+        return total
 
 
 class Artifacts:

@@ -47,7 +47,7 @@ class Refusals(unittest.TestCase):
     def test_the_good_artifact_validates(self):
         ok, output = h.validate(self.config(self.good), self.dir)
         self.assertTrue(ok, output)
-        self.assertIn("signature verified", output)
+        self.assertIn("signatures verified", output)
 
     def test_unsigned(self):
         path = self.copy("unsigned.cwasm")

@@ -69,8 +69,44 @@ pub struct TenantConfig {
     pub vm_config: Vec<u8>,
     /// The root id (`plugin_root_id`), as in Envoy's Wasm filter `root_id`.
     pub root_id: String,
+    pub instances: InstancePolicy,
+}
+
+/// How a tenant's instances are created, reused and bounded.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// A fresh instance for every request, dropped afterwards: no state survives a request.
+    #[default]
+    PerRequest,
+    /// Instances reused across requests of the tenant on one worker (root context state persists).
+    Pooled,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InstancePolicy {
+    pub isolation: Isolation,
+    /// Pooled: retire an instance after this many requests.
+    pub max_requests: u64,
+    /// Pooled: retire an instance this long after it was created.
+    pub max_age_ms: u64,
+    /// Pooled: retire an instance idle for this long.
+    pub idle_timeout_ms: u64,
+    /// Pooled: idle instances kept per tenant per worker.
+    pub max_instances: usize,
     /// CPU time a single guest call may take before it is interrupted.
     pub call_deadline_ms: u64,
+    /// Largest linear memory of one instance.
+    pub memory_limit_mb: u64,
+}
+
+/// Repeated guest failures put a tenant in quarantine: `failures` within `window_ms` deny (per
+/// `on_error`) all its requests for `quarantine_ms` without running the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrashLoop {
+    pub failures: u32,
+    pub window_ms: u64,
+    pub quarantine_ms: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -80,12 +116,33 @@ pub struct Config {
     pub unknown_tenant: Policy,
     pub on_error: Policy,
     pub allow_jit: bool,
+    /// Process-wide budget for the linear memory of live instances.
+    pub memory_budget_mb: u64,
+    pub crash_loop: CrashLoop,
     pub tenants: Vec<TenantConfig>,
 }
 
-/// Default CPU deadline per guest call.
+/// Defaults, each a documented knob (README, "Isolation and bounds").
 pub const DEFAULT_CALL_DEADLINE_MS: u64 = 10;
-const MAX_CALL_DEADLINE_MS: u64 = 60_000;
+pub const DEFAULT_MAX_REQUESTS: u64 = 10_000;
+pub const DEFAULT_MAX_AGE_MS: u64 = 300_000;
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_MAX_INSTANCES: u64 = 4;
+pub const DEFAULT_MEMORY_LIMIT_MB: u64 = 64;
+pub const DEFAULT_MEMORY_BUDGET_MB: u64 = 2048;
+pub const DEFAULT_CRASH_LOOP: CrashLoop = CrashLoop { failures: 5, window_ms: 10_000, quarantine_ms: 30_000 };
+
+impl InstancePolicy {
+    pub const DEFAULT: InstancePolicy = InstancePolicy {
+        isolation: Isolation::PerRequest,
+        max_requests: DEFAULT_MAX_REQUESTS,
+        max_age_ms: DEFAULT_MAX_AGE_MS,
+        idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+        max_instances: DEFAULT_MAX_INSTANCES as usize,
+        call_deadline_ms: DEFAULT_CALL_DEADLINE_MS,
+        memory_limit_mb: DEFAULT_MEMORY_LIMIT_MB,
+    };
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,7 +155,17 @@ struct RawConfig {
     on_error: Policy,
     #[serde(default)]
     allow_jit: bool,
+    memory_budget_mb: Option<u64>,
+    crash_loop: Option<RawCrashLoop>,
     tenants: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCrashLoop {
+    failures: Option<u64>,
+    window_ms: Option<u64>,
+    quarantine_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -116,7 +183,23 @@ struct RawTenant {
     plugin_config: Option<serde_json::Value>,
     vm_config: Option<serde_json::Value>,
     root_id: Option<String>,
+    isolation: Option<Isolation>,
+    max_requests: Option<u64>,
+    max_age_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    max_instances: Option<u64>,
     call_deadline_ms: Option<u64>,
+    memory_limit_mb: Option<u64>,
+}
+
+/// A numeric knob: its value or default, checked against its range.
+fn knob(field: &str, value: Option<u64>, default: u64, range: std::ops::RangeInclusive<u64>) -> Result<u64, ConfigError> {
+    let v = value.unwrap_or(default);
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(err(field, format!("{v} is out of range {}..={}", range.start(), range.end())))
+    }
 }
 
 /// A config error: the field path (`tenants.acme.module`) and what is wrong with it.
@@ -186,10 +269,17 @@ impl Config {
             if t.module.as_os_str().is_empty() {
                 return Err(err(format!("{field}.module"), "must name a .cwasm file"));
             }
-            let call_deadline_ms = t.call_deadline_ms.unwrap_or(DEFAULT_CALL_DEADLINE_MS);
-            if !(1..=MAX_CALL_DEADLINE_MS).contains(&call_deadline_ms) {
-                return Err(err(format!("{field}.call_deadline_ms"), format!("must be 1..={MAX_CALL_DEADLINE_MS}")));
-            }
+            let f = |name: &str| format!("{field}.{name}");
+            let max_memory_mb = (crate::engine::MAX_MEMORY_BYTES >> 20) as u64;
+            let instances = InstancePolicy {
+                isolation: t.isolation.unwrap_or_default(),
+                max_requests: knob(&f("max_requests"), t.max_requests, DEFAULT_MAX_REQUESTS, 1..=u64::MAX)?,
+                max_age_ms: knob(&f("max_age_ms"), t.max_age_ms, DEFAULT_MAX_AGE_MS, 1..=u64::MAX)?,
+                idle_timeout_ms: knob(&f("idle_timeout_ms"), t.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT_MS, 1..=u64::MAX)?,
+                max_instances: knob(&f("max_instances"), t.max_instances, DEFAULT_MAX_INSTANCES, 0..=1024)? as usize,
+                call_deadline_ms: knob(&f("call_deadline_ms"), t.call_deadline_ms, DEFAULT_CALL_DEADLINE_MS, 1..=60_000)?,
+                memory_limit_mb: knob(&f("memory_limit_mb"), t.memory_limit_mb, DEFAULT_MEMORY_LIMIT_MB, 1..=max_memory_mb)?,
+            };
             let signature = t.signature.unwrap_or_else(|| {
                 let mut s = t.module.clone().into_os_string();
                 s.push(".sig");
@@ -202,7 +292,7 @@ impl Config {
                 id,
                 module: t.module,
                 signature,
-                call_deadline_ms,
+                instances,
             });
         }
         Ok(Config {
@@ -211,6 +301,15 @@ impl Config {
             unknown_tenant: raw.unknown_tenant,
             on_error: raw.on_error,
             allow_jit: raw.allow_jit,
+            memory_budget_mb: knob("memory_budget_mb", raw.memory_budget_mb, DEFAULT_MEMORY_BUDGET_MB, 1..=1 << 20)?,
+            crash_loop: match raw.crash_loop {
+                None => DEFAULT_CRASH_LOOP,
+                Some(c) => CrashLoop {
+                    failures: knob("crash_loop.failures", c.failures, DEFAULT_CRASH_LOOP.failures as u64, 1..=1_000_000)? as u32,
+                    window_ms: knob("crash_loop.window_ms", c.window_ms, DEFAULT_CRASH_LOOP.window_ms, 1..=u64::MAX)?,
+                    quarantine_ms: knob("crash_loop.quarantine_ms", c.quarantine_ms, DEFAULT_CRASH_LOOP.quarantine_ms, 0..=u64::MAX)?,
+                },
+            },
             tenants,
         })
     }
@@ -255,7 +354,8 @@ mod tests {
         let t = &c.tenants[0];
         assert_eq!(t.signature, PathBuf::from("/a.cwasm.sig"));
         assert_eq!(t.plugin_config, br#"{"tokens":{"t":"alice"}}"#);
-        assert_eq!(t.call_deadline_ms, DEFAULT_CALL_DEADLINE_MS);
+        assert_eq!(t.instances, InstancePolicy::DEFAULT);
+        assert_eq!(c.crash_loop, DEFAULT_CRASH_LOOP);
     }
 
     #[test]
@@ -269,6 +369,11 @@ mod tests {
             (GOOD.replace(r#"{"tokens":{"t":"alice"}}"#, "7"), "tenants.acme.plugin_config", "object"),
             (GOOD.replace(r#""acme""#, r#""ac me""#), "tenants.ac me", "tenant name"),
             (GOOD.replace(r#""tenant_from""#, r#""unknown_tenant":"maybe","tenant_from""#), "filter_config", "maybe"),
+            (GOOD.replace(r#""module""#, r#""isolation":"shared","module""#), "tenants.acme", "shared"),
+            (GOOD.replace(r#""module""#, r#""memory_limit_mb":4096,"module""#), "tenants.acme.memory_limit_mb", "range"),
+            (GOOD.replace(r#""module""#, r#""call_deadline_ms":0,"module""#), "tenants.acme.call_deadline_ms", "range"),
+            (GOOD.replace(r#""tenant_from""#, r#""crash_loop":{"failures":0},"tenant_from""#), "crash_loop.failures", "range"),
+            (GOOD.replace(r#""tenant_from""#, r#""crash_loop":{"fails":1},"tenant_from""#), "filter_config", "fails"),
         ];
         for (json, field, needle) in cases {
             let e = parse(&json).unwrap_err();

@@ -5,20 +5,75 @@
 //! guest failures per `on_error`.
 
 use crate::artifact::signature::TrustedKey;
-use crate::artifact::VerifiedArtifact;
-use crate::config::{Config, Policy, TenantId, TenantSource};
+use crate::artifact::{ArtifactDigest, ArtifactError, VerifiedArtifact};
+use crate::config::{Config, CrashLoop, Policy, TenantId, TenantSource};
 use crate::engine;
 use crate::log_at;
 use crate::pool;
-use crate::proxy_wasm::{Action, Effect, GuestError, GuestInstance, Plugin};
+use crate::proxy_wasm::{host, Action, Effect, GuestError, GuestInstance, Plugin};
 use crate::stream::{HeaderKind, HttpStream, LocalReply};
-use std::collections::HashMap;
-use std::sync::Arc;
+use crate::telemetry::{Metric, StatsSink};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use wasmtime::Module;
+
+/// A tenant as the driver sees it: its loaded program and its crash-loop state.
+pub struct Tenant {
+    pub plugin: Arc<Plugin>,
+    crashes: CrashTracker,
+}
+
+/// Counts a tenant's guest failures; too many within the window quarantines it.
+struct CrashTracker {
+    policy: CrashLoop,
+    recent: Mutex<VecDeque<Instant>>,
+    /// Milliseconds since `epoch()` until which the tenant is quarantined (0: not quarantined).
+    quarantined_until_ms: AtomicU64,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+impl CrashTracker {
+    fn new(policy: CrashLoop) -> CrashTracker {
+        CrashTracker { policy, recent: Mutex::new(VecDeque::new()), quarantined_until_ms: AtomicU64::new(0) }
+    }
+
+    fn is_quarantined(&self) -> bool {
+        self.quarantined_until_ms.load(Ordering::Relaxed) > now_ms()
+    }
+
+    /// Records a failure; true when it puts the tenant into quarantine.
+    fn record_failure(&self) -> bool {
+        let now = Instant::now();
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let window = Duration::from_millis(self.policy.window_ms);
+        while recent.front().is_some_and(|t| now.duration_since(*t) > window) {
+            recent.pop_front();
+        }
+        recent.push_back(now);
+        if recent.len() >= self.policy.failures as usize && !self.is_quarantined() {
+            recent.clear();
+            self.quarantined_until_ms.store(now_ms() + self.policy.quarantine_ms.max(1), Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+}
 
 /// A filter config, loaded: every tenant's artifact verified, loaded, linked, and its init run once.
 pub struct FilterConfig {
     pub name: String,
-    pub tenants: HashMap<TenantId, Arc<Plugin>>,
+    pub tenants: HashMap<TenantId, Tenant>,
     pub tenant_from: TenantSource,
     pub unknown_tenant: Policy,
     pub on_error: Policy,
@@ -27,43 +82,60 @@ pub struct FilterConfig {
 impl FilterConfig {
     /// Parses and loads a `filter_config` JSON document. The error names the field or the tenant,
     /// the file and the reason.
-    pub fn load_json(name: &str, json: &[u8]) -> Result<FilterConfig, String> {
+    pub fn load_json(name: &str, json: &[u8], stats: &mut dyn StatsSink) -> Result<FilterConfig, String> {
         let config = Config::parse(json).map_err(|e| e.to_string())?;
-        FilterConfig::load(name, &config)
+        FilterConfig::load(name, &config, stats)
     }
 
-    pub fn load(name: &str, config: &Config) -> Result<FilterConfig, String> {
+    pub fn load(name: &str, config: &Config, stats: &mut dyn StatsSink) -> Result<FilterConfig, String> {
         let engine = engine::runtime_engine()?;
+        host::set_budget_bytes((config.memory_budget_mb as usize) << 20);
         let keys = config
             .trusted_keys
             .iter()
             .map(|path| TrustedKey::load(path))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("invalid filter_config field `trusted_keys`: {e}"))?;
+        // Tenants sharing an artifact share its bytes, verification and Module; tenants sharing an
+        // artifact and its configuration share the init check.
+        let mut modules: HashMap<(PathBuf, PathBuf), (ArtifactDigest, Module)> = HashMap::new();
+        let mut init_checked: HashMap<(ArtifactDigest, Vec<u8>, Vec<u8>), ()> = HashMap::new();
         let mut tenants = HashMap::with_capacity(config.tenants.len());
         for tenant in &config.tenants {
             let refuse = |reason: String| format!("tenant `{}`: artifact refused: {reason}", tenant.id);
-            let artifact = VerifiedArtifact::read(&tenant.module, &tenant.signature, &keys).map_err(|e| refuse(e.to_string()))?;
-            let (module, jit) = artifact.load(engine, config.allow_jit).map_err(|e| refuse(e.to_string()))?;
-            if jit {
-                log_at!(Warn, "thaw: tenant `{}`: {} is plain Wasm, JIT-compiled at config load (allow_jit)", tenant.id, tenant.module.display());
-            }
-            let plugin = Plugin::new(engine, tenant, module, artifact.digest())
-                .map_err(|e| refuse(format!("{}: {e}", tenant.module.display())))?;
+            let key = (tenant.module.clone(), tenant.signature.clone());
+            let (digest, module) = match modules.get(&key) {
+                Some(loaded) => loaded.clone(),
+                None => {
+                    let started = Instant::now();
+                    let artifact = VerifiedArtifact::read(&tenant.module, &tenant.signature, &keys).map_err(|e| {
+                        if matches!(e, ArtifactError::Signature(_)) {
+                            stats.record(Metric::SignatureFailure, &tenant.id, 1);
+                        }
+                        refuse(e.to_string())
+                    })?;
+                    let (module, jit) = artifact.load(engine, config.allow_jit).map_err(|e| refuse(e.to_string()))?;
+                    stats.record(Metric::AotLoad, &tenant.id, started.elapsed().as_micros() as i64);
+                    if jit {
+                        log_at!(Warn, "thaw: tenant `{}`: {} is plain Wasm, JIT-compiled at config load (allow_jit)", tenant.id, tenant.module.display());
+                    }
+                    modules.insert(key, (artifact.digest(), module.clone()));
+                    (artifact.digest(), module)
+                }
+            };
+            let plugin = Plugin::new(engine, tenant, module, digest).map_err(|e| refuse(format!("{}: {e}", tenant.module.display())))?;
             // Run the guest's init once now, so a guest that rejects its configuration rejects the
             // config at load, not at the first request.
-            let instance = plugin.instantiate().map_err(|e| e.to_string())?;
-            let plugin = Arc::new(plugin);
-            log_at!(
-                Info,
-                "thaw: tenant `{}`: loaded {} ({}, signature verified)",
-                tenant.id,
-                tenant.module.display(),
-                plugin.digest
-            );
-            drop(instance);
-            tenants.insert(tenant.id.clone(), plugin);
+            let init_key = (digest, tenant.plugin_config.clone(), tenant.vm_config.clone());
+            if !init_checked.contains_key(&init_key) {
+                drop(plugin.instantiate().map_err(|e| e.to_string())?);
+                init_checked.insert(init_key, ());
+            }
+            log_at!(Debug, "thaw: tenant `{}`: loaded {} ({digest}, signature verified)", tenant.id, tenant.module.display());
+            let crashes = CrashTracker::new(config.crash_loop);
+            tenants.insert(tenant.id.clone(), Tenant { plugin: Arc::new(plugin), crashes });
         }
+        log_at!(Info, "thaw: filter `{name}`: {} tenants loaded from {} artifacts, signatures verified", tenants.len(), modules.len());
         Ok(FilterConfig {
             name: name.to_string(),
             tenants,
@@ -82,6 +154,7 @@ pub enum Verdict {
 }
 
 struct ActiveGuest {
+    tenant: TenantId,
     plugin: Arc<Plugin>,
     instance: GuestInstance,
     context: u32,
@@ -100,7 +173,7 @@ impl StreamFilter {
         StreamFilter { config, active: None, replied: false }
     }
 
-    fn resolve_tenant<S: HttpStream>(&self, stream: &S) -> Option<Arc<Plugin>> {
+    fn resolve_tenant<S: HttpStream>(&self, stream: &S) -> Option<TenantId> {
         let tenant = match &self.config.tenant_from {
             TenantSource::Header(name) => {
                 let value = stream.header_values(HeaderKind::RequestHeaders, name.as_bytes())?.into_iter().next()?;
@@ -108,7 +181,7 @@ impl StreamFilter {
             }
             TenantSource::Route => stream.route_tenant()?,
         };
-        self.config.tenants.get(&tenant).cloned()
+        self.config.tenants.contains_key(&tenant).then_some(tenant)
     }
 
     fn reply<S: HttpStream>(&mut self, stream: &mut S, reply: &LocalReply) -> Verdict {
@@ -117,10 +190,27 @@ impl StreamFilter {
         Verdict::Stop
     }
 
-    /// A guest failed: drop its instance (never reused) and answer per `on_error`.
-    fn guest_failed<S: HttpStream>(&mut self, stream: &mut S, error: &GuestError) -> Verdict {
+    /// A guest failed: drop its instance (never reused), count it, and answer per `on_error`.
+    fn guest_failed<S: HttpStream>(&mut self, stream: &mut S, tenant: &TenantId, error: &GuestError) -> Verdict {
         log_at!(Error, "thaw: {error}");
         self.active = None;
+        stream.record(error.kind().metric(), tenant, 1);
+        if let Some(t) = self.config.tenants.get(tenant) {
+            if t.crashes.record_failure() {
+                stream.record(Metric::Quarantine, tenant, 1);
+                log_at!(
+                    Error,
+                    "thaw: tenant `{tenant}` quarantined for {} ms after {} failures within {} ms (crash loop)",
+                    t.crashes.policy.quarantine_ms,
+                    t.crashes.policy.failures,
+                    t.crashes.policy.window_ms
+                );
+            }
+        }
+        self.deny_or_allow(stream)
+    }
+
+    fn deny_or_allow<S: HttpStream>(&mut self, stream: &mut S) -> Verdict {
         match self.config.on_error {
             Policy::Allow => Verdict::Continue,
             Policy::Deny => self.reply(
@@ -143,25 +233,32 @@ impl StreamFilter {
     }
 
     pub fn on_request_headers<S: HttpStream + Clone + 'static>(&mut self, mut stream: S, end_of_stream: bool) -> Verdict {
-        let Some(plugin) = self.resolve_tenant(&stream) else {
+        let Some(tenant) = self.resolve_tenant(&stream) else {
             return match self.config.unknown_tenant {
                 Policy::Allow => Verdict::Continue,
                 Policy::Deny => self.reply(&mut stream, &LocalReply::text(403, "thaw: unknown tenant\n", "thaw_unknown_tenant")),
             };
         };
-        let started = pool::take(&plugin).and_then(|mut instance| {
+        let config = Arc::clone(&self.config);
+        let entry = &config.tenants[&tenant];
+        if entry.crashes.is_quarantined() {
+            stream.record(Metric::QuarantinedRequest, &tenant, 1);
+            return self.deny_or_allow(&mut stream);
+        }
+        let plugin = Arc::clone(&entry.plugin);
+        let started = pool::take(&plugin, &mut stream).and_then(|mut instance| {
             let context = instance.create_http_context()?;
-            Ok(ActiveGuest { plugin, instance, context })
+            Ok(ActiveGuest { tenant: tenant.clone(), plugin, instance, context })
         });
         let active = match started {
             Ok(active) => self.active.insert(active),
-            Err(e) => return self.guest_failed(&mut stream, &e),
+            Err(e) => return self.guest_failed(&mut stream, &tenant, &e),
         };
         let num_headers = stream.header_count(HeaderKind::RequestHeaders);
         let result = active.instance.on_request_headers(Box::new(stream.clone()), active.context, num_headers, end_of_stream);
         let effects = active.instance.take_effects();
         match result {
-            Err(e) => self.guest_failed(&mut stream, &e),
+            Err(e) => self.guest_failed(&mut stream, &tenant, &e),
             Ok(action) => self.apply_effects(&mut stream, effects).unwrap_or(match action {
                 Action::Continue => Verdict::Continue,
                 Action::Pause => Verdict::Stop,
@@ -177,8 +274,9 @@ impl StreamFilter {
         let num_headers = stream.header_count(HeaderKind::ResponseHeaders);
         let result = active.instance.on_response_headers(Box::new(stream.clone()), active.context, num_headers, end_of_stream);
         let effects = active.instance.take_effects();
+        let tenant = active.tenant.clone();
         match result {
-            Err(e) => self.guest_failed(&mut stream, &e),
+            Err(e) => self.guest_failed(&mut stream, &tenant, &e),
             Ok(action) => self.apply_effects(&mut stream, effects).unwrap_or(match action {
                 Action::Continue => Verdict::Continue,
                 Action::Pause => Verdict::Stop,
@@ -186,21 +284,26 @@ impl StreamFilter {
         }
     }
 
-    /// The stream is done: end the guest's context and return its instance to the pool.
-    pub fn on_stream_complete<S: HttpStream + Clone + 'static>(&mut self, stream: S) {
-        self.finish(Some(Box::new(stream)));
-    }
-
-    /// Envoy destroys the stream; ends the guest context if `on_stream_complete` did not run.
-    pub fn on_destroy(mut self) {
-        self.finish(None);
-    }
-
-    fn finish(&mut self, stream: Option<Box<dyn HttpStream>>) {
+    /// The stream is done: end the guest's context; the instance goes back to the pool (pooled)
+    /// or is dropped (per_request).
+    pub fn on_stream_complete<S: HttpStream + Clone + 'static>(&mut self, mut stream: S) {
         let Some(mut active) = self.active.take() else { return };
-        match active.instance.finish_http_context(stream, active.context) {
-            Ok(()) => pool::give_back(&active.plugin, active.instance),
-            Err(e) => log_at!(Error, "thaw: {e}"),
+        match active.instance.finish_http_context(Some(Box::new(stream.clone())), active.context) {
+            Ok(()) => pool::give_back(&active.plugin, active.instance, &mut stream),
+            Err(e) => {
+                log_at!(Error, "thaw: {e}");
+                stream.record(e.kind().metric(), &active.tenant, 1);
+            }
+        }
+    }
+
+    /// Envoy destroys the stream. If `on_stream_complete` did not run (a reset stream), the guest
+    /// context is ended without a stream and the instance is dropped, never pooled.
+    pub fn on_destroy(mut self) {
+        if let Some(mut active) = self.active.take() {
+            if let Err(e) = active.instance.finish_http_context(None, active.context) {
+                log_at!(Error, "thaw: {e}");
+            }
         }
     }
 }

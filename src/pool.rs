@@ -1,53 +1,149 @@
-//! Per-worker, per-tenant pools of idle guest instances.
+//! Per-worker, per-tenant instance pools, the isolation modes, and the per-worker LRU that keeps
+//! live instances within the process-wide memory budget.
 //!
 //! Each Envoy worker thread owns its pools (`thread_local!`, no lock on the request path); only the
 //! `Plugin` (engine, module, `InstancePre`) is shared across workers. An instance serves one stream
-//! at a time and only ever its own tenant: pools are keyed by the plugin's unique id, which also
-//! keeps a reloaded config from reusing instances of the old one. Failed instances are never
-//! returned. Isolation modes, retirement and budgets arrive with the pools issue.
+//! at a time and only ever its own tenant: pools are keyed by the plugin's unique id, so a reloaded
+//! config never reuses instances of the old one either.
+//!
+//! - `per_request`: every request gets a fresh instance, dropped after the stream (its slot goes
+//!   back to Wasmtime's pooling allocator). Nothing survives a request.
+//! - `pooled`: idle instances are reused for the tenant's next request on this worker, after the
+//!   host-side request state is reset; retired after `max_requests`, `max_age_ms` or
+//!   `idle_timeout_ms`; at most `max_instances` idle per tenant per worker.
+//!
+//! Before a fresh instance is created, idle instances of the least recently used tenants on this
+//! worker are evicted while the budget would otherwise be exceeded.
 
+use crate::config::Isolation;
+use crate::proxy_wasm::host;
 use crate::proxy_wasm::{GuestError, GuestInstance, Plugin};
+use crate::telemetry::{Metric, StatsSink};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
-/// Idle instances kept per tenant per worker.
-pub const MAX_IDLE_PER_TENANT: usize = 8;
+/// How often a worker sweeps its idle instances for retirement.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 struct TenantPool {
     plugin: Weak<Plugin>,
     idle: Vec<GuestInstance>,
+    /// Worker-local use counter at the tenant's last request (the LRU order).
+    last_used: u64,
+}
+
+struct WorkerPools {
+    tenants: HashMap<u64, TenantPool>,
+    uses: u64,
+    last_sweep: Instant,
 }
 
 thread_local! {
-    static POOLS: RefCell<HashMap<u64, TenantPool>> = RefCell::new(HashMap::new());
+    static POOLS: RefCell<WorkerPools> =
+        RefCell::new(WorkerPools { tenants: HashMap::new(), uses: 0, last_sweep: Instant::now() });
 }
 
-/// An idle instance of `plugin` from this worker's pool, or a freshly initialized one.
-pub fn take(plugin: &Arc<Plugin>) -> Result<GuestInstance, GuestError> {
-    let pooled = POOLS.with(|pools| pools.borrow_mut().get_mut(&plugin.uid).and_then(|p| p.idle.pop()));
-    match pooled {
-        Some(instance) => Ok(instance),
-        None => plugin.instantiate(),
+/// An instance for one request of `plugin`'s tenant: an idle pooled one, or a fresh one.
+pub fn take(plugin: &Arc<Plugin>, stats: &mut dyn StatsSink) -> Result<GuestInstance, GuestError> {
+    let tenant = &plugin.tenant;
+    let pooled = plugin.policy.isolation == Isolation::Pooled;
+    let reused = POOLS.with(|pools| {
+        let mut pools = pools.borrow_mut();
+        pools.sweep(stats);
+        pools.uses += 1;
+        let uses = pools.uses;
+        let pool = pools.tenants.get_mut(&plugin.uid)?;
+        pool.last_used = uses;
+        let now = Instant::now();
+        while let Some(instance) = pool.idle.pop() {
+            stats.record(Metric::PoolSize, tenant, -1);
+            if !instance.is_retired(&plugin.policy, now) {
+                return Some(instance);
+            }
+        }
+        None
+    });
+    if let Some(instance) = reused {
+        stats.record(Metric::PoolHit, tenant, 1);
+        return Ok(instance);
     }
+    if pooled {
+        stats.record(Metric::PoolMiss, tenant, 1);
+    }
+    make_room(plugin.initial_memory_bytes, stats);
+    let started = Instant::now();
+    let instance = plugin.instantiate()?;
+    stats.record(Metric::ColdStart, tenant, started.elapsed().as_micros() as i64);
+    Ok(instance)
 }
 
-/// Returns a healthy instance to this worker's pool (dropped if the pool is full or it failed).
-pub fn give_back(plugin: &Arc<Plugin>, instance: GuestInstance) {
-    if !instance.is_healthy() {
+/// Ends an instance's request: pooled and healthy instances go back to this worker's pool (if it
+/// has room), everything else is dropped.
+pub fn give_back(plugin: &Arc<Plugin>, mut instance: GuestInstance, stats: &mut dyn StatsSink) {
+    if plugin.policy.isolation != Isolation::Pooled || instance.is_retired(&plugin.policy, Instant::now()) {
+        return;
+    }
+    instance.reset_for_reuse();
+    POOLS.with(|pools| {
+        let mut pools = pools.borrow_mut();
+        let uses = pools.uses;
+        let pool = pools
+            .tenants
+            .entry(plugin.uid)
+            .or_insert_with(|| TenantPool { plugin: Arc::downgrade(plugin), idle: Vec::new(), last_used: uses });
+        if pool.idle.len() < plugin.policy.max_instances {
+            pool.idle.push(instance);
+            stats.record(Metric::PoolSize, &plugin.tenant, 1);
+        }
+    });
+}
+
+/// Evicts idle instances on this worker, least recently used tenant first, until `needed` more
+/// bytes fit in the process budget (or nothing idle is left here).
+fn make_room(needed: usize, stats: &mut dyn StatsSink) {
+    if host::live_bytes().saturating_add(needed) <= host::budget_bytes() {
         return;
     }
     POOLS.with(|pools| {
         let mut pools = pools.borrow_mut();
-        if !pools.contains_key(&plugin.uid) {
-            // A new plugin on this worker: forget pools of plugins whose config is gone.
-            pools.retain(|_, p| p.plugin.strong_count() > 0);
-        }
-        let pool = pools
-            .entry(plugin.uid)
-            .or_insert_with(|| TenantPool { plugin: Arc::downgrade(plugin), idle: Vec::new() });
-        if pool.idle.len() < MAX_IDLE_PER_TENANT {
-            pool.idle.push(instance);
+        while host::live_bytes().saturating_add(needed) > host::budget_bytes() {
+            let Some(lru) = pools.tenants.values_mut().filter(|p| !p.idle.is_empty()).min_by_key(|p| p.last_used) else {
+                return;
+            };
+            let evicted = lru.idle.remove(0);
+            if let Some(plugin) = lru.plugin.upgrade() {
+                stats.record(Metric::PoolSize, &plugin.tenant, -1);
+                stats.record(Metric::InstanceEvicted, &plugin.tenant, 1);
+            }
+            drop(evicted);
         }
     });
+}
+
+impl WorkerPools {
+    /// Drops retired idle instances and forgets pools of configs that are gone.
+    fn sweep(&mut self, stats: &mut dyn StatsSink) {
+        let now = Instant::now();
+        if now.duration_since(self.last_sweep) < SWEEP_INTERVAL {
+            return;
+        }
+        self.last_sweep = now;
+        self.tenants.retain(|_, pool| {
+            let Some(plugin) = pool.plugin.upgrade() else { return false };
+            let before = pool.idle.len();
+            pool.idle.retain(|i| !i.is_retired(&plugin.policy, now));
+            let retired = before - pool.idle.len();
+            if retired > 0 {
+                stats.record(Metric::PoolSize, &plugin.tenant, -(retired as i64));
+            }
+            !pool.idle.is_empty() || self.uses.saturating_sub(pool.last_used) < 1024
+        });
+    }
+}
+
+/// Idle instances of `plugin` on this worker (for tests and diagnostics).
+pub fn idle_count(plugin: &Plugin) -> usize {
+    POOLS.with(|pools| pools.borrow().tenants.get(&plugin.uid).map_or(0, |p| p.idle.len()))
 }

@@ -42,7 +42,8 @@ pub struct LocalReply {
     pub details: Vec<u8>,
 }
 
-pub trait HttpStream {
+/// An Envoy stream is also where the request's metrics are recorded.
+pub trait HttpStream: crate::telemetry::StatsSink {
     /// Every value of header `key` in `kind`; `None` when that map is not available (yet).
     fn header_values(&self, kind: HeaderKind, key: &[u8]) -> Option<Vec<Vec<u8>>>;
     /// All pairs of `kind` in order; `None` when that map is not available (yet).

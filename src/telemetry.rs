@@ -1,8 +1,117 @@
-//! Logs into Envoy's logger (or stderr outside Envoy: CLI, tests).
+//! Telemetry: thaw's metrics (exported as Envoy stats, visible at `/stats/prometheus`) and logging
+//! into Envoy's logger (stderr outside Envoy).
 //!
-//! Stats as Envoy metrics come with the pools issue; this module is where they will live.
+//! The metric catalogue lives here; `envoy::hooks` defines the metrics with Envoy at config
+//! creation, and every place that counts does so through a [`StatsSink`] (an Envoy stream, the
+//! config being created, or a test fake). Every metric is labelled by `tenant`.
 
+use crate::config::TenantId;
 use crate::stream::LogLevel;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric thaw exports. Prometheus names are `envoy_<metrics_namespace>_<name>`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Metric {
+    /// Histogram, microseconds: a fresh instance from creation to ready (init run).
+    ColdStart,
+    /// Histogram, microseconds: reading, verifying and loading an artifact at config load.
+    AotLoad,
+    /// Counter: a pooled tenant's request served by an idle instance.
+    PoolHit,
+    /// Counter: a pooled tenant's request that needed a fresh instance.
+    PoolMiss,
+    /// Gauge: idle instances kept for the tenant, summed over workers.
+    PoolSize,
+    /// Counter: artifacts refused because their signature did not verify (or was missing).
+    SignatureFailure,
+    /// Counter: guest traps (not counting the kinds below).
+    GuestTrap,
+    /// Counter: guest calls interrupted at their CPU deadline.
+    DeadlineExceeded,
+    /// Counter: guests that hit their memory cap.
+    MemoryCapHit,
+    /// Counter: guests that overflowed their stack bound.
+    StackOverflow,
+    /// Counter: times the tenant entered quarantine (crash loop).
+    Quarantine,
+    /// Counter: requests answered without running the guest because the tenant is quarantined.
+    QuarantinedRequest,
+    /// Counter: instances that could not be created (memory budget or instance slots exhausted).
+    InstanceRefused,
+    /// Counter: idle instances evicted (least recently used tenant first) to stay within the budget.
+    InstanceEvicted,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 14] = [
+        Metric::ColdStart,
+        Metric::AotLoad,
+        Metric::PoolHit,
+        Metric::PoolMiss,
+        Metric::PoolSize,
+        Metric::SignatureFailure,
+        Metric::GuestTrap,
+        Metric::DeadlineExceeded,
+        Metric::MemoryCapHit,
+        Metric::StackOverflow,
+        Metric::Quarantine,
+        Metric::QuarantinedRequest,
+        Metric::InstanceRefused,
+        Metric::InstanceEvicted,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::ColdStart => "wasm_cold_start_microseconds",
+            Metric::AotLoad => "wasm_aot_load_microseconds",
+            Metric::PoolHit => "wasm_pool_hit_total",
+            Metric::PoolMiss => "wasm_pool_miss_total",
+            Metric::PoolSize => "wasm_instance_pool_size",
+            Metric::SignatureFailure => "wasm_signature_verification_failure_total",
+            Metric::GuestTrap => "wasm_guest_trap_total",
+            Metric::DeadlineExceeded => "wasm_deadline_exceeded_total",
+            Metric::MemoryCapHit => "wasm_memory_cap_hit_total",
+            Metric::StackOverflow => "wasm_stack_overflow_total",
+            Metric::Quarantine => "wasm_quarantine_total",
+            Metric::QuarantinedRequest => "wasm_quarantined_request_total",
+            Metric::InstanceRefused => "wasm_instance_refused_total",
+            Metric::InstanceEvicted => "wasm_instance_evicted_total",
+        }
+    }
+
+    pub fn kind(self) -> MetricKind {
+        match self {
+            Metric::ColdStart | Metric::AotLoad => MetricKind::Histogram,
+            Metric::PoolSize => MetricKind::Gauge,
+            _ => MetricKind::Counter,
+        }
+    }
+
+    pub fn index(self) -> usize {
+        Metric::ALL.iter().position(|m| *m == self).expect("every metric is in ALL")
+    }
+}
+
+/// The one label every metric carries.
+pub const TENANT_LABEL: &str = "tenant";
+
+/// Where metrics go. `value` adds to a counter, is recorded in a histogram, or moves a gauge.
+pub trait StatsSink {
+    fn record(&mut self, metric: Metric, tenant: &TenantId, value: i64);
+}
+
+/// Discards metrics (the CLI; code paths that have no stream).
+pub struct NoStats;
+
+impl StatsSink for NoStats {
+    fn record(&mut self, _: Metric, _: &TenantId, _: i64) {}
+}
 
 /// Logs `message` at `level` through Envoy when loaded by Envoy, else to stderr.
 pub fn log(level: LogLevel, message: &str) {

@@ -9,15 +9,17 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thaw::artifact::signature::PrivateKey;
-use thaw::config::{Config, Policy, TenantConfig, TenantId, TenantSource, DEFAULT_CALL_DEADLINE_MS};
+use thaw::config::{Config, InstancePolicy, Isolation, Policy, TenantConfig, TenantId, TenantSource, DEFAULT_CRASH_LOOP};
 use thaw::engine::{self, Target};
 use thaw::filter::{FilterConfig, StreamFilter, Verdict};
 use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
+use thaw::telemetry::{Metric, NoStats, StatsSink};
 
 #[derive(Default)]
 struct FakeState {
     request: Vec<HeaderPair>,
     replies: Vec<LocalReply>,
+    metrics: Vec<(Metric, String, i64)>,
 }
 
 /// A fake Envoy stream: request headers in a Vec, local replies recorded.
@@ -35,6 +37,16 @@ impl Fake {
     }
     fn replies(&self) -> Vec<LocalReply> {
         self.0.borrow().replies.clone()
+    }
+    /// Sum of what was recorded for `metric` and `tenant`.
+    fn metric(&self, metric: Metric, tenant: &str) -> i64 {
+        self.0.borrow().metrics.iter().filter(|(m, t, _)| *m == metric && t == tenant).map(|(_, _, v)| v).sum()
+    }
+}
+
+impl StatsSink for Fake {
+    fn record(&mut self, metric: Metric, tenant: &TenantId, value: i64) {
+        self.0.borrow_mut().metrics.push((metric, tenant.to_string(), value));
     }
 }
 
@@ -102,7 +114,7 @@ impl Workspace {
             plugin_config: plugin_config.as_bytes().to_vec(),
             vm_config: Vec::new(),
             root_id: String::new(),
-            call_deadline_ms: DEFAULT_CALL_DEADLINE_MS,
+            instances: InstancePolicy::DEFAULT,
         }
     }
 
@@ -113,9 +125,11 @@ impl Workspace {
             unknown_tenant: Policy::Deny,
             on_error,
             allow_jit: false,
+            memory_budget_mb: thaw::config::DEFAULT_MEMORY_BUDGET_MB,
+            crash_loop: DEFAULT_CRASH_LOOP,
             tenants,
         };
-        FilterConfig::load("test", &config).map(Arc::new)
+        FilterConfig::load("test", &config, &mut NoStats).map(Arc::new)
     }
 }
 
@@ -279,4 +293,101 @@ fn a_guest_without_an_allocator_is_refused_at_load() {
     let ws = Workspace::new();
     let err = ws.load(vec![ws.tenant("bare", &wasm, "")], Policy::Deny).err().expect("must be refused");
     assert!(err.contains("tenant `bare`") && err.contains("proxy_on_memory_allocate"), "{err}");
+}
+
+fn pooled(mut tenant: TenantConfig) -> TenantConfig {
+    tenant.instances.isolation = Isolation::Pooled;
+    tenant
+}
+
+#[test]
+fn pooled_instances_are_reused_and_per_request_ones_never() {
+    let ws = Workspace::new();
+    let wasm = auth_filter_wasm();
+    let tokens = r#"{"tokens":{"s3cret":"alice"}}"#;
+    let config = ws.load(vec![pooled(ws.tenant("pooled", &wasm, tokens)), ws.tenant("fresh", &wasm, tokens)], Policy::Deny).unwrap();
+    let plugin = |name: &str| Arc::clone(&config.tenants[&TenantId::try_from(name).unwrap()].plugin);
+
+    let stream = Fake::with(&[("x-tenant-id", "pooled"), ("authorization", "Bearer s3cret")]);
+    for _ in 0..3 {
+        assert_eq!(serve(&config, &stream), Verdict::Continue);
+    }
+    assert_eq!(stream.metric(Metric::PoolMiss, "pooled"), 1);
+    assert_eq!(stream.metric(Metric::PoolHit, "pooled"), 2);
+    assert_eq!(stream.metric(Metric::PoolSize, "pooled"), 1);
+    assert_eq!(thaw::pool::idle_count(&plugin("pooled")), 1);
+
+    let stream = Fake::with(&[("x-tenant-id", "fresh"), ("authorization", "Bearer s3cret")]);
+    for _ in 0..3 {
+        assert_eq!(serve(&config, &stream), Verdict::Continue);
+    }
+    assert_eq!(stream.metric(Metric::PoolHit, "fresh"), 0);
+    assert_eq!(thaw::pool::idle_count(&plugin("fresh")), 0);
+    // Every per_request instance was made fresh: three cold starts recorded.
+    assert_eq!(stream.0.borrow().metrics.iter().filter(|(m, t, _)| *m == Metric::ColdStart && t == "fresh").count(), 3);
+}
+
+#[test]
+fn pooled_instances_retire_after_max_requests() {
+    let ws = Workspace::new();
+    let mut tenant = pooled(ws.tenant("short", &auth_filter_wasm(), r#"{"tokens":{"s3cret":"alice"}}"#));
+    tenant.instances.max_requests = 2;
+    let config = ws.load(vec![tenant], Policy::Deny).unwrap();
+    let stream = Fake::with(&[("x-tenant-id", "short"), ("authorization", "Bearer s3cret")]);
+    for _ in 0..6 {
+        assert_eq!(serve(&config, &stream), Verdict::Continue);
+    }
+    // Six requests, two per instance: three instances made, each reused once.
+    assert_eq!(stream.metric(Metric::PoolMiss, "short"), 3);
+    assert_eq!(stream.metric(Metric::PoolHit, "short"), 3);
+}
+
+#[test]
+fn a_guest_growing_past_its_memory_cap_is_stopped_and_counted() {
+    let hog = guest(
+        r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+             (loop (br_if 0 (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))
+             unreachable)"#,
+    );
+    let ws = Workspace::new();
+    let mut tenant = ws.tenant("hog", &hog, "");
+    tenant.instances.memory_limit_mb = 4;
+    let config = ws.load(vec![tenant], Policy::Deny).unwrap();
+    let stream = Fake::with(&[("x-tenant-id", "hog")]);
+    assert_eq!(serve(&config, &stream), Verdict::Stop);
+    assert_eq!(stream.replies()[0].status, 503);
+    assert_eq!(stream.metric(Metric::MemoryCapHit, "hog"), 1);
+}
+
+#[test]
+fn endless_recursion_is_a_counted_stack_overflow() {
+    let deep = guest(
+        r#"(func $down (param i32) (result i32) (i32.add (call $down (i32.add (local.get 0) (i32.const 1))) (i32.const 1)))
+           (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (call $down (i32.const 0)))"#,
+    );
+    let ws = Workspace::new();
+    let config = ws.load(vec![ws.tenant("deep", &deep, "")], Policy::Deny).unwrap();
+    let stream = Fake::with(&[("x-tenant-id", "deep")]);
+    assert_eq!(serve(&config, &stream), Verdict::Stop);
+    assert_eq!(stream.replies()[0].status, 503);
+    assert_eq!(stream.metric(Metric::StackOverflow, "deep"), 1);
+}
+
+#[test]
+fn a_crash_looping_tenant_is_quarantined_and_others_keep_serving() {
+    let trap = guest(r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) unreachable)"#);
+    let ws = Workspace::new();
+    let config = ws
+        .load(vec![ws.tenant("crashy", &trap, ""), ws.tenant("fine", &auth_filter_wasm(), r#"{"tokens":{"t":"u"}}"#)], Policy::Deny)
+        .unwrap();
+    let stream = Fake::with(&[("x-tenant-id", "crashy")]);
+    for _ in 0..DEFAULT_CRASH_LOOP.failures + 3 {
+        assert_eq!(serve(&config, &stream), Verdict::Stop);
+    }
+    assert_eq!(stream.metric(Metric::GuestTrap, "crashy"), DEFAULT_CRASH_LOOP.failures as i64);
+    assert_eq!(stream.metric(Metric::Quarantine, "crashy"), 1);
+    assert_eq!(stream.metric(Metric::QuarantinedRequest, "crashy"), 3);
+    assert!(stream.replies().iter().all(|r| r.status == 503));
+    let other = Fake::with(&[("x-tenant-id", "fine"), ("authorization", "Bearer t")]);
+    assert_eq!(serve(&config, &other), Verdict::Continue);
 }

@@ -63,6 +63,9 @@ pub mod header_type {
     pub const RESPONSE_TRAILER: u32 = 3;
 }
 
+/// `envoy_dynamic_module_type_metrics_result_Success`.
+pub const METRICS_SUCCESS: u32 = 0;
+
 pub mod headers_status {
     pub const CONTINUE: u32 = 0;
     pub const STOP_ITERATION: u32 = 1;
@@ -114,4 +117,13 @@ callbacks! {
     http_add_header: fn(FilterEnvoyPtr, u32, ModuleBuffer, ModuleBuffer) -> bool;
     http_send_response: fn(FilterEnvoyPtr, u32, *mut HttpHeader, usize, ModuleBuffer, ModuleBuffer);
     get_most_specific_route_config: fn(FilterEnvoyPtr) -> RouteConfigModulePtr;
+    http_filter_config_define_counter: fn(ConfigEnvoyPtr, ModuleBuffer, *const ModuleBuffer, usize, *mut usize) -> u32;
+    http_filter_config_define_gauge: fn(ConfigEnvoyPtr, ModuleBuffer, *const ModuleBuffer, usize, *mut usize) -> u32;
+    http_filter_config_define_histogram: fn(ConfigEnvoyPtr, ModuleBuffer, *const ModuleBuffer, usize, *mut usize) -> u32;
+    http_filter_increment_counter: fn(FilterEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
+    http_filter_increment_gauge: fn(FilterEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
+    http_filter_decrement_gauge: fn(FilterEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
+    http_filter_record_histogram_value: fn(FilterEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
+    http_filter_config_increment_counter: fn(ConfigEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
+    http_filter_config_record_histogram_value: fn(ConfigEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
 }

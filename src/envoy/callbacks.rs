@@ -1,9 +1,10 @@
 //! Safe wrappers over Envoy's callbacks: logging, and [`EnvoyStream`], the `HttpStream` of a real
 //! Envoy stream.
 
-use super::abi::{self, Callbacks, EnvoyBuffer, FilterEnvoyPtr, HttpHeader, ModuleBuffer};
+use super::abi::{self, Callbacks, ConfigEnvoyPtr, EnvoyBuffer, FilterEnvoyPtr, HttpHeader, ModuleBuffer};
 use crate::config::{RouteConfig, TenantId};
 use crate::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply, LogLevel};
+use crate::telemetry::{Metric, MetricKind, StatsSink, TENANT_LABEL};
 use std::sync::OnceLock;
 
 static CALLBACKS: OnceLock<Callbacks> = OnceLock::new();
@@ -57,17 +58,84 @@ unsafe fn copy(ptr: *const u8, len: usize) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec()
 }
 
+/// Envoy's ids of thaw's metrics in one filter config (defined at config creation).
+#[derive(Clone, Copy, Debug)]
+pub struct MetricIds([usize; Metric::ALL.len()]);
+
+impl MetricIds {
+    /// Defines every metric of `telemetry::Metric` with Envoy, labelled by tenant. Only possible
+    /// during config creation (Envoy freezes definitions afterwards).
+    pub fn define(cb: &Callbacks, ce: ConfigEnvoyPtr) -> Result<MetricIds, String> {
+        let mut ids = [0usize; Metric::ALL.len()];
+        let label = [ModuleBuffer::of(TENANT_LABEL.as_bytes())];
+        for metric in Metric::ALL {
+            let define = match metric.kind() {
+                MetricKind::Counter => cb.http_filter_config_define_counter,
+                MetricKind::Gauge => cb.http_filter_config_define_gauge,
+                MetricKind::Histogram => cb.http_filter_config_define_histogram,
+            };
+            let name = ModuleBuffer::of(metric.name().as_bytes());
+            // SAFETY: `ce` is the config pointer of the running config hook; the name and label
+            // buffers are borrowed for the call; `ids[i]` is a valid out-pointer.
+            let result = unsafe { define(ce, name, label.as_ptr(), label.len(), &mut ids[metric.index()]) };
+            if result != abi::METRICS_SUCCESS {
+                return Err(format!("Envoy refused to define metric {} (result {result})", metric.name()));
+            }
+        }
+        Ok(MetricIds(ids))
+    }
+}
+
+/// Records metrics during config creation (main thread), through the config pointer.
+pub struct ConfigStats {
+    pub ce: ConfigEnvoyPtr,
+    pub cb: &'static Callbacks,
+    pub ids: MetricIds,
+}
+
+impl StatsSink for ConfigStats {
+    fn record(&mut self, metric: Metric, tenant: &TenantId, value: i64) {
+        let label = [ModuleBuffer::of(tenant.as_str().as_bytes())];
+        let id = self.ids.0[metric.index()];
+        let record = match metric.kind() {
+            MetricKind::Counter => self.cb.http_filter_config_increment_counter,
+            MetricKind::Histogram => self.cb.http_filter_config_record_histogram_value,
+            MetricKind::Gauge => return, // no gauge moves at config creation
+        };
+        // SAFETY: `ce` is the config pointer of the running config hook; `id` was defined on it;
+        // the label buffer is borrowed for the call.
+        unsafe { record(self.ce, id, label.as_ptr(), label.len(), value.max(0) as u64) };
+    }
+}
+
 /// One Envoy HTTP stream, valid for the duration of the hook that created it.
 #[derive(Clone, Copy)]
 pub struct EnvoyStream {
     fe: FilterEnvoyPtr,
     cb: &'static Callbacks,
+    ids: MetricIds,
 }
 
 impl EnvoyStream {
     /// Wraps the stream pointer Envoy passed to the current hook.
-    pub(super) fn new(fe: FilterEnvoyPtr, cb: &'static Callbacks) -> EnvoyStream {
-        EnvoyStream { fe, cb }
+    pub(super) fn new(fe: FilterEnvoyPtr, cb: &'static Callbacks, ids: MetricIds) -> EnvoyStream {
+        EnvoyStream { fe, cb, ids }
+    }
+}
+
+impl StatsSink for EnvoyStream {
+    fn record(&mut self, metric: Metric, tenant: &TenantId, value: i64) {
+        let label = [ModuleBuffer::of(tenant.as_str().as_bytes())];
+        let id = self.ids.0[metric.index()];
+        let (record, amount) = match metric.kind() {
+            MetricKind::Counter => (self.cb.http_filter_increment_counter, value.max(0) as u64),
+            MetricKind::Histogram => (self.cb.http_filter_record_histogram_value, value.max(0) as u64),
+            MetricKind::Gauge if value >= 0 => (self.cb.http_filter_increment_gauge, value as u64),
+            MetricKind::Gauge => (self.cb.http_filter_decrement_gauge, value.unsigned_abs()),
+        };
+        // SAFETY: live stream of the current hook; `id` was defined on this stream's config; the
+        // label buffer is borrowed for the call.
+        unsafe { record(self.fe, id, label.as_ptr(), label.len(), amount) };
     }
 }
 

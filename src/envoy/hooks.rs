@@ -7,7 +7,7 @@
 //! it with `try_borrow_mut`, so a re-entrant hook sees "busy" instead of an aliased `&mut`.
 
 use super::abi::{self, ConfigEnvoyPtr, ConfigModulePtr, EnvoyBuffer, FilterEnvoyPtr, FilterModulePtr, HttpHeader};
-use super::callbacks::{self, EnvoyStream};
+use super::callbacks::{self, ConfigStats, EnvoyStream, MetricIds};
 use crate::config::RouteConfig;
 use crate::filter::{FilterConfig, StreamFilter, Verdict};
 use crate::stream::{HttpStream, LocalReply};
@@ -55,9 +55,15 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
     })
 }
 
+/// thaw's per-filter-config state behind Envoy's config pointer (CM).
+struct LoadedConfig {
+    filter: Arc<FilterConfig>,
+    metrics: MetricIds,
+}
+
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
-    _config_envoy: ConfigEnvoyPtr,
+    config_envoy: ConfigEnvoyPtr,
     name: EnvoyBuffer,
     config: EnvoyBuffer,
 ) -> ConfigModulePtr {
@@ -65,8 +71,14 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         // SAFETY: both buffers were passed to this hook by Envoy.
         let (name, config) = unsafe { (bytes(name), bytes(config)) };
         let name = String::from_utf8_lossy(name);
-        match FilterConfig::load_json(&name, config) {
-            Ok(loaded) => Box::into_raw(Box::new(Arc::new(loaded))) as ConfigModulePtr,
+        let loaded = callbacks::init().and_then(|cb| {
+            let metrics = MetricIds::define(cb, config_envoy)?;
+            let mut stats = ConfigStats { ce: config_envoy, cb, ids: metrics };
+            let filter = FilterConfig::load_json(&name, config, &mut stats)?;
+            Ok(LoadedConfig { filter: Arc::new(filter), metrics })
+        });
+        match loaded {
+            Ok(loaded) => Box::into_raw(Box::new(loaded)) as ConfigModulePtr,
             Err(e) => {
                 log_at!(Error, "thaw: filter `{name}`: rejected config: {e}");
                 std::ptr::null()
@@ -80,7 +92,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: Con
     guard("http_filter_config_destroy", || (), || {
         if !config.is_null() {
             // SAFETY: `config` came from Box::into_raw in config_new and Envoy destroys it once.
-            drop(unsafe { Box::from_raw(config as *mut Arc<FilterConfig>) });
+            drop(unsafe { Box::from_raw(config as *mut LoadedConfig) });
         }
     })
 }
@@ -113,15 +125,20 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(c
     })
 }
 
-type StreamCell = RefCell<StreamFilter>;
+/// thaw's per-stream state behind Envoy's stream pointer (FM).
+struct StreamState {
+    filter: RefCell<StreamFilter>,
+    metrics: MetricIds,
+}
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_new(config: ConfigModulePtr, _fe: FilterEnvoyPtr) -> FilterModulePtr {
     guard("http_filter_new", std::ptr::null, || {
         // SAFETY: `config` is the live pointer config_new returned; Envoy keeps it alive for the
         // filter's lifetime.
-        let config = unsafe { &*(config as *const Arc<FilterConfig>) };
-        Box::into_raw(Box::new(RefCell::new(StreamFilter::new(Arc::clone(config))))) as FilterModulePtr
+        let config = unsafe { &*(config as *const LoadedConfig) };
+        let state = StreamState { filter: RefCell::new(StreamFilter::new(Arc::clone(&config.filter))), metrics: config.metrics };
+        Box::into_raw(Box::new(state)) as FilterModulePtr
     })
 }
 
@@ -131,8 +148,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(fm: FilterModulePt
         if !fm.is_null() {
             // SAFETY: `fm` came from Box::into_raw in http_filter_new; Envoy destroys it once,
             // after every other hook of the stream.
-            let cell = unsafe { Box::from_raw(fm as *mut StreamCell) };
-            cell.into_inner().on_destroy();
+            let state = unsafe { Box::from_raw(fm as *mut StreamState) };
+            state.filter.into_inner().on_destroy();
         }
     })
 }
@@ -148,7 +165,10 @@ fn with_stream<R>(
     f: impl FnOnce(&mut StreamFilter, EnvoyStream) -> R,
 ) -> R {
     let Some(cb) = callbacks::resolved() else { return fail };
-    let stream = EnvoyStream::new(fe, cb);
+    // SAFETY: `fm` is the live pointer http_filter_new returned; Envoy calls stream hooks on the
+    // stream's one worker thread only, and destroys it after every other hook.
+    let state = unsafe { &*(fm as *const StreamState) };
+    let stream = EnvoyStream::new(fe, cb, state.metrics);
     let mut failed = stream;
     guard(
         hook,
@@ -157,10 +177,7 @@ fn with_stream<R>(
             fail
         },
         || {
-            // SAFETY: `fm` is the live pointer http_filter_new returned; Envoy calls stream hooks
-            // on the stream's one worker thread only.
-            let cell = unsafe { &*(fm as *const StreamCell) };
-            match cell.try_borrow_mut() {
+            match state.filter.try_borrow_mut() {
                 Ok(mut filter) => f(&mut filter, stream),
                 Err(_) => busy,
             }

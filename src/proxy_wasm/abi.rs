@@ -123,3 +123,5 @@ pub const MAX_LOCAL_REPLY_BODY_BYTES: usize = 1024 * 1024;
 pub const MAX_RANDOM_GET_BYTES: usize = 64 * 1024;
 /// Most iovecs in one `fd_write`.
 pub const MAX_IOVECS: usize = 1024;
+/// Most table elements an instance may grow to (a bound on indirect-call tables).
+pub const MAX_TABLE_ELEMENTS: usize = 100_000;

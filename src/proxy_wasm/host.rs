@@ -1,12 +1,15 @@
 //! The host-side state of one guest instance (the `T` of its `Store<T>`): whose instance it is, the
-//! stream bound to the current call, and the effects the guest asked for during that call.
+//! stream bound to the current call, the effects the guest asked for during that call, and the
+//! memory accounting that enforces the per-instance cap and the process-wide budget.
 //!
 //! Effects that re-enter Envoy (a local reply) are queued here during a guest call and performed by
 //! the filter driver after the call returns.
 
+use super::abi::MAX_TABLE_ELEMENTS;
 use super::memory::GuestMemory;
 use crate::config::TenantId;
 use crate::stream::{HttpStream, LocalReply};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Something the guest asked for that the driver performs after the guest call returns.
@@ -15,11 +18,77 @@ pub enum Effect {
     LocalReply(LocalReply),
 }
 
+/// Linear memory of all live instances in this process, in bytes.
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// The process-wide budget for `LIVE_BYTES` (`memory_budget_mb`; the last loaded config sets it).
+static BUDGET_BYTES: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+pub fn live_bytes() -> usize {
+    LIVE_BYTES.load(Ordering::Relaxed)
+}
+
+pub fn budget_bytes() -> usize {
+    BUDGET_BYTES.load(Ordering::Relaxed)
+}
+
+pub fn set_budget_bytes(bytes: usize) {
+    BUDGET_BYTES.store(bytes, Ordering::Relaxed);
+}
+
+/// Enforces one instance's memory cap and its share of the process budget; remembers which bound
+/// refused a growth so a resulting trap can be told apart from others.
+pub struct MemoryLimits {
+    cap_bytes: usize,
+    accounted: usize,
+    pub cap_hit: bool,
+    pub budget_hit: bool,
+}
+
+impl MemoryLimits {
+    pub fn new(cap_bytes: usize) -> MemoryLimits {
+        MemoryLimits { cap_bytes, accounted: 0, cap_hit: false, budget_hit: false }
+    }
+
+    /// Linear memory this instance holds.
+    pub fn bytes(&self) -> usize {
+        self.accounted
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimits {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.cap_bytes {
+            self.cap_hit = true;
+            return Ok(false);
+        }
+        let delta = desired.saturating_sub(current);
+        let total = LIVE_BYTES.fetch_add(delta, Ordering::Relaxed) + delta;
+        if total > budget_bytes() {
+            LIVE_BYTES.fetch_sub(delta, Ordering::Relaxed);
+            self.budget_hit = true;
+            return Ok(false);
+        }
+        self.accounted += delta;
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+impl Drop for MemoryLimits {
+    fn drop(&mut self) {
+        LIVE_BYTES.fetch_sub(self.accounted, Ordering::Relaxed);
+    }
+}
+
 pub struct HostState {
     pub tenant: TenantId,
     pub plugin_config: Arc<[u8]>,
     pub vm_config: Arc<[u8]>,
     pub memory: Option<GuestMemory>,
+    pub limits: MemoryLimits,
     /// The stream the current guest call is about; `None` during init and root-context calls.
     pub stream: Option<Box<dyn HttpStream>>,
     pub effects: Vec<Effect>,
@@ -28,15 +97,23 @@ pub struct HostState {
 }
 
 impl HostState {
-    pub fn new(tenant: TenantId, plugin_config: Arc<[u8]>, vm_config: Arc<[u8]>) -> HostState {
+    pub fn new(tenant: TenantId, plugin_config: Arc<[u8]>, vm_config: Arc<[u8]>, memory_cap_bytes: usize) -> HostState {
         HostState {
             tenant,
             plugin_config,
             vm_config,
             memory: None,
+            limits: MemoryLimits::new(memory_cap_bytes),
             stream: None,
             effects: Vec::new(),
             effective_context: 0,
         }
+    }
+
+    /// Forgets everything about the last request (pooled reuse): nothing host-side carries over.
+    pub fn reset_request_state(&mut self) {
+        self.stream = None;
+        self.effects.clear();
+        self.effective_context = 0;
     }
 }

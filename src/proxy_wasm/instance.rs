@@ -8,13 +8,14 @@ use super::host::{Effect, HostState};
 use super::hostcalls;
 use super::memory::GuestMemory;
 use crate::artifact::ArtifactDigest;
-use crate::config::{TenantConfig, TenantId};
+use crate::config::{InstancePolicy, TenantConfig, TenantId};
 use crate::engine::EPOCH_TICK;
 use crate::stream::HttpStream;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use wasmtime::{Engine, Instance, InstancePre, Linker, Module, Store, TypedFunc};
+use std::time::{Duration, Instant};
+use wasmtime::{Engine, ExternType, Instance, InstancePre, Linker, Module, Store, TypedFunc};
 
 /// A tenant's loaded program, shared (read-only) by every worker.
 pub struct Plugin {
@@ -27,21 +28,63 @@ pub struct Plugin {
     plugin_config: Arc<[u8]>,
     vm_config: Arc<[u8]>,
     deadline_ticks: u64,
+    pub policy: InstancePolicy,
+    /// Linear memory a fresh instance starts with (what instantiating one will take).
+    pub initial_memory_bytes: usize,
+}
+
+/// How a guest failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A trap (unreachable, out-of-bounds access, `proc_exit`, a failed hostcall invariant, ...).
+    Trap,
+    /// The call ran past its CPU deadline.
+    Deadline,
+    /// The guest tried to grow its memory past its cap.
+    MemoryCap,
+    /// The guest overflowed its stack bound.
+    StackOverflow,
+    /// No instance could be created: memory budget or instance slots exhausted.
+    Refused,
+}
+
+impl FailureKind {
+    pub fn metric(self) -> crate::telemetry::Metric {
+        use crate::telemetry::Metric;
+        match self {
+            FailureKind::Trap => Metric::GuestTrap,
+            FailureKind::Deadline => Metric::DeadlineExceeded,
+            FailureKind::MemoryCap => Metric::MemoryCapHit,
+            FailureKind::StackOverflow => Metric::StackOverflow,
+            FailureKind::Refused => Metric::InstanceRefused,
+        }
+    }
 }
 
 /// Why a guest could not serve.
 #[derive(Debug, Clone)]
 pub enum GuestError {
-    /// The guest trapped, overran its deadline, hit its memory cap, or broke a host invariant.
-    Failed { tenant: TenantId, hook: &'static str, reason: String },
+    /// The guest trapped, overran its deadline, hit its memory cap, or no instance could be made.
+    Failed { tenant: TenantId, hook: &'static str, kind: FailureKind, reason: String },
     /// `proxy_on_vm_start` or `proxy_on_configure` returned false.
     Rejected { tenant: TenantId, hook: &'static str },
+}
+
+impl GuestError {
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            GuestError::Failed { kind, .. } => *kind,
+            GuestError::Rejected { .. } => FailureKind::Trap,
+        }
+    }
 }
 
 impl fmt::Display for GuestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            GuestError::Failed { tenant, hook, reason } => write!(f, "tenant `{tenant}`: guest failed in {hook}: {reason}"),
+            GuestError::Failed { tenant, hook, kind, reason } => {
+                write!(f, "tenant `{tenant}`: guest failed in {hook} ({kind:?}): {reason}")
+            }
             GuestError::Rejected { tenant, hook } => {
                 write!(f, "tenant `{tenant}`: the guest rejected its configuration ({hook} returned false)")
             }
@@ -65,6 +108,10 @@ impl Plugin {
         let mut linker = Linker::new(engine);
         hostcalls::add_to_linker(&mut linker).map_err(|e| format!("host functions: {e:#}"))?;
         hostcalls::add_stubs_for_unknown_imports(&mut linker, &module)?;
+        let initial_memory_bytes = match module.get_export("memory") {
+            Some(ExternType::Memory(m)) => (m.minimum() as usize).saturating_mul(m.page_size() as usize),
+            _ => return Err("the module's `memory` export is not a memory".into()),
+        };
         let pre = linker.instantiate_pre(&module).map_err(|e| format!("cannot link the module: {e:#}"))?;
         let tick_ms = EPOCH_TICK.as_millis().max(1) as u64;
         Ok(Plugin {
@@ -76,25 +123,42 @@ impl Plugin {
             plugin_config: tenant.plugin_config.as_slice().into(),
             vm_config: tenant.vm_config.as_slice().into(),
             // One extra tick: the first may end at once (the ticker does not start with the call).
-            deadline_ticks: tenant.call_deadline_ms.div_ceil(tick_ms) + 1,
+            deadline_ticks: tenant.instances.call_deadline_ms.div_ceil(tick_ms) + 1,
+            policy: tenant.instances,
+            initial_memory_bytes,
         })
     }
 
     /// A fresh, initialized instance: instantiated, `_initialize`d, root context created,
     /// `proxy_on_vm_start` and `proxy_on_configure` run.
     pub fn instantiate(&self) -> Result<GuestInstance, GuestError> {
-        let state = HostState::new(self.tenant.clone(), self.plugin_config.clone(), self.vm_config.clone());
+        let cap = (self.policy.memory_limit_mb as usize) << 20;
+        let state = HostState::new(self.tenant.clone(), self.plugin_config.clone(), self.vm_config.clone(), cap);
         let mut store = Store::new(&self.engine, state);
-        let failed = |hook: &'static str, e: wasmtime::Error| GuestError::Failed {
-            tenant: self.tenant.clone(),
-            hook,
-            reason: format!("{e:#}"),
-        };
+        store.limiter(|state| &mut state.limits);
         // With epoch interruption, the deadline must be set before instantiation runs any code.
         store.set_epoch_deadline(self.deadline_ticks);
-        let instance = self.pre.instantiate(&mut store).map_err(|e| failed("instantiate", e))?;
-        let exports = Exports::find(&mut store, &instance).map_err(|e| failed("instantiate", e))?;
-        let memory = instance.get_memory(&mut store, "memory").ok_or_else(|| failed("instantiate", wasmtime::Error::msg("no memory")))?;
+        let instance = match self.pre.instantiate(&mut store) {
+            Ok(instance) => instance,
+            Err(e) => {
+                let kind = classify(&e, &store.data().limits);
+                // Not a trap and not a cap: the memory budget or the instance slots ran out.
+                let kind = if kind == FailureKind::Trap && e.downcast_ref::<wasmtime::Trap>().is_none() {
+                    FailureKind::Refused
+                } else {
+                    kind
+                };
+                return Err(GuestError::Failed { tenant: self.tenant.clone(), hook: "instantiate", kind, reason: format!("{e:#}") });
+            }
+        };
+        let failed = |e: wasmtime::Error| GuestError::Failed {
+            tenant: self.tenant.clone(),
+            hook: "instantiate",
+            kind: FailureKind::Trap,
+            reason: format!("{e:#}"),
+        };
+        let exports = Exports::find(&mut store, &instance).map_err(failed)?;
+        let memory = instance.get_memory(&mut store, "memory").ok_or_else(|| failed(wasmtime::Error::msg("no memory")))?;
         store.data_mut().memory = Some(GuestMemory { memory, allocate: exports.allocate.clone() });
         let mut guest = GuestInstance {
             store,
@@ -104,9 +168,27 @@ impl Plugin {
             root_context_id: ROOT_CONTEXT_ID,
             next_context_id: ROOT_CONTEXT_ID + 1,
             failed: false,
+            created: Instant::now(),
+            last_used: Instant::now(),
+            requests: 0,
         };
         guest.start()?;
         Ok(guest)
+    }
+}
+
+/// What a failed guest call was, from the error and the memory bounds' flags.
+fn classify(error: &wasmtime::Error, limits: &super::host::MemoryLimits) -> FailureKind {
+    if limits.cap_hit {
+        return FailureKind::MemoryCap;
+    }
+    if limits.budget_hit {
+        return FailureKind::Refused;
+    }
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => FailureKind::Deadline,
+        Some(wasmtime::Trap::StackOverflow) => FailureKind::StackOverflow,
+        _ => FailureKind::Trap,
     }
 }
 
@@ -166,12 +248,34 @@ pub struct GuestInstance {
     root_context_id: u32,
     next_context_id: u32,
     failed: bool,
+    created: Instant,
+    last_used: Instant,
+    requests: u64,
 }
 
 impl GuestInstance {
     /// False once a call failed: the instance must not serve again.
     pub fn is_healthy(&self) -> bool {
         !self.failed
+    }
+
+    /// Linear memory this instance holds.
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().limits.bytes()
+    }
+
+    /// Whether a pooled instance is due for retirement under `policy` at `now`.
+    pub fn is_retired(&self, policy: &InstancePolicy, now: Instant) -> bool {
+        self.failed
+            || self.requests >= policy.max_requests
+            || now.duration_since(self.created) >= Duration::from_millis(policy.max_age_ms)
+            || now.duration_since(self.last_used) >= Duration::from_millis(policy.idle_timeout_ms)
+    }
+
+    /// Clears host-side request state before the instance serves another request.
+    pub fn reset_for_reuse(&mut self) {
+        self.store.data_mut().reset_request_state();
+        self.last_used = Instant::now();
     }
 
     /// Runs one guest call under the deadline, with `stream` bound for its hostcalls.
@@ -182,7 +286,8 @@ impl GuestInstance {
         f: impl FnOnce(&Exports, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, GuestError> {
         if self.failed {
-            return Err(GuestError::Failed { tenant: self.tenant.clone(), hook, reason: "instance already failed".into() });
+            let reason = "instance already failed".into();
+            return Err(GuestError::Failed { tenant: self.tenant.clone(), hook, kind: FailureKind::Trap, reason });
         }
         self.store.data_mut().stream = stream;
         self.store.set_epoch_deadline(self.deadline_ticks);
@@ -190,11 +295,13 @@ impl GuestInstance {
         self.store.data_mut().stream = None;
         result.map_err(|e| {
             self.failed = true;
-            let reason = match e.downcast_ref::<wasmtime::Trap>() {
-                Some(wasmtime::Trap::Interrupt) => "CPU deadline exceeded".to_string(),
+            let kind = classify(&e, &self.store.data().limits);
+            let reason = match kind {
+                FailureKind::Deadline => "CPU deadline exceeded".to_string(),
+                FailureKind::MemoryCap => format!("memory cap exceeded: {e:#}"),
                 _ => format!("{e:#}"),
             };
-            GuestError::Failed { tenant: self.tenant.clone(), hook, reason }
+            GuestError::Failed { tenant: self.tenant.clone(), hook, kind, reason }
         })
     }
 
@@ -222,6 +329,7 @@ impl GuestInstance {
 
     /// Creates an HTTP context under the root context; returns its id.
     pub fn create_http_context(&mut self) -> Result<u32, GuestError> {
+        self.requests += 1;
         let id = self.next_context_id;
         self.next_context_id = self.next_context_id.checked_add(1).unwrap_or(ROOT_CONTEXT_ID + 1);
         let root = self.root_context_id as i32;

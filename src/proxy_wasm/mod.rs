@@ -14,4 +14,4 @@ pub mod memory;
 
 pub use abi::Action;
 pub use host::Effect;
-pub use instance::{GuestError, GuestInstance, Plugin};
+pub use instance::{FailureKind, GuestError, GuestInstance, Plugin};

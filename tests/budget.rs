@@ -1,0 +1,98 @@
+//! The process-wide memory budget (its own test binary: the budget is process-wide state).
+//! Many pooled tenants on one worker with a budget for only a few instances stay within it: the
+//! least recently used tenants' idle instances are evicted, and every request is still served.
+
+use std::sync::Arc;
+use thaw::artifact::signature::PrivateKey;
+use thaw::config::{Config, InstancePolicy, Isolation, Policy, TenantConfig, TenantId, TenantSource, DEFAULT_CRASH_LOOP};
+use thaw::engine::{self, Target};
+use thaw::filter::{FilterConfig, StreamFilter, Verdict};
+use thaw::proxy_wasm::host;
+use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
+use thaw::telemetry::{Metric, NoStats, StatsSink};
+
+#[derive(Clone)]
+struct Stream(std::rc::Rc<std::cell::RefCell<(Vec<HeaderPair>, Vec<(Metric, i64)>)>>);
+
+impl StatsSink for Stream {
+    fn record(&mut self, metric: Metric, _: &TenantId, value: i64) {
+        self.0.borrow_mut().1.push((metric, value));
+    }
+}
+
+impl HttpStream for Stream {
+    fn header_values(&self, _: HeaderKind, key: &[u8]) -> Option<Vec<Vec<u8>>> {
+        Some(self.0.borrow().0.iter().filter(|(k, _)| k == key).map(|(_, v)| v.clone()).collect())
+    }
+    fn headers(&self, _: HeaderKind) -> Option<Vec<HeaderPair>> {
+        Some(self.0.borrow().0.clone())
+    }
+    fn set_header(&mut self, _: HeaderKind, _: &[u8], _: Option<&[u8]>) -> bool {
+        true
+    }
+    fn add_header(&mut self, _: HeaderKind, _: &[u8], _: &[u8]) -> bool {
+        true
+    }
+    fn send_local_reply(&mut self, _: &LocalReply) {}
+    fn route_tenant(&self) -> Option<TenantId> {
+        None
+    }
+}
+
+#[test]
+fn many_tenants_stay_within_a_small_budget() {
+    // A guest with 1 MiB of initial memory (16 pages) that lets every request through.
+    let wasm = wat::parse_str(
+        r#"(module (memory (export "memory") 16)
+             (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+             (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = PrivateKey::generate();
+    let public = dir.path().join("k.pub");
+    std::fs::write(&public, key.public_key_pem()).unwrap();
+    let cwasm = engine::compile_engine(Target::host()).unwrap().precompile_module(&wasm).unwrap();
+    let module = dir.path().join("m.cwasm");
+    std::fs::write(&module, &cwasm).unwrap();
+    std::fs::write(dir.path().join("m.cwasm.sig"), key.sign(&cwasm)).unwrap();
+    let tenants: Vec<TenantConfig> = (0..40)
+        .map(|i| TenantConfig {
+            id: TenantId::try_from(format!("t{i}").as_str()).unwrap(),
+            module: module.clone(),
+            signature: dir.path().join("m.cwasm.sig"),
+            plugin_config: Vec::new(),
+            vm_config: Vec::new(),
+            root_id: String::new(),
+            instances: InstancePolicy { isolation: Isolation::Pooled, ..InstancePolicy::DEFAULT },
+        })
+        .collect();
+    let budget_mb = 8;
+    let config = Config {
+        trusted_keys: vec![public],
+        tenant_from: TenantSource::Header("x-tenant-id".into()),
+        unknown_tenant: Policy::Deny,
+        on_error: Policy::Deny,
+        allow_jit: false,
+        memory_budget_mb: budget_mb,
+        crash_loop: DEFAULT_CRASH_LOOP,
+        tenants,
+    };
+    let config = Arc::new(FilterConfig::load("budget", &config, &mut NoStats).unwrap());
+    let stream = Stream(Default::default());
+    for round in 0..3 {
+        for i in 0..40 {
+            stream.0.borrow_mut().0 = vec![(b"x-tenant-id".to_vec(), format!("t{i}").into_bytes())];
+            let mut filter = StreamFilter::new(Arc::clone(&config));
+            assert_eq!(filter.on_request_headers(stream.clone(), true), Verdict::Continue, "round {round} tenant t{i}");
+            filter.on_stream_complete(stream.clone());
+            assert!(host::live_bytes() <= budget_mb as usize * 1024 * 1024, "live {} bytes", host::live_bytes());
+        }
+    }
+    let metrics = &stream.0.borrow().1;
+    let count = |m: Metric| metrics.iter().filter(|(x, _)| *x == m).map(|(_, v)| v).sum::<i64>();
+    assert!(count(Metric::InstanceEvicted) > 0, "the budget never forced an eviction");
+    assert_eq!(count(Metric::InstanceRefused), 0);
+    // Idle instances never exceed what the budget holds.
+    assert!(count(Metric::PoolSize) <= budget_mb as i64);
+}
