@@ -13,7 +13,7 @@ VENV="$ROOT/.venv"
 ENVOY_VERSION="1.40.0"
 APT_PACKAGES=(rustc-web cargo-web rust-web-src lld-19 wasi-libc wabt wrk)
 # Guests are built with Debian's rustc-web (the rustup toolchain has no wasm32 std); see examples/README.md.
-GUESTS=(auth-filter probe-filter chaos-filter)
+GUESTS=(auth-filter probe-filter chaos-filter heavy-init-filter)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -77,7 +77,9 @@ cmd_deps() {
 cmd_build() {
   cmd_deps
   log "cargo: libthaw.so and the thaw CLI (release)"
-  cargo build --release --locked
+  # --all-targets: build the tests too, so dev-dependency features are unified once and `test`
+  # reuses this build instead of recompiling Wasmtime with another feature set.
+  cargo build --release --locked --all-targets
   mkdir -p "$BUILD/guests" "$BUILD/keys"
   build_guests
   dev_key

@@ -54,6 +54,27 @@ enum Command {
         #[arg(long)]
         signature: Option<PathBuf>,
     },
+    /// Run a tenant's init once at build time and store its sealed post-init snapshot where the
+    /// runtime looks for it (SNAPSHOT_DIR/TENANT/snapshot.thaw), for this host's architecture.
+    Snapshot {
+        /// The tenant's Wasm module (.wasm), as given to the runtime as `snapshot.source`.
+        input: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        /// The tenant's plugin configuration, as the runtime hands it over (JSON text or bytes).
+        #[arg(long)]
+        plugin_config: Option<PathBuf>,
+        #[arg(long)]
+        vm_config: Option<PathBuf>,
+        /// The snapshot sealing secret (the runtime's `snapshots.key`).
+        #[arg(long)]
+        seal_key: PathBuf,
+        /// The runtime's `snapshots.dir`.
+        #[arg(long)]
+        snapshot_dir: PathBuf,
+        #[arg(long)]
+        encrypt: bool,
+    },
     /// Generate a P-256 key pair: NAME.key.pem (PKCS#8, keep secret) and NAME.pub.pem.
     Keygen {
         #[arg(long)]
@@ -91,6 +112,32 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Inspect { file, key, signature } => inspect(&file, &key, signature.as_deref()),
+        Command::Snapshot { input, tenant, plugin_config, vm_config, seal_key, snapshot_dir, encrypt } => {
+            let read = |p: Option<PathBuf>| -> Result<Vec<u8>> {
+                p.map(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display()))).transpose().map(Option::unwrap_or_default)
+            };
+            let tenant = crate::config::TenantConfig {
+                id: crate::config::TenantId::try_from(tenant.as_str()).map_err(anyhow::Error::msg)?,
+                module: input.clone(),
+                signature: PathBuf::new(),
+                plugin_config: read(plugin_config)?,
+                vm_config: read(vm_config)?,
+                root_id: String::new(),
+                instances: crate::config::InstancePolicy { call_deadline_ms: 60_000, ..crate::config::InstancePolicy::DEFAULT },
+                snapshot_source: None,
+            };
+            let wasm = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
+            let digest = ArtifactDigest::of(&wasm);
+            let key = crate::snapshot::SealKey::load(&seal_key).map_err(anyhow::Error::msg)?;
+            // The compile engine has the runtime's compatibility settings (see engine.rs).
+            let engine = engine::compile_engine(Target::host())?;
+            let (cwasm, host) = crate::snapshot::create(&engine, &tenant, &wasm, digest).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let binding = crate::snapshot::Binding::new(&tenant.id, digest, &tenant.plugin_config, &tenant.vm_config, &engine::engine_fingerprint(&engine)?);
+            let sealed = crate::snapshot::seal(&key, &binding, &host, &cwasm, encrypt);
+            let path = crate::snapshot::store(&snapshot_dir, &tenant.id, &sealed).map_err(anyhow::Error::msg)?;
+            eprintln!("snapshot of {} for tenant `{}` -> {} ({} bytes)", input.display(), tenant.id, path.display(), sealed.len());
+            Ok(())
+        }
         Command::Keygen { out_dir, name } => {
             std::fs::create_dir_all(&out_dir)?;
             let key = PrivateKey::generate();

@@ -70,6 +70,25 @@ pub struct TenantConfig {
     /// The root id (`plugin_root_id`), as in Envoy's Wasm filter `root_id`.
     pub root_id: String,
     pub instances: InstancePolicy,
+    /// Snapshot this tenant's post-init state from this signed Wasm source (needs `snapshots`).
+    pub snapshot_source: Option<SignedFile>,
+}
+
+/// A file and its detached signature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedFile {
+    pub path: PathBuf,
+    pub signature: PathBuf,
+}
+
+/// Where post-init snapshots are stored and how they are sealed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotSettings {
+    pub dir: PathBuf,
+    /// A file holding the sealing secret (at least 32 bytes).
+    pub key: PathBuf,
+    /// Encrypt snapshots at rest (ChaCha20-Poly1305), not only authenticate them.
+    pub encrypt: bool,
 }
 
 /// How a tenant's instances are created, reused and bounded.
@@ -119,6 +138,7 @@ pub struct Config {
     /// Process-wide budget for the linear memory of live instances.
     pub memory_budget_mb: u64,
     pub crash_loop: CrashLoop,
+    pub snapshots: Option<SnapshotSettings>,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -157,7 +177,34 @@ struct RawConfig {
     allow_jit: bool,
     memory_budget_mb: Option<u64>,
     crash_loop: Option<RawCrashLoop>,
+    snapshots: Option<RawSnapshots>,
     tenants: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSnapshots {
+    dir: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    encrypt: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSnapshotSource {
+    source: PathBuf,
+    signature: Option<PathBuf>,
+}
+
+/// `path` and its signature (default: `path` + `.sig`).
+fn signed(path: PathBuf, signature: Option<PathBuf>) -> SignedFile {
+    let signature = signature.unwrap_or_else(|| {
+        let mut s = path.clone().into_os_string();
+        s.push(".sig");
+        s.into()
+    });
+    SignedFile { path, signature }
 }
 
 #[derive(Deserialize)]
@@ -190,6 +237,7 @@ struct RawTenant {
     max_instances: Option<u64>,
     call_deadline_ms: Option<u64>,
     memory_limit_mb: Option<u64>,
+    snapshot: Option<RawSnapshotSource>,
 }
 
 /// A numeric knob: its value or default, checked against its range.
@@ -280,19 +328,20 @@ impl Config {
                 call_deadline_ms: knob(&f("call_deadline_ms"), t.call_deadline_ms, DEFAULT_CALL_DEADLINE_MS, 1..=60_000)?,
                 memory_limit_mb: knob(&f("memory_limit_mb"), t.memory_limit_mb, DEFAULT_MEMORY_LIMIT_MB, 1..=max_memory_mb)?,
             };
-            let signature = t.signature.unwrap_or_else(|| {
-                let mut s = t.module.clone().into_os_string();
-                s.push(".sig");
-                s.into()
-            });
+            let module = signed(t.module, t.signature);
+            if t.snapshot.is_some() && raw.snapshots.is_none() {
+                return Err(err(f("snapshot"), "needs the top-level `snapshots: { dir, key }` settings"));
+            }
+            let snapshot_source = t.snapshot.map(|s| signed(s.source, s.signature));
             tenants.push(TenantConfig {
                 plugin_config: guest_bytes(&format!("{field}.plugin_config"), t.plugin_config)?,
                 vm_config: guest_bytes(&format!("{field}.vm_config"), t.vm_config)?,
                 root_id: t.root_id.unwrap_or_default(),
                 id,
-                module: t.module,
-                signature,
+                module: module.path,
+                signature: module.signature,
                 instances,
+                snapshot_source,
             });
         }
         Ok(Config {
@@ -310,6 +359,7 @@ impl Config {
                     quarantine_ms: knob("crash_loop.quarantine_ms", c.quarantine_ms, DEFAULT_CRASH_LOOP.quarantine_ms, 0..=u64::MAX)?,
                 },
             },
+            snapshots: raw.snapshots.map(|s| SnapshotSettings { dir: s.dir, key: s.key, encrypt: s.encrypt }),
             tenants,
         })
     }
@@ -374,6 +424,8 @@ mod tests {
             (GOOD.replace(r#""module""#, r#""call_deadline_ms":0,"module""#), "tenants.acme.call_deadline_ms", "range"),
             (GOOD.replace(r#""tenant_from""#, r#""crash_loop":{"failures":0},"tenant_from""#), "crash_loop.failures", "range"),
             (GOOD.replace(r#""tenant_from""#, r#""crash_loop":{"fails":1},"tenant_from""#), "filter_config", "fails"),
+            (GOOD.replace(r#""module""#, r#""snapshot":{"source":"/a.wasm"},"module""#), "tenants.acme.snapshot", "snapshots"),
+            (GOOD.replace(r#""tenant_from""#, r#""snapshots":{"dir":"/d"},"tenant_from""#), "filter_config", "key"),
         ];
         for (json, field, needle) in cases {
             let e = parse(&json).unwrap_err();

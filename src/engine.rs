@@ -124,20 +124,36 @@ fn start_epoch_ticker(engine: Engine) {
 
 /// The `.wasmtime.engine` section an engine writes into every artifact it compiles: its version,
 /// target triple and every setting that must match for an artifact to load.
+/// Computed once per engine (it compiles a probe module).
 pub fn engine_fingerprint(engine: &Engine) -> anyhow::Result<Vec<u8>> {
+    static CACHE: std::sync::Mutex<Vec<(Engine, Vec<u8>)>> = std::sync::Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, fingerprint)) = cache.iter().find(|(e, _)| Engine::same(e, engine)) {
+        return Ok(fingerprint.clone());
+    }
     let probe = engine.precompile_module(b"\0asm\x01\0\0\0")?;
-    crate::artifact::cwasm_facts(&probe)
+    let fingerprint = crate::artifact::cwasm_facts(&probe)
         .map(|facts| facts.engine_section)
-        .map_err(|e| anyhow::anyhow!("{e}"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    cache.push((engine.clone(), fingerprint.clone()));
+    Ok(fingerprint)
 }
 
-/// Deserializes precompiled native code.
-///
-/// Only `artifact::VerifiedArtifact` can reach this: its bytes passed signature verification.
-pub(crate) fn deserialize_verified(engine: &Engine, bytes: &[u8]) -> anyhow::Result<Module> {
+/// Why precompiled bytes may be trusted as native code.
+pub(crate) enum Trust {
+    /// A signature from a trusted key verified over exactly these bytes (`VerifiedArtifact`).
+    SignatureVerified,
+    /// A snapshot whose seal (HMAC with thaw's snapshot key) verified, or that this process just
+    /// compiled itself (`filter`, snapshots).
+    SealedByThaw,
+}
+
+/// Deserializes precompiled native code: the one place thaw does.
+pub(crate) fn deserialize_trusted(engine: &Engine, bytes: &[u8], _why: Trust) -> anyhow::Result<Module> {
     // SAFETY: Wasmtime requires that the bytes were produced by `Engine::precompile_module` of a
-    // compatible engine and not tampered with. The caller (artifact::VerifiedArtifact::load) only
-    // passes bytes whose signature from a trusted key verified over exactly these bytes, held in
-    // private memory that cannot change between verification and this call.
+    // compatible engine and not tampered with. Callers hold a `Trust` reason: either a trusted
+    // key's signature verified over exactly these bytes, or thaw produced them (sealed with its
+    // snapshot key, seal verified). The bytes are in private memory that cannot change between
+    // that check and this call.
     unsafe { Module::deserialize(engine, bytes) }
 }

@@ -6,7 +6,9 @@
 
 use crate::artifact::signature::TrustedKey;
 use crate::artifact::{ArtifactDigest, ArtifactError, VerifiedArtifact};
-use crate::config::{Config, CrashLoop, Policy, TenantId, TenantSource};
+use crate::artifact::ArtifactKind;
+use crate::config::{Config, CrashLoop, Policy, SignedFile, SnapshotSettings, TenantConfig, TenantId, TenantSource};
+use crate::snapshot::{self, Binding, Refusal, SealKey};
 use crate::engine;
 use crate::log_at;
 use crate::pool;
@@ -100,6 +102,10 @@ impl FilterConfig {
         // artifact and its configuration share the init check.
         let mut modules: HashMap<(PathBuf, PathBuf), (ArtifactDigest, Module)> = HashMap::new();
         let mut init_checked: HashMap<(ArtifactDigest, Vec<u8>, Vec<u8>), ()> = HashMap::new();
+        let seal_key = match &config.snapshots {
+            Some(settings) => Some(SealKey::load(&settings.key).map_err(|e| format!("invalid filter_config field `snapshots.key`: {e}"))?),
+            None => None,
+        };
         let mut tenants = HashMap::with_capacity(config.tenants.len());
         for tenant in &config.tenants {
             let refuse = |reason: String| format!("tenant `{}`: artifact refused: {reason}", tenant.id);
@@ -123,14 +129,27 @@ impl FilterConfig {
                     (artifact.digest(), module)
                 }
             };
-            let plugin = Plugin::new(engine, tenant, module, digest).map_err(|e| refuse(format!("{}: {e}", tenant.module.display())))?;
-            // Run the guest's init once now, so a guest that rejects its configuration rejects the
-            // config at load, not at the first request.
-            let init_key = (digest, tenant.plugin_config.clone(), tenant.vm_config.clone());
-            if !init_checked.contains_key(&init_key) {
-                drop(plugin.instantiate().map_err(|e| e.to_string())?);
-                init_checked.insert(init_key, ());
-            }
+            let snapshotted = match (&config.snapshots, &tenant.snapshot_source, &seal_key) {
+                (Some(settings), Some(source), Some(seal_key)) => {
+                    resume_or_snapshot(engine, settings, seal_key, tenant, source, &keys, stats)?
+                }
+                _ => None,
+            };
+            let plugin = match snapshotted {
+                Some(plugin) => plugin,
+                None => {
+                    let plugin =
+                        Plugin::new(engine, tenant, module, digest).map_err(|e| refuse(format!("{}: {e}", tenant.module.display())))?;
+                    // Run the guest's init once now, so a guest that rejects its configuration
+                    // rejects the config at load, not at the first request.
+                    let init_key = (digest, tenant.plugin_config.clone(), tenant.vm_config.clone());
+                    if !init_checked.contains_key(&init_key) {
+                        drop(plugin.instantiate().map_err(|e| e.to_string())?);
+                        init_checked.insert(init_key, ());
+                    }
+                    plugin
+                }
+            };
             log_at!(Debug, "thaw: tenant `{}`: loaded {} ({digest}, signature verified)", tenant.id, tenant.module.display());
             let crashes = CrashTracker::new(config.crash_loop);
             tenants.insert(tenant.id.clone(), Tenant { plugin: Arc::new(plugin), crashes });
@@ -144,6 +163,63 @@ impl FilterConfig {
             on_error: config.on_error,
         })
     }
+}
+
+/// A tenant's plugin resumed from its stored snapshot, or from a snapshot made now (and stored);
+/// `None` when the guest cannot be snapshotted (logged with the reason: per-worker init then).
+fn resume_or_snapshot(
+    engine: &wasmtime::Engine,
+    settings: &SnapshotSettings,
+    seal_key: &SealKey,
+    tenant: &TenantConfig,
+    source: &SignedFile,
+    keys: &[TrustedKey],
+    stats: &mut dyn StatsSink,
+) -> Result<Option<Plugin>, String> {
+    let id = &tenant.id;
+    let refuse = |reason: String| format!("tenant `{id}`: snapshot source refused: {reason}");
+    let artifact = VerifiedArtifact::read(&source.path, &source.signature, keys).map_err(|e| {
+        if matches!(e, ArtifactError::Signature(_)) {
+            stats.record(Metric::SignatureFailure, id, 1);
+        }
+        refuse(e.to_string())
+    })?;
+    if crate::artifact::classify(artifact.bytes()) != Ok(ArtifactKind::Wasm) {
+        return Err(refuse(format!("{} is not a Wasm module (snapshots are made from the .wasm)", source.path.display())));
+    }
+    let fingerprint = engine::engine_fingerprint(engine).map_err(|e| format!("{e:#}"))?;
+    let binding = Binding::new(id, artifact.digest(), &tenant.plugin_config, &tenant.vm_config, &fingerprint);
+    let path = snapshot::path_for(&settings.dir, id);
+    let started = Instant::now();
+    match snapshot::load(&settings.dir, seal_key, id, &binding) {
+        Ok(unsealed) => {
+            let module = engine::deserialize_trusted(engine, &unsealed.cwasm, engine::Trust::SealedByThaw)
+                .map_err(|e| format!("tenant `{id}`: snapshot {}: {e:#}", path.display()))?;
+            stats.record(Metric::AotLoad, id, started.elapsed().as_micros() as i64);
+            log_at!(Info, "thaw: tenant `{id}`: resumed stored snapshot {} (init not run)", path.display());
+            return Plugin::resumed(engine, tenant, module, artifact.digest(), unsealed.host).map(Some);
+        }
+        Err(Refusal::Missing) => {}
+        Err(refusal) => {
+            stats.record(Metric::SnapshotRefused, id, 1);
+            log_at!(Warn, "thaw: tenant `{id}`: stored snapshot {} refused ({refusal}); nothing from it is used, replacing it", path.display());
+        }
+    }
+    let (cwasm, host) = match snapshot::create(engine, tenant, artifact.bytes(), artifact.digest()) {
+        Ok(made) => made,
+        Err(snapshot::CreateError::Rejected(e)) => return Err(e.to_string()),
+        Err(snapshot::CreateError::Unsupported(why)) => {
+            log_at!(Warn, "thaw: tenant `{id}`: cannot snapshot its init ({why}); falling back to per-worker init");
+            return Ok(None);
+        }
+    };
+    let sealed = snapshot::seal(seal_key, &binding, &host, &cwasm, settings.encrypt);
+    match snapshot::store(&settings.dir, id, &sealed) {
+        Ok(path) => log_at!(Info, "thaw: tenant `{id}`: ran init once and stored its snapshot {} ({} ms)", path.display(), started.elapsed().as_millis()),
+        Err(e) => log_at!(Warn, "thaw: tenant `{id}`: {e}; using the snapshot unstored"),
+    }
+    let module = engine::deserialize_trusted(engine, &cwasm, engine::Trust::SealedByThaw).map_err(|e| format!("tenant `{id}`: {e:#}"))?;
+    Plugin::resumed(engine, tenant, module, artifact.digest(), host).map(Some)
 }
 
 /// What Envoy should do with the stream after a headers hook.

@@ -14,5 +14,6 @@ pub mod envoy;
 pub mod filter;
 pub mod pool;
 pub mod proxy_wasm;
+pub mod snapshot;
 pub mod stream;
 pub mod telemetry;

@@ -75,7 +75,8 @@ pub fn take(plugin: &Arc<Plugin>, stats: &mut dyn StatsSink) -> Result<GuestInst
     make_room(plugin.initial_memory_bytes, stats);
     let started = Instant::now();
     let instance = plugin.instantiate()?;
-    stats.record(Metric::ColdStart, tenant, started.elapsed().as_micros() as i64);
+    let metric = if plugin.is_resumed() { Metric::SnapshotResume } else { Metric::ColdStart };
+    stats.record(metric, tenant, started.elapsed().as_micros() as i64);
     Ok(instance)
 }
 

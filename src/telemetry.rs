@@ -22,6 +22,10 @@ pub enum Metric {
     ColdStart,
     /// Histogram, microseconds: reading, verifying and loading an artifact at config load.
     AotLoad,
+    /// Histogram, microseconds: a fresh instance resumed from a post-init snapshot (no init run).
+    SnapshotResume,
+    /// Counter: stored snapshots refused (seal, binding or engine mismatch) and replaced.
+    SnapshotRefused,
     /// Counter: a pooled tenant's request served by an idle instance.
     PoolHit,
     /// Counter: a pooled tenant's request that needed a fresh instance.
@@ -49,9 +53,11 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 14] = [
+    pub const ALL: [Metric; 16] = [
         Metric::ColdStart,
         Metric::AotLoad,
+        Metric::SnapshotResume,
+        Metric::SnapshotRefused,
         Metric::PoolHit,
         Metric::PoolMiss,
         Metric::PoolSize,
@@ -70,6 +76,8 @@ impl Metric {
         match self {
             Metric::ColdStart => "wasm_cold_start_microseconds",
             Metric::AotLoad => "wasm_aot_load_microseconds",
+            Metric::SnapshotResume => "wasm_snapshot_resume_microseconds",
+            Metric::SnapshotRefused => "wasm_snapshot_refused_total",
             Metric::PoolHit => "wasm_pool_hit_total",
             Metric::PoolMiss => "wasm_pool_miss_total",
             Metric::PoolSize => "wasm_instance_pool_size",
@@ -87,7 +95,7 @@ impl Metric {
 
     pub fn kind(self) -> MetricKind {
         match self {
-            Metric::ColdStart | Metric::AotLoad => MetricKind::Histogram,
+            Metric::ColdStart | Metric::AotLoad | Metric::SnapshotResume => MetricKind::Histogram,
             Metric::PoolSize => MetricKind::Gauge,
             _ => MetricKind::Counter,
         }

@@ -65,6 +65,7 @@ fn many_tenants_stay_within_a_small_budget() {
             vm_config: Vec::new(),
             root_id: String::new(),
             instances: InstancePolicy { isolation: Isolation::Pooled, ..InstancePolicy::DEFAULT },
+            snapshot_source: None,
         })
         .collect();
     let budget_mb = 8;
@@ -76,6 +77,7 @@ fn many_tenants_stay_within_a_small_budget() {
         allow_jit: false,
         memory_budget_mb: budget_mb,
         crash_loop: DEFAULT_CRASH_LOOP,
+            snapshots: None,
         tenants,
     };
     let config = Arc::new(FilterConfig::load("budget", &config, &mut NoStats).unwrap());

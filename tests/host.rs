@@ -115,6 +115,7 @@ impl Workspace {
             vm_config: Vec::new(),
             root_id: String::new(),
             instances: InstancePolicy::DEFAULT,
+            snapshot_source: None,
         }
     }
 
@@ -127,6 +128,7 @@ impl Workspace {
             allow_jit: false,
             memory_budget_mb: thaw::config::DEFAULT_MEMORY_BUDGET_MB,
             crash_loop: DEFAULT_CRASH_LOOP,
+            snapshots: None,
             tenants,
         };
         FilterConfig::load("test", &config, &mut NoStats).map(Arc::new)

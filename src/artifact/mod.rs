@@ -176,6 +176,11 @@ impl VerifiedArtifact {
         &self.path
     }
 
+    /// The verified bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Turns verified bytes into a `Module` for `engine`: deserializes a compatible `.cwasm`, or
     /// compiles a `.wasm` when `allow_jit`. Returns the module and whether it was JIT-compiled.
     pub fn load(&self, engine: &Engine, allow_jit: bool) -> Result<(Module, bool), ArtifactError> {
@@ -205,7 +210,7 @@ impl VerifiedArtifact {
                     };
                     return Err(ArtifactError::WrongEngine { path: path(), reason });
                 }
-                engine::deserialize_verified(engine, &self.bytes)
+                engine::deserialize_trusted(engine, &self.bytes, engine::Trust::SignatureVerified)
                     .map(|m| (m, false))
                     .map_err(|e| ArtifactError::LoadFailed { path: path(), reason: format!("{e:#}") })
             }
@@ -236,5 +241,12 @@ mod tests {
         assert_eq!(classify(b"\0asm\x01\0\0\0"), Ok(ArtifactKind::Wasm));
         assert!(classify(b"garbage").is_err());
         assert!(cwasm_facts(&bytes[..bytes.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn the_cli_and_the_runtime_engines_are_compatible() {
+        let compile = engine::compile_engine(Target::host()).unwrap();
+        let runtime = engine::runtime_engine().unwrap();
+        assert_eq!(engine::engine_fingerprint(&compile).unwrap(), engine::engine_fingerprint(runtime).unwrap());
     }
 }

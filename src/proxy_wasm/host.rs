@@ -94,6 +94,10 @@ pub struct HostState {
     pub effects: Vec<Effect>,
     /// The context the guest last made effective (`proxy_set_effective_context`).
     pub effective_context: u32,
+    /// `proxy_set_tick_period_milliseconds` (0: no ticks).
+    pub tick_period_ms: u64,
+    /// Metrics the guest defined, in order; a metric's id is its index + 1: (type, name).
+    pub metrics: Vec<(u32, String)>,
 }
 
 impl HostState {
@@ -107,6 +111,8 @@ impl HostState {
             stream: None,
             effects: Vec::new(),
             effective_context: 0,
+            tick_period_ms: 0,
+            metrics: Vec::new(),
         }
     }
 

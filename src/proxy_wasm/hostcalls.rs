@@ -82,6 +82,15 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         },
     )?;
 
+    linker.func_wrap(env, "proxy_set_tick_period_milliseconds", |mut c: C, period: i32| {
+        c.data_mut().tick_period_ms = period as u32 as u64;
+        Ok(Status::Ok as i32)
+    })?;
+    linker.func_wrap(env, "proxy_define_metric", |c: C, t: i32, np: i32, nl: i32, out: i32| status(proxy_define_metric(c, t, np, nl, out)))?;
+    linker.func_wrap(env, "proxy_increment_metric", |c: C, id: i32, delta: i64| status(guest_metric(c, id, MetricOp::Add(delta))))?;
+    linker.func_wrap(env, "proxy_record_metric", |c: C, id: i32, value: i64| status(guest_metric(c, id, MetricOp::Set(value))))?;
+    linker.func_wrap(env, "proxy_get_metric", |c: C, id: i32, out: i32| status(guest_metric(c, id, MetricOp::Get(out))))?;
+
     let w = "wasi_snapshot_preview1";
     linker.func_wrap(w, "fd_write", |c: C, fd: i32, iovs: i32, n: i32, out: i32| fd_write(c, fd, iovs, n, out))?;
     linker.func_wrap(w, "clock_time_get", |c: C, id: i32, _precision: i64, out: i32| wasi(clock_time_get(c, id, out)))?;
@@ -93,6 +102,38 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(w, "proc_exit", |_: C, code: i32| -> wasmtime::Result<()> {
         Err(wasmtime::Error::msg(format!("guest called proc_exit({code})")))
     })?;
+    Ok(())
+}
+
+/// Hostcalls a guest's init may make while it is being snapshotted: what leaves no state outside
+/// the guest that a snapshot could not restore (host state it does leave is recorded in the
+/// snapshot's `HostSnapshot`). Every WASI function is allowed.
+pub const SNAPSHOT_INIT_ALLOWLIST: &[&str] = &[
+    "proxy_log",
+    "proxy_get_log_level",
+    "proxy_get_current_time_nanoseconds",
+    "proxy_get_buffer_bytes",
+    "proxy_get_buffer_status",
+    "proxy_set_effective_context",
+    "proxy_set_tick_period_milliseconds",
+    "proxy_define_metric",
+];
+
+/// Replaces every `env` import of `module` outside [`SNAPSHOT_INIT_ALLOWLIST`] with a function
+/// that traps, naming the call: a snapshotted init that makes one fails the snapshot.
+pub fn forbid_outside_snapshot_allowlist(linker: &mut Linker<HostState>, module: &Module) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    for import in module.imports() {
+        let (ExternType::Func(ty), "env") = (import.ty(), import.module()) else { continue };
+        if SNAPSHOT_INIT_ALLOWLIST.contains(&import.name()) {
+            continue;
+        }
+        let name = import.name().to_string();
+        linker.func_new("env", import.name(), ty, move |_, _, _| {
+            Err(wasmtime::Error::msg(format!("init called {name}, which is not allowed while snapshotting")))
+        })?;
+    }
+    linker.allow_shadowing(false);
     Ok(())
 }
 
@@ -334,4 +375,53 @@ fn random_get(mut c: C, ptr: i32, len: i32) -> HostResult {
 fn zero_sizes(mut c: C, count: i32, size: i32) -> HostResult {
     memory::write_u32(&mut c, count, 0)?;
     memory::write_u32(&mut c, size, 0)
+}
+
+/// Values of guest-defined metrics, process-wide, by tenant and metric name (as Envoy's host keeps
+/// them per plugin): every instance of a tenant reads and moves the same value.
+fn metric_values() -> &'static Mutex<std::collections::HashMap<(String, String), i64>> {
+    static VALUES: std::sync::OnceLock<Mutex<std::collections::HashMap<(String, String), i64>>> = std::sync::OnceLock::new();
+    VALUES.get_or_init(Default::default)
+}
+
+fn proxy_define_metric(mut c: C, metric_type: i32, np: i32, nl: i32, out: i32) -> HostResult {
+    if !(0..=2).contains(&metric_type) {
+        return Err(Status::BadArgument.into());
+    }
+    let name = String::from_utf8(memory::read(&c, np, nl, abi::MAX_GUEST_STRING_BYTES)?).map_err(|_| Status::BadArgument)?;
+    let metrics = &mut c.data_mut().metrics;
+    let id = match metrics.iter().position(|(_, n)| *n == name) {
+        Some(i) => i + 1,
+        None => {
+            metrics.push((metric_type as u32, name));
+            metrics.len()
+        }
+    };
+    memory::write_u32(&mut c, out, id as u32)
+}
+
+enum MetricOp {
+    Add(i64),
+    Set(i64),
+    Get(i32),
+}
+
+fn guest_metric(mut c: C, id: i32, op: MetricOp) -> HostResult {
+    let index = usize::try_from(id).ok().and_then(|i| i.checked_sub(1)).ok_or(Status::NotFound)?;
+    let (_, name) = c.data().metrics.get(index).cloned().ok_or(Status::NotFound)?;
+    let key = (c.data().tenant.to_string(), name);
+    let value = {
+        let mut values = metric_values().lock().unwrap_or_else(|p| p.into_inner());
+        let value = values.entry(key).or_insert(0);
+        match op {
+            MetricOp::Add(delta) => *value = value.saturating_add(delta),
+            MetricOp::Set(v) => *value = v,
+            MetricOp::Get(_) => {}
+        }
+        *value
+    };
+    if let MetricOp::Get(out) = op {
+        memory::write_u64(&mut c, out, value as u64)?;
+    }
+    Ok(())
 }

@@ -10,6 +10,7 @@ use super::memory::GuestMemory;
 use crate::artifact::ArtifactDigest;
 use crate::config::{InstancePolicy, TenantConfig, TenantId};
 use crate::engine::EPOCH_TICK;
+use crate::snapshot::HostSnapshot;
 use crate::stream::HttpStream;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +32,8 @@ pub struct Plugin {
     pub policy: InstancePolicy,
     /// Linear memory a fresh instance starts with (what instantiating one will take).
     pub initial_memory_bytes: usize,
+    /// Set when the module is a post-init snapshot: instances resume it instead of running init.
+    resume: Option<HostSnapshot>,
 }
 
 /// How a guest failed.
@@ -98,6 +101,32 @@ impl Plugin {
     /// Links `module` against the host functions. Refuses modules whose imports thaw cannot
     /// provide or that lack the exports every proxy-wasm guest has.
     pub fn new(engine: &Engine, tenant: &TenantConfig, module: Module, digest: ArtifactDigest) -> Result<Plugin, String> {
+        Plugin::build(engine, tenant, module, digest, None, false)
+    }
+
+    /// A plugin whose module is a post-init snapshot: instances skip init and get `host` restored.
+    pub fn resumed(engine: &Engine, tenant: &TenantConfig, module: Module, digest: ArtifactDigest, host: HostSnapshot) -> Result<Plugin, String> {
+        Plugin::build(engine, tenant, module, digest, Some(host), false)
+    }
+
+    /// A plugin whose init runs under the snapshot allowlist (any other hostcall traps, naming it).
+    pub fn for_snapshot(engine: &Engine, tenant: &TenantConfig, module: Module, digest: ArtifactDigest) -> Result<Plugin, String> {
+        Plugin::build(engine, tenant, module, digest, None, true)
+    }
+
+    /// Whether instances resume a snapshot (no init) rather than run init.
+    pub fn is_resumed(&self) -> bool {
+        self.resume.is_some()
+    }
+
+    fn build(
+        engine: &Engine,
+        tenant: &TenantConfig,
+        module: Module,
+        digest: ArtifactDigest,
+        resume: Option<HostSnapshot>,
+        snapshot_allowlist: bool,
+    ) -> Result<Plugin, String> {
         static NEXT_UID: AtomicU64 = AtomicU64::new(1);
         if module.get_export("memory").is_none() {
             return Err("the module exports no `memory`".into());
@@ -108,6 +137,9 @@ impl Plugin {
         let mut linker = Linker::new(engine);
         hostcalls::add_to_linker(&mut linker).map_err(|e| format!("host functions: {e:#}"))?;
         hostcalls::add_stubs_for_unknown_imports(&mut linker, &module)?;
+        if snapshot_allowlist {
+            hostcalls::forbid_outside_snapshot_allowlist(&mut linker, &module).map_err(|e| format!("{e:#}"))?;
+        }
         let initial_memory_bytes = match module.get_export("memory") {
             Some(ExternType::Memory(m)) => (m.minimum() as usize).saturating_mul(m.page_size() as usize),
             _ => return Err("the module's `memory` export is not a memory".into()),
@@ -126,6 +158,7 @@ impl Plugin {
             deadline_ticks: tenant.instances.call_deadline_ms.div_ceil(tick_ms) + 1,
             policy: tenant.instances,
             initial_memory_bytes,
+            resume,
         })
     }
 
@@ -162,6 +195,7 @@ impl Plugin {
         store.data_mut().memory = Some(GuestMemory { memory, allocate: exports.allocate.clone() });
         let mut guest = GuestInstance {
             store,
+            instance,
             exports,
             tenant: self.tenant.clone(),
             deadline_ticks: self.deadline_ticks,
@@ -172,7 +206,10 @@ impl Plugin {
             last_used: Instant::now(),
             requests: 0,
         };
-        guest.start()?;
+        match &self.resume {
+            Some(host) => guest.restore(host),
+            None => guest.start()?,
+        }
         Ok(guest)
     }
 }
@@ -242,6 +279,7 @@ impl Exports {
 /// One live instance of a tenant's guest. Serves one stream at a time.
 pub struct GuestInstance {
     store: Store<HostState>,
+    instance: Instance,
     exports: Exports,
     tenant: TenantId,
     deadline_ticks: u64,
@@ -327,6 +365,36 @@ impl GuestInstance {
         Ok(())
     }
 
+    /// Restores the host state a snapshot recorded, instead of running init.
+    fn restore(&mut self, host: &HostSnapshot) {
+        self.root_context_id = host.root_context_id;
+        self.next_context_id = host.root_context_id + 1;
+        let state = self.store.data_mut();
+        state.tick_period_ms = host.tick_period_ms;
+        state.metrics = host.metrics.clone();
+    }
+
+    /// The host state this instance's init left behind.
+    pub fn host_snapshot(&self) -> HostSnapshot {
+        let state = self.store.data();
+        HostSnapshot { root_context_id: self.root_context_id, tick_period_ms: state.tick_period_ms, metrics: state.metrics.clone() }
+    }
+
+    /// Captures this instance's post-init memories and globals into a new module with `wizer`.
+    /// Refused for an instance that has served any request: a snapshot never holds request data.
+    pub fn snapshot(mut self, wizer: &wasmtime_wizer::Wizer, cx: wasmtime_wizer::ModuleContext<'_>) -> Result<(Vec<u8>, HostSnapshot), String> {
+        if self.requests > 0 {
+            return Err(format!("this instance has served {} requests; snapshots are taken only before any request", self.requests));
+        }
+        let host = self.host_snapshot();
+        let mut source = SnapshotSource { store: &mut self.store, instance: self.instance, missing: None };
+        let wasm = block_on(wizer.snapshot(cx, &mut source)).map_err(|e| format!("{e:#}"))?;
+        if let Some(missing) = source.missing {
+            return Err(missing);
+        }
+        Ok((wasm, host))
+    }
+
     /// Creates an HTTP context under the root context; returns its id.
     pub fn create_http_context(&mut self) -> Result<u32, GuestError> {
         self.requests += 1;
@@ -380,5 +448,54 @@ impl GuestInstance {
     /// The effects the guest asked for during the last calls, in order.
     pub fn take_effects(&mut self) -> Vec<Effect> {
         std::mem::take(&mut self.store.data_mut().effects)
+    }
+}
+
+/// The instance state `wasmtime-wizer` reads. Values are read synchronously and handed back as
+/// ready futures (the trait is async for other runtimes); a missing export is remembered as an
+/// error instead of panicking.
+struct SnapshotSource<'a> {
+    store: &'a mut Store<HostState>,
+    instance: Instance,
+    missing: Option<String>,
+}
+
+impl wasmtime_wizer::InstanceState for SnapshotSource<'_> {
+    fn global_get(&mut self, name: &str) -> impl std::future::Future<Output = wasmtime_wizer::SnapshotVal> + Send {
+        use wasmtime_wizer::SnapshotVal;
+        let value = match self.instance.get_global(&mut *self.store, name).map(|g| g.get(&mut *self.store)) {
+            Some(wasmtime::Val::I32(x)) => SnapshotVal::I32(x),
+            Some(wasmtime::Val::I64(x)) => SnapshotVal::I64(x),
+            Some(wasmtime::Val::F32(x)) => SnapshotVal::F32(x),
+            Some(wasmtime::Val::F64(x)) => SnapshotVal::F64(x),
+            Some(wasmtime::Val::V128(x)) => SnapshotVal::V128(x.as_u128()),
+            _ => {
+                self.missing = Some(format!("global `{name}` is missing or not a number"));
+                SnapshotVal::I32(0)
+            }
+        };
+        std::future::ready(value)
+    }
+
+    fn memory_contents(&mut self, name: &str, contents: impl FnOnce(&[u8]) + Send) -> impl std::future::Future<Output = ()> + Send {
+        match self.instance.get_memory(&mut *self.store, name) {
+            Some(memory) => contents(memory.data(&*self.store)),
+            None => {
+                self.missing = Some(format!("memory `{name}` is missing"));
+                contents(&[]);
+            }
+        }
+        std::future::ready(())
+    }
+}
+
+/// Drives a future whose every await is already ready (see `SnapshotSource`) to completion.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(value) = future.as_mut().poll(&mut cx) {
+            return value;
+        }
     }
 }

@@ -1,0 +1,269 @@
+//! Post-init snapshots through the host, with the real heavy-init guest (proxy-wasm SDK): init runs
+//! once per snapshot; resumed instances keep the guest's state, metrics and tick period; stored
+//! snapshots that are tampered, truncated, or made for another tenant, module, configuration or
+//! engine are refused, counted and replaced; encryption at rest hides guest memory; and a snapshot
+//! is never taken from an instance that served a request.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use thaw::artifact::signature::PrivateKey;
+use thaw::artifact::ArtifactDigest;
+use thaw::config::{
+    Config, InstancePolicy, Policy, SignedFile, SnapshotSettings, TenantConfig, TenantId, TenantSource, DEFAULT_CRASH_LOOP,
+    DEFAULT_MEMORY_BUDGET_MB,
+};
+use thaw::engine::{self, Target};
+use thaw::filter::{FilterConfig, StreamFilter};
+use thaw::proxy_wasm::Plugin;
+use thaw::snapshot::{self, Binding, HostSnapshot, SealKey};
+use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
+use thaw::telemetry::{Metric, StatsSink};
+
+/// Records metrics; answers headers from nothing; keeps the local replies.
+#[derive(Clone, Default)]
+struct Recorder(std::rc::Rc<std::cell::RefCell<(Vec<(Metric, String)>, Vec<LocalReply>, Vec<HeaderPair>)>>);
+
+impl Recorder {
+    fn count(&self, metric: Metric) -> usize {
+        self.0.borrow().0.iter().filter(|(m, _)| *m == metric).count()
+    }
+}
+
+impl StatsSink for Recorder {
+    fn record(&mut self, metric: Metric, tenant: &TenantId, _: i64) {
+        self.0.borrow_mut().0.push((metric, tenant.to_string()));
+    }
+}
+
+impl HttpStream for Recorder {
+    fn header_values(&self, _: HeaderKind, key: &[u8]) -> Option<Vec<Vec<u8>>> {
+        Some(self.0.borrow().2.iter().filter(|(k, _)| k == key).map(|(_, v)| v.clone()).collect())
+    }
+    fn headers(&self, _: HeaderKind) -> Option<Vec<HeaderPair>> {
+        Some(self.0.borrow().2.clone())
+    }
+    fn set_header(&mut self, _: HeaderKind, _: &[u8], _: Option<&[u8]>) -> bool {
+        true
+    }
+    fn add_header(&mut self, _: HeaderKind, _: &[u8], _: &[u8]) -> bool {
+        true
+    }
+    fn send_local_reply(&mut self, reply: &LocalReply) {
+        self.0.borrow_mut().1.push(reply.clone());
+    }
+    fn route_tenant(&self) -> Option<TenantId> {
+        None
+    }
+}
+
+fn heavy_wasm() -> Vec<u8> {
+    let dir = std::env::var_os("THAW_GUESTS").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("build/guests"));
+    let path = dir.join("heavy-init-filter.wasm");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; build the guests first: ./bazel-free-build.sh build", path.display()))
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    public: PathBuf,
+    module: SignedFile,
+    source: SignedFile,
+    seal_key: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let key = PrivateKey::generate();
+        let public = dir.path().join("trusted.pub");
+        std::fs::write(&public, key.public_key_pem()).unwrap();
+        let wasm = heavy_wasm();
+        let cwasm = engine::compile_engine(Target::host()).unwrap().precompile_module(&wasm).unwrap();
+        let write_signed = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            let signature = dir.path().join(format!("{name}.sig"));
+            std::fs::write(&signature, key.sign(bytes)).unwrap();
+            SignedFile { path, signature }
+        };
+        let module = write_signed("heavy.cwasm", &cwasm);
+        let source = write_signed("heavy.wasm", &wasm);
+        let seal_key = dir.path().join("snapshot.key");
+        std::fs::write(&seal_key, [42u8; 32]).unwrap();
+        Setup { dir, public, module, source, seal_key }
+    }
+
+    fn snapshot_dir(&self) -> PathBuf {
+        self.dir.path().join("snapshots")
+    }
+
+    fn tenant(&self, name: &str, plugin_config: &str) -> TenantConfig {
+        TenantConfig {
+            id: TenantId::try_from(name).unwrap(),
+            module: self.module.path.clone(),
+            signature: self.module.signature.clone(),
+            plugin_config: plugin_config.as_bytes().to_vec(),
+            vm_config: Vec::new(),
+            root_id: String::new(),
+            instances: InstancePolicy { call_deadline_ms: 2_000, ..InstancePolicy::DEFAULT },
+            snapshot_source: Some(self.source.clone()),
+        }
+    }
+
+    fn load(&self, tenants: Vec<TenantConfig>, encrypt: bool, stats: &mut Recorder) -> Arc<FilterConfig> {
+        let config = Config {
+            trusted_keys: vec![self.public.clone()],
+            tenant_from: TenantSource::Header("x-tenant-id".into()),
+            unknown_tenant: Policy::Deny,
+            on_error: Policy::Deny,
+            allow_jit: false,
+            memory_budget_mb: DEFAULT_MEMORY_BUDGET_MB,
+            crash_loop: DEFAULT_CRASH_LOOP,
+            snapshots: Some(SnapshotSettings { dir: self.snapshot_dir(), key: self.seal_key.clone(), encrypt }),
+            tenants,
+        };
+        Arc::new(FilterConfig::load("snapshots", &config, stats).unwrap())
+    }
+
+    fn stored(&self, tenant: &str) -> PathBuf {
+        snapshot::path_for(&self.snapshot_dir(), &TenantId::try_from(tenant).unwrap())
+    }
+}
+
+/// One request; returns the guest's reply body.
+fn ask(config: &Arc<FilterConfig>, tenant: &str) -> String {
+    let stream = Recorder::default();
+    stream.0.borrow_mut().2 = vec![(b"x-tenant-id".to_vec(), tenant.as_bytes().to_vec())];
+    let mut filter = StreamFilter::new(Arc::clone(config));
+    filter.on_request_headers(stream.clone(), true);
+    filter.on_stream_complete(stream.clone());
+    let replies = stream.0.borrow().1.clone();
+    assert_eq!(replies.len(), 1, "tenant {tenant}: {replies:?}");
+    String::from_utf8(replies[0].body.clone()).unwrap()
+}
+
+const SMALL: &str = r#"{"entries": 50000, "marker": "SECRET-MARKER-4f1d"}"#;
+
+#[test]
+fn init_runs_once_then_every_instance_and_every_load_resumes() {
+    let s = Setup::new();
+    let mut stats = Recorder::default();
+    let config = s.load(vec![s.tenant("acme", SMALL)], false, &mut stats);
+    let stored = s.stored("acme");
+    let written = std::fs::metadata(&stored).unwrap().modified().unwrap();
+    assert!(config.tenants[&TenantId::try_from("acme").unwrap()].plugin.is_resumed());
+    let first = ask(&config, "acme");
+    assert!(first.starts_with("table=") && first.contains("entries=50000"), "{first}");
+    // Host state from init survives resume: the tick period and the metric the guest defined.
+    assert!(first.contains("ticks=60000") && first.contains("metric=ok"), "{first}");
+    for _ in 0..5 {
+        assert_eq!(ask(&config, "acme"), first);
+    }
+
+    // A new load (a new Envoy process) resumes the stored snapshot: it is not made again.
+    let again = s.load(vec![s.tenant("acme", SMALL)], false, &mut stats);
+    assert_eq!(std::fs::metadata(&stored).unwrap().modified().unwrap(), written);
+    assert_eq!(ask(&again, "acme"), first);
+    assert_eq!(stats.count(Metric::SnapshotRefused), 0);
+    // Resumed instances report as such (no cold start with init).
+    let stream = Recorder::default();
+    stream.0.borrow_mut().2 = vec![(b"x-tenant-id".to_vec(), b"acme".to_vec())];
+    let mut filter = StreamFilter::new(Arc::clone(&again));
+    filter.on_request_headers(stream.clone(), true);
+    assert_eq!((stream.count(Metric::SnapshotResume), stream.count(Metric::ColdStart)), (1, 0));
+}
+
+#[test]
+fn wrong_snapshots_are_refused_counted_and_replaced() {
+    let s = Setup::new();
+    let mut stats = Recorder::default();
+    let good = s.load(vec![s.tenant("acme", SMALL), s.tenant("globex", SMALL)], false, &mut stats);
+    let expected = ask(&good, "acme");
+    let stored = s.stored("acme");
+    let seal_key = SealKey::load(&s.seal_key).unwrap();
+    let original = std::fs::read(&stored).unwrap();
+    let acme = TenantId::try_from("acme").unwrap();
+    let fingerprint = engine::engine_fingerprint(engine::runtime_engine().unwrap()).unwrap();
+    let source_digest = ArtifactDigest::of(&std::fs::read(&s.source.path).unwrap());
+    let sealed_for = |binding: Binding| snapshot::seal(&seal_key, &binding, &HostSnapshot::default(), b"not code", false);
+
+    let mut tampered = original.clone();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0x40;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("tampered", tampered),
+        ("truncated", original[..original.len() - 100].to_vec()),
+        ("other tenant", std::fs::read(s.stored("globex")).unwrap()),
+        ("other module", sealed_for(Binding::new(&acme, ArtifactDigest([1; 32]), SMALL.as_bytes(), b"", &fingerprint))),
+        ("other config", sealed_for(Binding::new(&acme, source_digest, b"{}", b"", &fingerprint))),
+        ("other engine", sealed_for(Binding::new(&acme, source_digest, SMALL.as_bytes(), b"", b"another engine"))),
+        ("another key", snapshot::seal(&SealKey::from_secret(&[7; 32]).unwrap(), &Binding::new(&acme, source_digest, SMALL.as_bytes(), b"", &fingerprint), &HostSnapshot::default(), b"x", false)),
+    ];
+    for (what, bytes) in cases {
+        std::fs::write(&stored, &bytes).unwrap();
+        let mut stats = Recorder::default();
+        let config = s.load(vec![s.tenant("acme", SMALL)], false, &mut stats);
+        assert_eq!(stats.count(Metric::SnapshotRefused), 1, "{what}");
+        // Replaced by a fresh, valid snapshot, and nothing of the bad one was used.
+        assert_ne!(std::fs::read(&stored).unwrap(), bytes, "{what}");
+        assert_eq!(ask(&config, "acme"), expected, "{what}");
+        let mut stats = Recorder::default();
+        s.load(vec![s.tenant("acme", SMALL)], false, &mut stats);
+        assert_eq!(stats.count(Metric::SnapshotRefused), 0, "{what}: the replacement must verify");
+    }
+}
+
+#[test]
+fn encryption_at_rest_leaves_no_plaintext_of_guest_memory() {
+    let marker = b"SECRET-MARKER-4f1d";
+    for encrypt in [false, true] {
+        let s = Setup::new();
+        let config = s.load(vec![s.tenant("acme", SMALL)], encrypt, &mut Recorder::default());
+        assert!(ask(&config, "acme").contains("marker=SECRET-MARKER-4f1d"));
+        let file = std::fs::read(s.stored("acme")).unwrap();
+        let found = file.windows(marker.len()).any(|w| w == marker);
+        assert_eq!(found, !encrypt, "encrypt={encrypt}: marker found={found}");
+        // Encrypted snapshots still resume.
+        let again = s.load(vec![s.tenant("acme", SMALL)], encrypt, &mut Recorder::default());
+        assert!(ask(&again, "acme").contains("marker=SECRET-MARKER-4f1d"));
+    }
+}
+
+#[test]
+fn a_snapshot_is_never_taken_after_a_request() {
+    let s = Setup::new();
+    let wasm = heavy_wasm();
+    let engine = engine::runtime_engine().unwrap();
+    let wizer = wasmtime_wizer::Wizer::new();
+    let (cx, instrumented) = wizer.instrument(&wasm).unwrap();
+    let module = wasmtime::Module::new(engine, &instrumented).unwrap();
+    let plugin = Plugin::for_snapshot(engine, &s.tenant("acme", SMALL), module, ArtifactDigest::of(&wasm)).unwrap();
+    let mut instance = plugin.instantiate().unwrap();
+    let context = instance.create_http_context().unwrap();
+    // The request's outcome does not matter (this plugin's init allowlist also applies to it);
+    // that the instance served one does.
+    let _ = instance.on_request_headers(Box::new(Recorder::default()), context, 0, true);
+    let err = instance.snapshot(&wizer, cx).err().expect("a served instance must not be snapshotted");
+    assert!(err.contains("served 1 requests"), "{err}");
+}
+
+#[test]
+fn a_forbidden_hostcall_during_init_falls_back_to_per_worker_init() {
+    // An init that sends a local reply cannot be captured: the snapshot fails naming the call,
+    // and the tenant still loads, with per-worker init.
+    let wasm = wat::parse_str(
+        r#"(module
+          (import "env" "proxy_send_local_response" (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+          (func (export "proxy_on_configure") (param i32 i32) (result i32)
+            (drop (call $reply (i32.const 200) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)))
+            (i32.const 1)))"#,
+    )
+    .unwrap();
+    let s = Setup::new();
+    let engine = engine::runtime_engine().unwrap();
+    let tenant = s.tenant("odd", "");
+    let err = snapshot::create(engine, &tenant, &wasm, ArtifactDigest::of(&wasm)).err().expect("must not snapshot");
+    let text = format!("{err:?}");
+    assert!(matches!(err, snapshot::CreateError::Unsupported(_)) && text.contains("proxy_send_local_response"), "{text}");
+}
