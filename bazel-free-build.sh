@@ -118,6 +118,14 @@ cmd_run() {
   exec "$VENV/bin/python" "$ROOT/integration/demo.py" --root "$ROOT"
 }
 
+cmd_bench() {
+  cmd_build
+  log "benchmark peers: native auth module; matplotlib for plots"
+  (cd "$ROOT/bench/native-auth" && CARGO_TARGET_DIR="$BUILD/native-target" cargo build --release --locked -q)
+  "$VENV/bin/python" -c "import matplotlib" 2>/dev/null || "$VENV/bin/pip" install -q "matplotlib==3.9.2"
+  ENVOY_BIN="$(envoy_bin)" "$VENV/bin/python" "$ROOT/bench/bench.py" "$@"
+}
+
 cmd_test() {
   cmd_build
   log "unit and host tests"
@@ -132,5 +140,6 @@ case "${1:-}" in
   build) cmd_build ;;
   run) cmd_run ;;
   test) cmd_test ;;
-  *) echo "usage: $0 {deps|build|run|test}" >&2; exit 2 ;;
+  bench) shift; cmd_bench "$@" ;;
+  *) echo "usage: $0 {deps|build|run|test|bench [--scenarios 1,2,3,5,6] [--quick]}" >&2; exit 2 ;;
 esac

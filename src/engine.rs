@@ -102,7 +102,13 @@ pub fn runtime_engine() -> Result<&'static Engine, String> {
                 .total_core_instances(MAX_LIVE_INSTANCES)
                 .total_memories(MAX_LIVE_INSTANCES)
                 .total_tables(MAX_LIVE_INSTANCES)
-                .max_memory_size(MAX_MEMORY_BYTES);
+                .max_memory_size(MAX_MEMORY_BYTES)
+                // Measured (BENCHMARKS.md, micro): resetting a slot's memory by scanning for dirty
+                // pages and restoring them in place (Linux 6.7+, else madvise) and batching the
+                // decommits halves the cost of a fresh instance per request.
+                .decommit_batch_size(32)
+                .linear_memory_keep_resident(2 << 20)
+                .pagemap_scan(wasmtime::Enabled::Auto);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
             let engine = Engine::new(&config).map_err(|e| format!("cannot create the Wasmtime engine: {e:#}"))?;
             start_epoch_ticker(engine.clone());

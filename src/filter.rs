@@ -136,7 +136,12 @@ impl FilterConfig {
                 _ => None,
             };
             let plugin = match snapshotted {
-                Some(plugin) => plugin,
+                // One resumed instance now: checks the snapshot instantiates, and builds its
+                // copy-on-write memory image here rather than on the first request.
+                Some(plugin) => {
+                    drop(plugin.instantiate().map_err(|e| e.to_string())?);
+                    plugin
+                }
                 None => {
                     let plugin =
                         Plugin::new(engine, tenant, module, digest).map_err(|e| refuse(format!("{}: {e}", tenant.module.display())))?;

@@ -1,0 +1,143 @@
+//! In-process micro-benchmarks (scenario 6 of BENCHMARKS.md): signature check, deserialize,
+//! instantiate (fresh with init, and resumed from a snapshot), and one `proxy_on_request_headers`
+//! call through the host, per guest artifact. Prints a markdown table of medians with their
+//! spread (p10-p90) over repeated samples. Run: `cargo bench --bench micro` (guests in
+//! build/guests or $THAW_GUESTS).
+
+use std::path::PathBuf;
+use std::time::Instant;
+use thaw::artifact::signature::{self, PrivateKey, TrustedKey};
+use thaw::artifact::{ArtifactDigest, VerifiedArtifact};
+use thaw::config::{InstancePolicy, TenantConfig, TenantId};
+use thaw::engine::{self, Target};
+use thaw::proxy_wasm::Plugin;
+use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
+use thaw::telemetry::{Metric, StatsSink};
+
+#[derive(Clone)]
+struct Stream(Vec<HeaderPair>);
+
+impl StatsSink for Stream {
+    fn record(&mut self, _: Metric, _: &TenantId, _: i64) {}
+}
+
+impl HttpStream for Stream {
+    fn header_values(&self, _: HeaderKind, key: &[u8]) -> Option<Vec<Vec<u8>>> {
+        Some(self.0.iter().filter(|(k, _)| k == key).map(|(_, v)| v.clone()).collect())
+    }
+    fn headers(&self, _: HeaderKind) -> Option<Vec<HeaderPair>> {
+        Some(self.0.clone())
+    }
+    fn set_header(&mut self, _: HeaderKind, _: &[u8], _: Option<&[u8]>) -> bool {
+        true
+    }
+    fn add_header(&mut self, _: HeaderKind, _: &[u8], _: &[u8]) -> bool {
+        true
+    }
+    fn send_local_reply(&mut self, _: &LocalReply) {}
+    fn route_tenant(&self) -> Option<TenantId> {
+        None
+    }
+}
+
+/// Median and p10-p90 of `samples` runs of `f`, each timing `inner` iterations, in microseconds.
+fn measure(samples: usize, inner: usize, mut f: impl FnMut()) -> (f64, f64, f64) {
+    let mut per_op: Vec<f64> = (0..samples)
+        .map(|_| {
+            let started = Instant::now();
+            for _ in 0..inner {
+                f();
+            }
+            started.elapsed().as_secs_f64() * 1e6 / inner as f64
+        })
+        .collect();
+    per_op.sort_by(f64::total_cmp);
+    let at = |q: f64| per_op[((per_op.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.1), at(0.9))
+}
+
+fn cell((median, low, high): (f64, f64, f64)) -> String {
+    format!("{median:.2} ({low:.2}-{high:.2})")
+}
+
+fn stream_for_request() -> Stream {
+    Stream(vec![(b"authorization".to_vec(), b"Bearer s3cret".to_vec()), (b":path".to_vec(), b"/".to_vec())])
+}
+
+fn main() {
+    let guests = std::env::var_os("THAW_GUESTS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("build/guests"));
+    let dir = tempfile::tempdir().unwrap();
+    let key = PrivateKey::generate();
+    let public = dir.path().join("k.pub");
+    std::fs::write(&public, key.public_key_pem()).unwrap();
+    let keys = vec![TrustedKey::load(&public).unwrap()];
+    let runtime = engine::runtime_engine().unwrap();
+    let compile = engine::compile_engine(Target::host()).unwrap();
+    println!("| guest | .wasm | .cwasm | signature check (us) | deserialize (us) | instantiate + init (us) | resume from snapshot (us) | on_request_headers (us) | per_request: fresh + request + drop (us) | same, resumed from snapshot (us) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (guest, plugin_config) in [("auth-filter", r#"{"tokens":{"s3cret":"alice"}}"#), ("heavy-init-filter", r#"{"entries":100000}"#)] {
+        let wasm = std::fs::read(guests.join(format!("{guest}.wasm"))).expect("guest .wasm (run ./bazel-free-build.sh build)");
+        let cwasm = compile.precompile_module(&wasm).unwrap();
+        let path = dir.path().join(format!("{guest}.cwasm"));
+        std::fs::write(&path, &cwasm).unwrap();
+        let sig_path = dir.path().join(format!("{guest}.sig"));
+        std::fs::write(&sig_path, key.sign(&cwasm)).unwrap();
+        let sig = signature::read_signature(&sig_path).unwrap();
+
+        let verify = measure(30, 10, || {
+            signature::verify(&keys, &cwasm, &sig, &sig_path).unwrap();
+        });
+        let artifact = VerifiedArtifact::read(&path, &sig_path, &keys).unwrap();
+        let deserialize = measure(30, 10, || {
+            artifact.load(runtime, false).unwrap();
+        });
+        let tenant = TenantConfig {
+            id: TenantId::try_from(guest).unwrap(),
+            module: path.clone(),
+            signature: sig_path.clone(),
+            plugin_config: plugin_config.as_bytes().to_vec(),
+            vm_config: Vec::new(),
+            root_id: String::new(),
+            instances: InstancePolicy { call_deadline_ms: 10_000, ..InstancePolicy::DEFAULT },
+            snapshot_source: None,
+        };
+        let (module, _) = artifact.load(runtime, false).unwrap();
+        let plugin = Plugin::new(runtime, &tenant, module, ArtifactDigest::of(&cwasm)).unwrap();
+        let fresh = measure(30, 5, || drop(plugin.instantiate().unwrap()));
+        let (snap_cwasm, host) = thaw::snapshot::create(runtime, &tenant, &wasm, ArtifactDigest::of(&wasm)).unwrap();
+        // SAFETY: bytes this process compiled just now (the benchmark's own snapshot).
+        let snap_module = unsafe { wasmtime::Module::deserialize(runtime, &snap_cwasm) }.unwrap();
+        let resumed = Plugin::resumed(runtime, &tenant, snap_module, ArtifactDigest::of(&wasm), host).unwrap();
+        let resume = measure(30, 50, || drop(resumed.instantiate().unwrap()));
+        let per_request = |plugin: &Plugin| {
+            measure(30, 50, || {
+                let mut instance = plugin.instantiate().unwrap();
+                let context = instance.create_http_context().unwrap();
+                instance.on_request_headers(Box::new(stream_for_request()), context, 2, true).unwrap();
+                instance.finish_http_context(None, context).unwrap();
+            })
+        };
+        let fresh_request = per_request(&plugin);
+        let resumed_request = per_request(&resumed);
+        let mut instance = plugin.instantiate().unwrap();
+        let stream = stream_for_request();
+        let call = measure(30, 200, || {
+            let context = instance.create_http_context().unwrap();
+            instance.on_request_headers(Box::new(stream.clone()), context, 2, true).unwrap();
+            instance.take_effects();
+            instance.finish_http_context(None, context).unwrap();
+        });
+        println!(
+            "| {guest} | {} KiB | {} KiB | {} | {} | {} | {} | {} | {} | {} |",
+            wasm.len() / 1024,
+            cwasm.len() / 1024,
+            cell(verify),
+            cell(deserialize),
+            cell(fresh),
+            cell(resume),
+            cell(call),
+            cell(fresh_request),
+            cell(resumed_request)
+        );
+    }
+}
