@@ -139,18 +139,32 @@ def native_filter():
         "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": "s3cret=alice"}}}
 
 
+def free_ports(n):
+    """n distinct free loopback ports (all held open while choosing, so none repeats)."""
+    import socket
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def bootstrap(kind, art, n, plugin_config=None, snapshots=None):
     """(config dict, [(port, tenant header or None)]) for `kind` with n tenants."""
     plugin_config = plugin_config or {"tokens": TOKENS}
     arts = art.ensure(n)
-    admin = h.free_port()
+    admin, *ports = free_ports(n + 1)
     if kind == "envoy-wasm-v8":
         # Envoy's Wasm filter has no tenant selection: one listener (and VM) per tenant.
-        ports = [h.free_port() for _ in range(n)]
         listeners = [listener(f"t{i}", p, [v8_filter(i, arts[i][0], plugin_config)]) for i, p in enumerate(ports)]
         targets = [(p, None) for p in ports]
     else:
-        port = h.free_port()
+        port = ports[0]
         filters = {"none": [], "native": [native_filter()]}.get(kind)
         if filters is None:
             isolation = "pooled" if kind == "thaw-pooled" else "per_request"
