@@ -13,7 +13,7 @@ VENV="$ROOT/.venv"
 ENVOY_VERSION="1.40.0"
 APT_PACKAGES=(rustc-web cargo-web rust-web-src lld-19 wasi-libc wabt wrk)
 # Guests are built with Debian's rustc-web (the rustup toolchain has no wasm32 std); see examples/README.md.
-GUESTS=(auth-filter probe-filter chaos-filter heavy-init-filter)
+GUESTS=(auth-filter probe-filter chaos-filter heavy-init-filter conformance-filter)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

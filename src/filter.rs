@@ -12,8 +12,8 @@ use crate::snapshot::{self, Binding, Refusal, SealKey};
 use crate::engine;
 use crate::log_at;
 use crate::pool;
-use crate::proxy_wasm::{host, Action, Effect, GuestError, GuestInstance, Plugin};
-use crate::stream::{HeaderKind, HttpStream, LocalReply};
+use crate::proxy_wasm::{host, Action, Effect, GuestError, GuestInstance, HttpCallback, Plugin};
+use crate::stream::{Direction, HeaderKind, HttpStream, LocalReply};
 use crate::telemetry::{Metric, StatsSink};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -98,9 +98,11 @@ impl FilterConfig {
             .map(|path| TrustedKey::load(path))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("invalid filter_config field `trusted_keys`: {e}"))?;
-        // Tenants sharing an artifact share its bytes, verification and Module; tenants sharing an
-        // artifact and its configuration share the init check.
+        // Tenants naming the same file share its reading and verification; files with the same
+        // verified bytes share one loaded Module (native code); tenants sharing an artifact and its
+        // configuration share the init check.
         let mut modules: HashMap<(PathBuf, PathBuf), (ArtifactDigest, Module)> = HashMap::new();
+        let mut by_digest: HashMap<ArtifactDigest, Module> = HashMap::new();
         let mut init_checked: HashMap<(ArtifactDigest, Vec<u8>, Vec<u8>), ()> = HashMap::new();
         let seal_key = match &config.snapshots {
             Some(settings) => Some(SealKey::load(&settings.key).map_err(|e| format!("invalid filter_config field `snapshots.key`: {e}"))?),
@@ -120,11 +122,18 @@ impl FilterConfig {
                         }
                         refuse(e.to_string())
                     })?;
-                    let (module, jit) = artifact.load(engine, config.allow_jit).map_err(|e| refuse(e.to_string()))?;
+                    let module = match by_digest.get(&artifact.digest()) {
+                        Some(module) => module.clone(),
+                        None => {
+                            let (module, jit) = artifact.load(engine, config.allow_jit).map_err(|e| refuse(e.to_string()))?;
+                            if jit {
+                                log_at!(Warn, "thaw: tenant `{}`: {} is plain Wasm, JIT-compiled at config load (allow_jit)", tenant.id, tenant.module.display());
+                            }
+                            by_digest.insert(artifact.digest(), module.clone());
+                            module
+                        }
+                    };
                     stats.record(Metric::AotLoad, &tenant.id, started.elapsed().as_micros() as i64);
-                    if jit {
-                        log_at!(Warn, "thaw: tenant `{}`: {} is plain Wasm, JIT-compiled at config load (allow_jit)", tenant.id, tenant.module.display());
-                    }
                     modules.insert(key, (artifact.digest(), module.clone()));
                     (artifact.digest(), module)
                 }
@@ -159,7 +168,13 @@ impl FilterConfig {
             let crashes = CrashTracker::new(config.crash_loop);
             tenants.insert(tenant.id.clone(), Tenant { plugin: Arc::new(plugin), crashes });
         }
-        log_at!(Info, "thaw: filter `{name}`: {} tenants loaded from {} artifacts, signatures verified", tenants.len(), modules.len());
+        log_at!(
+            Info,
+            "thaw: filter `{name}`: {} tenants loaded from {} artifact files ({} distinct), signatures verified",
+            tenants.len(),
+            modules.len(),
+            by_digest.len()
+        );
         Ok(FilterConfig {
             name: name.to_string(),
             tenants,
@@ -227,11 +242,14 @@ fn resume_or_snapshot(
     Plugin::resumed(engine, tenant, module, artifact.digest(), host).map(Some)
 }
 
-/// What Envoy should do with the stream after a headers hook.
+/// What Envoy should do with the stream after a hook.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Verdict {
     Continue,
+    /// Stop iterating (headers, trailers), or stop without buffering (body).
     Stop,
+    /// Body only: stop and buffer; the guest sees the whole body so far next time.
+    StopAndBuffer,
 }
 
 struct ActiveGuest {
@@ -247,11 +265,18 @@ pub struct StreamFilter {
     active: Option<ActiveGuest>,
     /// A local reply was sent: the guest sees nothing of the response.
     replied: bool,
+    /// The last body verdict per direction was StopAndBuffer: Envoy holds the body so far.
+    buffering: [bool; 2],
 }
 
 impl StreamFilter {
     pub fn new(config: Arc<FilterConfig>) -> StreamFilter {
-        StreamFilter { config, active: None, replied: false }
+        StreamFilter { config, active: None, replied: false, buffering: [false; 2] }
+    }
+
+    /// Whether Envoy holds earlier body data of `direction` because the guest paused on it.
+    pub fn is_buffering(&self, direction: Direction) -> bool {
+        self.buffering[direction as usize]
     }
 
     fn resolve_tenant<S: HttpStream>(&self, stream: &S) -> Option<TenantId> {
@@ -301,16 +326,49 @@ impl StreamFilter {
         }
     }
 
-    /// Performs what the guest asked for during its call; Stop when it sent a local reply.
-    fn apply_effects<S: HttpStream>(&mut self, stream: &mut S, effects: Vec<Effect>) -> Option<Verdict> {
-        let mut verdict = None;
+    /// Performs what the guest asked for during a callback of `direction`, and returns the
+    /// verdict: the guest's own (`verdict`), unless it replied locally (Stop) or resumed this
+    /// very direction (Continue).
+    fn apply_effects<S: HttpStream>(&mut self, stream: &mut S, direction: Direction, effects: Vec<Effect>, mut verdict: Verdict) -> Verdict {
         for effect in effects {
             match effect {
-                Effect::LocalReply(reply) if !self.replied => verdict = Some(self.reply(stream, &reply)),
+                Effect::LocalReply(reply) if !self.replied => verdict = self.reply(stream, &reply),
                 Effect::LocalReply(_) => {}
+                Effect::Continue(d) if d == direction && !self.replied => verdict = Verdict::Continue,
+                Effect::Continue(d) => stream.continue_stream(d),
+                Effect::Close => {
+                    if !stream.reset() {
+                        log_at!(Warn, "thaw: proxy_close_stream: this Envoy cannot reset streams from a module; replying 503");
+                        verdict = self.reply(stream, &LocalReply::text(503, "thaw: stream closed by the filter\n", "thaw_closed"));
+                    }
+                }
             }
         }
         verdict
+    }
+
+    /// Runs one guest HTTP callback on the active instance and turns the outcome into a verdict.
+    fn run<S: HttpStream + Clone + 'static>(&mut self, mut stream: S, callback: HttpCallback, count: usize, end_of_stream: bool) -> Verdict {
+        if self.replied {
+            return Verdict::Continue;
+        }
+        let Some(active) = self.active.as_mut() else { return Verdict::Continue };
+        let result = active.instance.on_http(callback, Box::new(stream.clone()), active.context, count, end_of_stream);
+        let effects = active.instance.take_effects();
+        let tenant = active.tenant.clone();
+        let (direction, paused) = match callback {
+            HttpCallback::RequestHeaders | HttpCallback::RequestTrailers => (Direction::Request, Verdict::Stop),
+            HttpCallback::RequestBody => (Direction::Request, Verdict::StopAndBuffer),
+            HttpCallback::ResponseHeaders | HttpCallback::ResponseTrailers => (Direction::Response, Verdict::Stop),
+            HttpCallback::ResponseBody => (Direction::Response, Verdict::StopAndBuffer),
+        };
+        match result {
+            Err(e) => self.guest_failed(&mut stream, &tenant, &e),
+            Ok(action) => {
+                let verdict = if action == Action::Pause { paused } else { Verdict::Continue };
+                self.apply_effects(&mut stream, direction, effects, verdict)
+            }
+        }
     }
 
     pub fn on_request_headers<S: HttpStream + Clone + 'static>(&mut self, mut stream: S, end_of_stream: bool) -> Verdict {
@@ -331,38 +389,41 @@ impl StreamFilter {
             let context = instance.create_http_context()?;
             Ok(ActiveGuest { tenant: tenant.clone(), plugin, instance, context })
         });
-        let active = match started {
-            Ok(active) => self.active.insert(active),
+        match started {
+            Ok(active) => self.active = Some(active),
             Err(e) => return self.guest_failed(&mut stream, &tenant, &e),
-        };
-        let num_headers = stream.header_count(HeaderKind::RequestHeaders);
-        let result = active.instance.on_request_headers(Box::new(stream.clone()), active.context, num_headers, end_of_stream);
-        let effects = active.instance.take_effects();
-        match result {
-            Err(e) => self.guest_failed(&mut stream, &tenant, &e),
-            Ok(action) => self.apply_effects(&mut stream, effects).unwrap_or(match action {
-                Action::Continue => Verdict::Continue,
-                Action::Pause => Verdict::Stop,
-            }),
         }
+        let count = stream.header_count(HeaderKind::RequestHeaders);
+        self.run(stream, HttpCallback::RequestHeaders, count, end_of_stream)
     }
 
-    pub fn on_response_headers<S: HttpStream + Clone + 'static>(&mut self, mut stream: S, end_of_stream: bool) -> Verdict {
-        if self.replied {
-            return Verdict::Continue;
-        }
-        let Some(active) = self.active.as_mut() else { return Verdict::Continue };
-        let num_headers = stream.header_count(HeaderKind::ResponseHeaders);
-        let result = active.instance.on_response_headers(Box::new(stream.clone()), active.context, num_headers, end_of_stream);
-        let effects = active.instance.take_effects();
-        let tenant = active.tenant.clone();
-        match result {
-            Err(e) => self.guest_failed(&mut stream, &tenant, &e),
-            Ok(action) => self.apply_effects(&mut stream, effects).unwrap_or(match action {
-                Action::Continue => Verdict::Continue,
-                Action::Pause => Verdict::Stop,
-            }),
-        }
+    pub fn on_request_body<S: HttpStream + Clone + 'static>(&mut self, stream: S, end_of_stream: bool) -> Verdict {
+        let size = stream.body(Direction::Request).map_or(0, |b| b.len());
+        let verdict = self.run(stream, HttpCallback::RequestBody, size, end_of_stream);
+        self.buffering[Direction::Request as usize] = verdict == Verdict::StopAndBuffer;
+        verdict
+    }
+
+    pub fn on_request_trailers<S: HttpStream + Clone + 'static>(&mut self, stream: S) -> Verdict {
+        let count = stream.header_count(HeaderKind::RequestTrailers);
+        self.run(stream, HttpCallback::RequestTrailers, count, true)
+    }
+
+    pub fn on_response_headers<S: HttpStream + Clone + 'static>(&mut self, stream: S, end_of_stream: bool) -> Verdict {
+        let count = stream.header_count(HeaderKind::ResponseHeaders);
+        self.run(stream, HttpCallback::ResponseHeaders, count, end_of_stream)
+    }
+
+    pub fn on_response_body<S: HttpStream + Clone + 'static>(&mut self, stream: S, end_of_stream: bool) -> Verdict {
+        let size = stream.body(Direction::Response).map_or(0, |b| b.len());
+        let verdict = self.run(stream, HttpCallback::ResponseBody, size, end_of_stream);
+        self.buffering[Direction::Response as usize] = verdict == Verdict::StopAndBuffer;
+        verdict
+    }
+
+    pub fn on_response_trailers<S: HttpStream + Clone + 'static>(&mut self, stream: S) -> Verdict {
+        let count = stream.header_count(HeaderKind::ResponseTrailers);
+        self.run(stream, HttpCallback::ResponseTrailers, count, true)
     }
 
     /// The stream is done: end the guest's context; the instance goes back to the pool (pooled)

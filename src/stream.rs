@@ -32,6 +32,28 @@ impl LogLevel {
 
 pub type HeaderPair = (Vec<u8>, Vec<u8>);
 
+/// Which way data flows: the request (decoding) or the response (encoding).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub enum Direction {
+    Request,
+    Response,
+}
+
+/// How Envoy holds an attribute (`envoy_dynamic_module_type_attribute_id` values are typed).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AttributeKind {
+    Bytes,
+    Int,
+    Bool,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum AttributeValue {
+    Bytes(Vec<u8>),
+    Int(u64),
+    Bool(bool),
+}
+
 /// A local reply: the response Envoy sends instead of forwarding the request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalReply {
@@ -59,6 +81,26 @@ pub trait HttpStream: crate::telemetry::StatsSink {
     fn send_local_reply(&mut self, reply: &LocalReply);
     /// The tenant named by the matched route's per-route config, if any.
     fn route_tenant(&self) -> Option<TenantId>;
+
+    /// The body the guest sees in this call: in a body callback, what Envoy delivered (all of it
+    /// so far while the filter buffers); otherwise what Envoy has buffered. `None`: no body here.
+    fn body(&self, _direction: Direction) -> Option<Vec<u8>> {
+        None
+    }
+    /// Replaces that body with `data`.
+    fn set_body(&mut self, _direction: Direction, _data: &[u8]) -> bool {
+        false
+    }
+    /// Resumes a stream the filter stopped.
+    fn continue_stream(&mut self, _direction: Direction) {}
+    /// Resets the stream; false when this Envoy cannot.
+    fn reset(&mut self) -> bool {
+        false
+    }
+    /// An Envoy attribute (`request.path`, `source.address`, ...) by its dynamic-module id.
+    fn attribute(&self, _id: u32, _kind: AttributeKind) -> Option<AttributeValue> {
+        None
+    }
 }
 
 impl LocalReply {

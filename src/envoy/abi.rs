@@ -73,33 +73,63 @@ pub mod headers_status {
 
 pub mod body_status {
     pub const CONTINUE: u32 = 0;
+    pub const STOP_ITERATION_AND_BUFFER: u32 = 1;
+    pub const STOP_ITERATION_NO_BUFFER: u32 = 3;
 }
 
 pub mod trailers_status {
     pub const CONTINUE: u32 = 0;
+    pub const STOP_ITERATION: u32 = 1;
+}
+
+/// `envoy_dynamic_module_type_http_body_type`.
+pub mod body_type {
+    pub const RECEIVED_REQUEST_BODY: u32 = 0;
+    pub const BUFFERED_REQUEST_BODY: u32 = 1;
+    pub const RECEIVED_RESPONSE_BODY: u32 = 2;
+    pub const BUFFERED_RESPONSE_BODY: u32 = 3;
+}
+
+/// `envoy_dynamic_module_type_http_filter_stream_reset_reason_LocalReset`.
+pub const RESET_LOCAL: u32 = 0;
+
+/// Looks up `envoy_dynamic_module_callback_<name>` in the process (Envoy's executable exports them).
+fn lookup(name: &str) -> *mut c_void {
+    let symbol = format!("envoy_dynamic_module_callback_{name}\0");
+    // SAFETY: `symbol` is NUL-terminated; dlsym with RTLD_DEFAULT only reads it.
+    unsafe { libc::dlsym(libc::RTLD_DEFAULT, symbol.as_ptr().cast()) }
 }
 
 macro_rules! callbacks {
-    ($( $field:ident : fn($($arg:ty),*) $(-> $ret:ty)? ;)*) => {
-        /// Envoy callbacks thaw calls, resolved by name at program init.
+    (
+        required { $( $field:ident : fn($($arg:ty),*) $(-> $ret:ty)? ;)* }
+        optional { $( $opt:ident : fn($($oarg:ty),*) $(-> $oret:ty)? ;)* }
+    ) => {
+        /// Envoy callbacks thaw calls, resolved by name at program init. Optional ones may be
+        /// missing in some Envoy builds; the features that need them answer UNIMPLEMENTED then.
         pub struct Callbacks {
             $( pub $field: unsafe extern "C" fn($($arg),*) $(-> $ret)?, )*
+            $( pub $opt: Option<unsafe extern "C" fn($($oarg),*) $(-> $oret)?>, )*
         }
 
         impl Callbacks {
-            /// Looks every callback up in the process (Envoy's executable exports them).
             pub fn resolve() -> Result<Callbacks, String> {
                 Ok(Callbacks {
                     $( $field: {
-                        let name = concat!("envoy_dynamic_module_callback_", stringify!($field), "\0");
-                        // SAFETY: `name` is NUL-terminated; dlsym with RTLD_DEFAULT only reads it.
-                        let symbol = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr().cast()) };
+                        let symbol = lookup(stringify!($field));
                         if symbol.is_null() {
-                            return Err(format!("Envoy does not export {}", name.trim_end_matches('\0')));
+                            return Err(format!("Envoy does not export envoy_dynamic_module_callback_{}", stringify!($field)));
                         }
                         // SAFETY: the symbol is Envoy's callback of this name, whose C signature is
                         // the one declared for this field (checked against Envoy's abi.h).
                         unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn($($arg),*) $(-> $ret)?>(symbol) }
+                    }, )*
+                    $( $opt: {
+                        let symbol = lookup(stringify!($opt));
+                        // SAFETY: as above, when present.
+                        (!symbol.is_null()).then(|| unsafe {
+                            std::mem::transmute::<*mut c_void, unsafe extern "C" fn($($oarg),*) $(-> $oret)?>(symbol)
+                        })
                     }, )*
                 })
             }
@@ -108,6 +138,7 @@ macro_rules! callbacks {
 }
 
 callbacks! {
+  required {
     log: fn(u32, ModuleBuffer);
     log_enabled: fn(u32) -> bool;
     http_get_header: fn(FilterEnvoyPtr, u32, ModuleBuffer, *mut EnvoyBuffer, usize, *mut usize) -> bool;
@@ -126,4 +157,18 @@ callbacks! {
     http_filter_record_histogram_value: fn(FilterEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
     http_filter_config_increment_counter: fn(ConfigEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
     http_filter_config_record_histogram_value: fn(ConfigEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
+    http_get_body_size: fn(FilterEnvoyPtr, u32) -> usize;
+    http_get_body_chunks_size: fn(FilterEnvoyPtr, u32) -> usize;
+    http_get_body_chunks: fn(FilterEnvoyPtr, u32, *mut EnvoyBuffer) -> bool;
+    http_append_body: fn(FilterEnvoyPtr, u32, ModuleBuffer) -> bool;
+    http_drain_body: fn(FilterEnvoyPtr, u32, usize) -> bool;
+    http_filter_continue_decoding: fn(FilterEnvoyPtr);
+    http_filter_continue_encoding: fn(FilterEnvoyPtr);
+    http_filter_get_attribute_string: fn(FilterEnvoyPtr, u32, *mut EnvoyBuffer) -> bool;
+    http_filter_get_attribute_int: fn(FilterEnvoyPtr, u32, *mut u64) -> bool;
+    http_filter_get_attribute_bool: fn(FilterEnvoyPtr, u32, *mut bool) -> bool;
+  }
+  optional {
+    http_filter_reset_stream: fn(FilterEnvoyPtr, u32, ModuleBuffer);
+  }
 }

@@ -3,7 +3,7 @@
 
 use super::abi::{self, Callbacks, ConfigEnvoyPtr, EnvoyBuffer, FilterEnvoyPtr, HttpHeader, ModuleBuffer};
 use crate::config::{RouteConfig, TenantId};
-use crate::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply, LogLevel};
+use crate::stream::{AttributeKind, AttributeValue, Direction, HeaderKind, HeaderPair, HttpStream, LocalReply, LogLevel};
 use crate::telemetry::{Metric, MetricKind, StatsSink, TENANT_LABEL};
 use std::sync::OnceLock;
 
@@ -114,12 +114,57 @@ pub struct EnvoyStream {
     fe: FilterEnvoyPtr,
     cb: &'static Callbacks,
     ids: MetricIds,
+    /// Set in a body hook: that direction's body is the data Envoy just delivered ("received"),
+    /// after what Envoy buffered when the filter buffers (`BodyHook::buffering`).
+    body_hook: Option<BodyHook>,
+}
+
+#[derive(Clone, Copy)]
+struct BodyHook {
+    direction: Direction,
+    buffering: bool,
 }
 
 impl EnvoyStream {
     /// Wraps the stream pointer Envoy passed to the current hook.
     pub(super) fn new(fe: FilterEnvoyPtr, cb: &'static Callbacks, ids: MetricIds) -> EnvoyStream {
-        EnvoyStream { fe, cb, ids }
+        EnvoyStream { fe, cb, ids, body_hook: None }
+    }
+
+    /// The same stream, inside the body hook of `direction`; `buffering` when the filter stopped
+    /// this direction with StopIterationAndBuffer before (Envoy then holds the earlier data).
+    pub(super) fn in_body_hook(self, direction: Direction, buffering: bool) -> EnvoyStream {
+        EnvoyStream { body_hook: Some(BodyHook { direction, buffering }), ..self }
+    }
+
+    /// The Envoy body buffers that make up what the guest sees as the body, in order.
+    fn body_types(&self, direction: Direction) -> &'static [u32] {
+        use abi::body_type::*;
+        let hook = self.body_hook.filter(|h| h.direction == direction);
+        match (direction, hook.map(|h| h.buffering)) {
+            (Direction::Request, Some(true)) => &[BUFFERED_REQUEST_BODY, RECEIVED_REQUEST_BODY],
+            (Direction::Request, Some(false)) => &[RECEIVED_REQUEST_BODY],
+            (Direction::Request, None) => &[BUFFERED_REQUEST_BODY],
+            (Direction::Response, Some(true)) => &[BUFFERED_RESPONSE_BODY, RECEIVED_RESPONSE_BODY],
+            (Direction::Response, Some(false)) => &[RECEIVED_RESPONSE_BODY],
+            (Direction::Response, None) => &[BUFFERED_RESPONSE_BODY],
+        }
+    }
+
+    fn read_body(&self, t: u32) -> Option<Vec<u8>> {
+        // SAFETY: live stream.
+        let count = unsafe { (self.cb.http_get_body_chunks_size)(self.fe, t) };
+        let mut chunks = vec![EnvoyBuffer { ptr: std::ptr::null(), length: 0 }; count];
+        // SAFETY: `chunks` has room for the `count` chunks Envoy reported just now.
+        if !unsafe { (self.cb.http_get_body_chunks)(self.fe, t, chunks.as_mut_ptr()) } {
+            return None;
+        }
+        let mut body = Vec::with_capacity(chunks.iter().map(|c| c.length).sum());
+        for chunk in &chunks {
+            // SAFETY: Envoy filled each chunk with a buffer valid until the hook returns.
+            body.extend(unsafe { copy(chunk.ptr, chunk.length) });
+        }
+        Some(body)
     }
 }
 
@@ -209,6 +254,72 @@ impl HttpStream for EnvoyStream {
                 ModuleBuffer::of(&reply.body),
                 ModuleBuffer::of(&reply.details),
             )
+        }
+    }
+
+    fn body(&self, direction: Direction) -> Option<Vec<u8>> {
+        let mut body = Vec::new();
+        let mut available = false;
+        for &t in self.body_types(direction) {
+            if let Some(part) = self.read_body(t) {
+                available = true;
+                body.extend(part);
+            }
+        }
+        available.then_some(body)
+    }
+
+    fn set_body(&mut self, direction: Direction, data: &[u8]) -> bool {
+        let types = self.body_types(direction);
+        // SAFETY: live stream; `data` is borrowed for the call.
+        unsafe {
+            for &t in types {
+                let size = (self.cb.http_get_body_size)(self.fe, t);
+                if size > 0 && !(self.cb.http_drain_body)(self.fe, t, size) {
+                    return false;
+                }
+            }
+            // Into the data of this call (the last part): what Envoy passes on when the filter continues.
+            data.is_empty() || (self.cb.http_append_body)(self.fe, types[types.len() - 1], ModuleBuffer::of(data))
+        }
+    }
+
+    fn continue_stream(&mut self, direction: Direction) {
+        // SAFETY: live stream.
+        unsafe {
+            match direction {
+                Direction::Request => (self.cb.http_filter_continue_decoding)(self.fe),
+                Direction::Response => (self.cb.http_filter_continue_encoding)(self.fe),
+            }
+        }
+    }
+
+    fn reset(&mut self) -> bool {
+        let Some(reset) = self.cb.http_filter_reset_stream else { return false };
+        // SAFETY: live stream; the details buffer is borrowed for the call.
+        unsafe { reset(self.fe, abi::RESET_LOCAL, ModuleBuffer::of(b"thaw_guest_closed_stream")) };
+        true
+    }
+
+    fn attribute(&self, id: u32, kind: AttributeKind) -> Option<AttributeValue> {
+        // SAFETY (all three): live stream; out-pointers are valid locals.
+        match kind {
+            AttributeKind::Bytes => {
+                let mut out = EnvoyBuffer { ptr: std::ptr::null(), length: 0 };
+                // SAFETY: see above; Envoy's buffer is valid until the hook returns.
+                unsafe { (self.cb.http_filter_get_attribute_string)(self.fe, id, &mut out) }
+                    .then(|| AttributeValue::Bytes(unsafe { copy(out.ptr, out.length) }))
+            }
+            AttributeKind::Int => {
+                let mut out = 0u64;
+                // SAFETY: see above.
+                unsafe { (self.cb.http_filter_get_attribute_int)(self.fe, id, &mut out) }.then_some(AttributeValue::Int(out))
+            }
+            AttributeKind::Bool => {
+                let mut out = false;
+                // SAFETY: see above.
+                unsafe { (self.cb.http_filter_get_attribute_bool)(self.fe, id, &mut out) }.then_some(AttributeValue::Bool(out))
+            }
         }
     }
 

@@ -10,7 +10,7 @@ use super::abi::{self, ConfigEnvoyPtr, ConfigModulePtr, EnvoyBuffer, FilterEnvoy
 use super::callbacks::{self, ConfigStats, EnvoyStream, MetricIds};
 use crate::config::RouteConfig;
 use crate::filter::{FilterConfig, StreamFilter, Verdict};
-use crate::stream::{HttpStream, LocalReply};
+use crate::stream::{Direction, HttpStream, LocalReply};
 use crate::log_at;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void};
@@ -188,7 +188,22 @@ fn with_stream<R>(
 fn headers_status(v: Verdict) -> u32 {
     match v {
         Verdict::Continue => abi::headers_status::CONTINUE,
-        Verdict::Stop => abi::headers_status::STOP_ITERATION,
+        Verdict::Stop | Verdict::StopAndBuffer => abi::headers_status::STOP_ITERATION,
+    }
+}
+
+fn body_status(v: Verdict) -> u32 {
+    match v {
+        Verdict::Continue => abi::body_status::CONTINUE,
+        Verdict::StopAndBuffer => abi::body_status::STOP_ITERATION_AND_BUFFER,
+        Verdict::Stop => abi::body_status::STOP_ITERATION_NO_BUFFER,
+    }
+}
+
+fn trailers_status(v: Verdict) -> u32 {
+    match v {
+        Verdict::Continue => abi::trailers_status::CONTINUE,
+        Verdict::Stop | Verdict::StopAndBuffer => abi::trailers_status::STOP_ITERATION,
     }
 }
 
@@ -200,14 +215,22 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(fe: Filter
     with_stream("request_headers", fe, fm, CONTINUE, STOP, |f, s| headers_status(f.on_request_headers(s, end_of_stream)))
 }
 
+const BODY_CONTINUE: u32 = abi::body_status::CONTINUE;
+const BODY_STOP: u32 = abi::body_status::STOP_ITERATION_NO_BUFFER;
+const TRAILERS_CONTINUE: u32 = abi::trailers_status::CONTINUE;
+const TRAILERS_STOP: u32 = abi::trailers_status::STOP_ITERATION;
+
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(_fe: FilterEnvoyPtr, _fm: FilterModulePtr, _end_of_stream: bool) -> u32 {
-    abi::body_status::CONTINUE
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(fe: FilterEnvoyPtr, fm: FilterModulePtr, end_of_stream: bool) -> u32 {
+    with_stream("request_body", fe, fm, BODY_CONTINUE, BODY_STOP, |f, s| {
+        let buffering = f.is_buffering(Direction::Request);
+        body_status(f.on_request_body(s.in_body_hook(Direction::Request, buffering), end_of_stream))
+    })
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(_fe: FilterEnvoyPtr, _fm: FilterModulePtr) -> u32 {
-    abi::trailers_status::CONTINUE
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(fe: FilterEnvoyPtr, fm: FilterModulePtr) -> u32 {
+    with_stream("request_trailers", fe, fm, TRAILERS_CONTINUE, TRAILERS_STOP, |f, s| trailers_status(f.on_request_trailers(s)))
 }
 
 #[no_mangle]
@@ -216,13 +239,16 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(fe: Filte
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(_fe: FilterEnvoyPtr, _fm: FilterModulePtr, _end_of_stream: bool) -> u32 {
-    abi::body_status::CONTINUE
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(fe: FilterEnvoyPtr, fm: FilterModulePtr, end_of_stream: bool) -> u32 {
+    with_stream("response_body", fe, fm, BODY_CONTINUE, BODY_STOP, |f, s| {
+        let buffering = f.is_buffering(Direction::Response);
+        body_status(f.on_response_body(s.in_body_hook(Direction::Response, buffering), end_of_stream))
+    })
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(_fe: FilterEnvoyPtr, _fm: FilterModulePtr) -> u32 {
-    abi::trailers_status::CONTINUE
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(fe: FilterEnvoyPtr, fm: FilterModulePtr) -> u32 {
+    with_stream("response_trailers", fe, fm, TRAILERS_CONTINUE, TRAILERS_STOP, |f, s| trailers_status(f.on_response_trailers(s)))
 }
 
 #[no_mangle]

@@ -117,6 +117,8 @@ pub const MAX_HEADER_MAP_BYTES: usize = 1024 * 1024;
 pub const MAX_HEADER_PAIRS: usize = 1024;
 /// Largest single key, value, log line or details string a guest may pass.
 pub const MAX_GUEST_STRING_BYTES: usize = 1024 * 1024;
+/// Largest body a guest may write with `proxy_set_buffer_bytes` in one call.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Largest local-reply body a guest may send.
 pub const MAX_LOCAL_REPLY_BODY_BYTES: usize = 1024 * 1024;
 /// Largest `random_get` request (Envoy's host: 64 KiB).

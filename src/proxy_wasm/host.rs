@@ -8,7 +8,8 @@
 use super::abi::MAX_TABLE_ELEMENTS;
 use super::memory::GuestMemory;
 use crate::config::TenantId;
-use crate::stream::{HttpStream, LocalReply};
+use crate::stream::{Direction, HttpStream, LocalReply};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -16,6 +17,10 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     LocalReply(LocalReply),
+    /// `proxy_continue_stream`: resume the stream in this direction.
+    Continue(Direction),
+    /// `proxy_close_stream`: reset the stream.
+    Close,
 }
 
 /// Linear memory of all live instances in this process, in bytes.
@@ -98,6 +103,43 @@ pub struct HostState {
     pub tick_period_ms: u64,
     /// Metrics the guest defined, in order; a metric's id is its index + 1: (type, name).
     pub metrics: Vec<(u32, String)>,
+    /// Properties the guest set during the current request (`proxy_set_property`).
+    pub properties: HashMap<Vec<u8>, Vec<u8>>,
+    /// The root id (`plugin_root_id`).
+    pub root_id: Arc<str>,
+    /// The callback running now; decides which header maps the guest may touch.
+    pub phase: Phase,
+}
+
+/// What the guest is being called for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Phase {
+    /// Init, context creation, `proxy_on_done` / `proxy_on_delete`: no header map is available.
+    Other,
+    /// An HTTP stream callback.
+    Http(super::HttpCallback),
+    /// `proxy_on_log`: every map of the stream is readable.
+    Log,
+}
+
+impl Phase {
+    /// Whether `kind` is available now. As in Envoy's host: a map is there during the callback
+    /// that delivered it, and all of them while logging.
+    pub fn has_map(self, kind: crate::stream::HeaderKind) -> bool {
+        use super::HttpCallback as H;
+        use crate::stream::HeaderKind as K;
+        match self {
+            Phase::Log => true,
+            Phase::Other => false,
+            Phase::Http(cb) => matches!(
+                (cb, kind),
+                (H::RequestHeaders, K::RequestHeaders)
+                    | (H::RequestTrailers, K::RequestTrailers)
+                    | (H::ResponseHeaders, K::ResponseHeaders)
+                    | (H::ResponseTrailers, K::ResponseTrailers)
+            ),
+        }
+    }
 }
 
 impl HostState {
@@ -113,6 +155,9 @@ impl HostState {
             effective_context: 0,
             tick_period_ms: 0,
             metrics: Vec::new(),
+            properties: HashMap::new(),
+            root_id: Arc::from(""),
+            phase: Phase::Other,
         }
     }
 
@@ -121,5 +166,6 @@ impl HostState {
         self.stream = None;
         self.effects.clear();
         self.effective_context = 0;
+        self.properties.clear();
     }
 }

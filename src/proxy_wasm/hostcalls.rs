@@ -12,7 +12,8 @@ use super::header_map;
 use super::host::{Effect, HostState};
 use super::memory::{self, HostError, HostResult};
 use crate::log_at;
-use crate::stream::{HeaderKind, LocalReply, LogLevel};
+use crate::stream::{Direction, HeaderKind, LocalReply, LogLevel};
+use super::{properties, shared};
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -91,6 +92,43 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(env, "proxy_record_metric", |c: C, id: i32, value: i64| status(guest_metric(c, id, MetricOp::Set(value))))?;
     linker.func_wrap(env, "proxy_get_metric", |c: C, id: i32, out: i32| status(guest_metric(c, id, MetricOp::Get(out))))?;
 
+    linker.func_wrap(env, "proxy_set_buffer_bytes", |c: C, t: i32, start: i32, size: i32, ptr: i32, len: i32| {
+        status(proxy_set_buffer_bytes(c, t, start, size, ptr, len))
+    })?;
+    linker.func_wrap(env, "proxy_continue_stream", |c: C, stream_type: i32| status(stream_effect(c, stream_type, false)))?;
+    linker.func_wrap(env, "proxy_close_stream", |c: C, stream_type: i32| status(stream_effect(c, stream_type, true)))?;
+    linker.func_wrap(env, "proxy_get_status", |c: C, code_out: i32, ptr_out: i32, len_out: i32| {
+        status(proxy_get_status(c, code_out, ptr_out, len_out))
+    })?;
+    linker.func_wrap(env, "proxy_done", |_: C| Ok(Status::NotFound as i32))?;
+    linker.func_wrap(env, "proxy_get_property", |c: C, pp: i32, pl: i32, ptr_out: i32, len_out: i32| {
+        status(proxy_get_property(c, pp, pl, ptr_out, len_out))
+    })?;
+    linker.func_wrap(env, "proxy_set_property", |c: C, pp: i32, pl: i32, vp: i32, vl: i32| status(proxy_set_property(c, pp, pl, vp, vl)))?;
+    linker.func_wrap(env, "proxy_get_shared_data", |c: C, kp: i32, kl: i32, ptr_out: i32, len_out: i32, cas_out: i32| {
+        status(proxy_get_shared_data(c, kp, kl, ptr_out, len_out, cas_out))
+    })?;
+    linker.func_wrap(env, "proxy_set_shared_data", |c: C, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32| {
+        status(proxy_set_shared_data(c, kp, kl, vp, vl, cas))
+    })?;
+    linker.func_wrap(env, "proxy_register_shared_queue", |c: C, np: i32, nl: i32, out: i32| status(proxy_register_shared_queue(c, np, nl, out)))?;
+    linker.func_wrap(env, "proxy_resolve_shared_queue", |c: C, vp: i32, vl: i32, np: i32, nl: i32, out: i32| {
+        status(proxy_resolve_shared_queue(c, vp, vl, np, nl, out))
+    })?;
+    linker.func_wrap(env, "proxy_enqueue_shared_queue", |c: C, id: i32, vp: i32, vl: i32| status(proxy_enqueue_shared_queue(c, id, vp, vl)))?;
+    linker.func_wrap(env, "proxy_dequeue_shared_queue", |c: C, id: i32, ptr_out: i32, len_out: i32| {
+        status(proxy_dequeue_shared_queue(c, id, ptr_out, len_out))
+    })?;
+    linker.func_wrap(
+        env,
+        "proxy_call_foreign_function",
+        |c: C, np: i32, nl: i32, _ap: i32, _al: i32, _rp: i32, _rl: i32| -> wasmtime::Result<i32> {
+            // thaw registers no foreign functions: every name is NOT_FOUND (after checking the name
+            // is readable), as Envoy answers for names it does not know.
+            status(memory::read(&c, np, nl, abi::MAX_GUEST_STRING_BYTES).and_then(|_| Err(Status::NotFound.into())))
+        },
+    )?;
+
     let w = "wasi_snapshot_preview1";
     linker.func_wrap(w, "fd_write", |c: C, fd: i32, iovs: i32, n: i32, out: i32| fd_write(c, fd, iovs, n, out))?;
     linker.func_wrap(w, "clock_time_get", |c: C, id: i32, _precision: i64, out: i32| wasi(clock_time_get(c, id, out)))?;
@@ -117,6 +155,9 @@ pub const SNAPSHOT_INIT_ALLOWLIST: &[&str] = &[
     "proxy_set_effective_context",
     "proxy_set_tick_period_milliseconds",
     "proxy_define_metric",
+    "proxy_register_shared_queue",
+    "proxy_set_shared_data",
+    "proxy_get_shared_data",
 ];
 
 /// Replaces every `env` import of `module` outside [`SNAPSHOT_INIT_ALLOWLIST`] with a function
@@ -202,8 +243,132 @@ fn buffer(c: &C, buffer_type: i32) -> HostResult<std::sync::Arc<[u8]>> {
     match BufferType::try_from(buffer_type)? {
         BufferType::PluginConfiguration => Ok(c.data().plugin_config.clone()),
         BufferType::VmConfiguration => Ok(c.data().vm_config.clone()),
-        _ => Err(Status::Unimplemented.into()),
+        BufferType::HttpRequestBody => body(c, Direction::Request),
+        BufferType::HttpResponseBody => body(c, Direction::Response),
+        // No HTTP or gRPC call responses, TCP data or foreign-function arguments exist in this call.
+        _ => Err(Status::NotFound.into()),
     }
+}
+
+fn body(c: &C, direction: Direction) -> HostResult<std::sync::Arc<[u8]>> {
+    let stream = c.data().stream.as_ref().ok_or(Status::NotFound)?;
+    stream.body(direction).map(Into::into).ok_or_else(|| Status::NotFound.into())
+}
+
+/// Envoy's semantics: start 0 drains `size` bytes and prepends the data (so (0, 0) prepends and
+/// (0, length) replaces); start >= length appends; any other start is BAD_ARGUMENT.
+fn proxy_set_buffer_bytes(mut c: C, t: i32, start: i32, size: i32, ptr: i32, len: i32) -> HostResult {
+    let direction = match BufferType::try_from(t)? {
+        BufferType::HttpRequestBody => Direction::Request,
+        BufferType::HttpResponseBody => Direction::Response,
+        _ => return Err(Status::BadArgument.into()),
+    };
+    let data = memory::read(&c, ptr, len, abi::MAX_BODY_BYTES)?;
+    let stream = c.data_mut().stream.as_mut().ok_or(Status::NotFound)?;
+    let current = stream.body(direction).ok_or(Status::NotFound)?;
+    let (start, size) = (start as u32 as usize, size as u32 as usize);
+    let mut body = Vec::with_capacity(current.len() + data.len());
+    if start == 0 {
+        body.extend_from_slice(&data);
+        body.extend_from_slice(&current[size.min(current.len())..]);
+    } else if start >= current.len() {
+        body.extend_from_slice(&current);
+        body.extend_from_slice(&data);
+    } else {
+        return Err(Status::BadArgument.into());
+    }
+    if stream.set_body(direction, &body) {
+        Ok(())
+    } else {
+        Err(Status::NotFound.into())
+    }
+}
+
+fn stream_effect(mut c: C, stream_type: i32, close: bool) -> HostResult {
+    let direction = match stream_type {
+        0 => Direction::Request,
+        1 => Direction::Response,
+        _ => return Err(Status::BadArgument.into()),
+    };
+    if c.data().stream.is_none() {
+        return Err(Status::NotFound.into());
+    }
+    c.data_mut().effects.push(if close { Effect::Close } else { Effect::Continue(direction) });
+    Ok(())
+}
+
+/// The status of the last HTTP or gRPC call response; thaw makes none yet, so there is none.
+fn proxy_get_status(c: C, code_out: i32, ptr_out: i32, len_out: i32) -> HostResult {
+    memory::check_writable(&c, code_out, 4)?;
+    memory::check_writable(&c, ptr_out, 4)?;
+    memory::check_writable(&c, len_out, 4)?;
+    Err(Status::NotFound.into())
+}
+
+fn proxy_get_property(mut c: C, pp: i32, pl: i32, ptr_out: i32, len_out: i32) -> HostResult {
+    let raw = memory::read(&c, pp, pl, properties::MAX_PATH_BYTES)?;
+    if let Some(value) = c.data().properties.get(&raw).cloned() {
+        return memory::return_bytes(&mut c, &value, ptr_out, len_out);
+    }
+    let name = properties::dotted(&raw).ok_or(Status::BadArgument)?;
+    let value = match properties::lookup(&name).ok_or(Status::NotFound)? {
+        properties::Source::Tenant => c.data().tenant.as_str().as_bytes().to_vec(),
+        properties::Source::RootId => c.data().root_id.as_bytes().to_vec(),
+        properties::Source::Headers(kind) => {
+            let pairs = c.data().stream.as_ref().and_then(|s| s.headers(kind)).ok_or(Status::NotFound)?;
+            header_map::encode(&pairs)
+        }
+        properties::Source::Attribute(id, kind) => {
+            let stream = c.data().stream.as_ref().ok_or(Status::NotFound)?;
+            properties::encode(stream.attribute(id, kind).ok_or(Status::NotFound)?)
+        }
+    };
+    memory::return_bytes(&mut c, &value, ptr_out, len_out)
+}
+
+fn proxy_set_property(mut c: C, pp: i32, pl: i32, vp: i32, vl: i32) -> HostResult {
+    let path = memory::read(&c, pp, pl, properties::MAX_PATH_BYTES)?;
+    let value = memory::read(&c, vp, vl, abi::MAX_GUEST_STRING_BYTES)?;
+    c.data_mut().properties.insert(path, value);
+    Ok(())
+}
+
+fn proxy_get_shared_data(mut c: C, kp: i32, kl: i32, ptr_out: i32, len_out: i32, cas_out: i32) -> HostResult {
+    let key = memory::read(&c, kp, kl, abi::MAX_GUEST_STRING_BYTES)?;
+    memory::check_writable(&c, cas_out, 4)?;
+    let (value, cas) = shared::get(c.data().tenant.as_str(), &key)?;
+    memory::return_bytes(&mut c, &value, ptr_out, len_out)?;
+    memory::write_u32(&mut c, cas_out, cas)
+}
+
+fn proxy_set_shared_data(c: C, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32) -> HostResult {
+    let key = memory::read(&c, kp, kl, abi::MAX_GUEST_STRING_BYTES)?;
+    let value = memory::read(&c, vp, vl, abi::MAX_GUEST_STRING_BYTES)?;
+    Ok(shared::set(c.data().tenant.as_str(), &key, &value, cas as u32)?)
+}
+
+fn proxy_register_shared_queue(mut c: C, np: i32, nl: i32, out: i32) -> HostResult {
+    let name = memory::read(&c, np, nl, abi::MAX_GUEST_STRING_BYTES)?;
+    memory::check_writable(&c, out, 4)?;
+    let id = shared::register_queue(c.data().tenant.as_str(), &name);
+    memory::write_u32(&mut c, out, id)
+}
+
+fn proxy_resolve_shared_queue(mut c: C, vp: i32, vl: i32, np: i32, nl: i32, out: i32) -> HostResult {
+    let vm_id = memory::read(&c, vp, vl, abi::MAX_GUEST_STRING_BYTES)?;
+    let name = memory::read(&c, np, nl, abi::MAX_GUEST_STRING_BYTES)?;
+    let id = shared::resolve_queue(c.data().tenant.as_str(), &vm_id, &name)?;
+    memory::write_u32(&mut c, out, id)
+}
+
+fn proxy_enqueue_shared_queue(c: C, id: i32, vp: i32, vl: i32) -> HostResult {
+    let value = memory::read(&c, vp, vl, abi::MAX_GUEST_STRING_BYTES)?;
+    Ok(shared::enqueue(c.data().tenant.as_str(), id as u32, &value)?)
+}
+
+fn proxy_dequeue_shared_queue(mut c: C, id: i32, ptr_out: i32, len_out: i32) -> HostResult {
+    let value = shared::dequeue(c.data().tenant.as_str(), id as u32)?;
+    memory::return_bytes(&mut c, &value, ptr_out, len_out)
 }
 
 fn proxy_get_buffer_bytes(mut c: C, t: i32, start: i32, max: i32, ptr_out: i32, len_out: i32) -> HostResult {
@@ -222,28 +387,29 @@ fn proxy_get_buffer_status(mut c: C, t: i32, len_out: i32, flags_out: i32) -> Ho
     memory::write_u32(&mut c, flags_out, 0)
 }
 
-/// The HTTP header map a guest names, or NOT_FOUND for maps that do not exist in this call.
-fn http_map(map: i32) -> HostResult<HeaderKind> {
+/// The HTTP header map a guest names, if it is available in this callback (Envoy's host answers
+/// BAD_ARGUMENT for a map that is not, and for HTTP/gRPC call maps outside their callbacks).
+fn http_map_now(c: &C, map: i32) -> HostResult<HeaderKind> {
     match MapType::try_from(map)? {
-        MapType::Http(kind) => Ok(kind),
-        _ => Err(Status::NotFound.into()),
+        MapType::Http(kind) if c.data().phase.has_map(kind) => Ok(kind),
+        _ => Err(Status::BadArgument.into()),
     }
 }
 
 fn proxy_get_header_map_size(mut c: C, map: i32, out: i32) -> HostResult {
-    let kind = http_map(map)?;
+    let kind = http_map_now(&c, map)?;
     let pairs = c.data().stream.as_ref().and_then(|s| s.headers(kind)).ok_or(Status::NotFound)?;
     memory::write_u32(&mut c, out, header_map::encode(&pairs).len() as u32)
 }
 
 fn proxy_get_header_map_pairs(mut c: C, map: i32, ptr_out: i32, len_out: i32) -> HostResult {
-    let kind = http_map(map)?;
+    let kind = http_map_now(&c, map)?;
     let pairs = c.data().stream.as_ref().and_then(|s| s.headers(kind)).ok_or(Status::NotFound)?;
     memory::return_bytes(&mut c, &header_map::encode(&pairs), ptr_out, len_out)
 }
 
 fn proxy_set_header_map_pairs(mut c: C, map: i32, ptr: i32, len: i32) -> HostResult {
-    let kind = http_map(map)?;
+    let kind = http_map_now(&c, map)?;
     let bytes = memory::read(&c, ptr, len, abi::MAX_HEADER_MAP_BYTES)?;
     let new_pairs = header_map::decode(&bytes).map_err(|_| Status::BadArgument)?;
     let stream = c.data_mut().stream.as_mut().ok_or(Status::NotFound)?;
@@ -267,7 +433,7 @@ fn proxy_set_header_map_pairs(mut c: C, map: i32, ptr: i32, len: i32) -> HostRes
 }
 
 fn proxy_get_header_map_value(mut c: C, map: i32, kp: i32, kl: i32, ptr_out: i32, len_out: i32) -> HostResult {
-    let kind = http_map(map)?;
+    let kind = http_map_now(&c, map)?;
     let key = memory::read(&c, kp, kl, abi::MAX_GUEST_STRING_BYTES)?;
     let values = c.data().stream.as_ref().and_then(|s| s.header_values(kind, &key)).ok_or(Status::NotFound)?;
     // Several values of one key read as one, joined by commas (as Envoy's host does).
@@ -285,7 +451,7 @@ enum Change {
 }
 
 fn change_header(mut c: C, map: i32, kp: i32, kl: i32, change: Change) -> HostResult {
-    let kind = http_map(map)?;
+    let kind = http_map_now(&c, map)?;
     let key = memory::read(&c, kp, kl, abi::MAX_GUEST_STRING_BYTES)?;
     let value = match change {
         Change::Add(vp, vl) | Change::Replace(vp, vl) => Some(memory::read(&c, vp, vl, abi::MAX_GUEST_STRING_BYTES)?),
@@ -406,9 +572,10 @@ enum MetricOp {
     Get(i32),
 }
 
+/// An unknown metric id is BAD_ARGUMENT, as Envoy's host answers.
 fn guest_metric(mut c: C, id: i32, op: MetricOp) -> HostResult {
-    let index = usize::try_from(id).ok().and_then(|i| i.checked_sub(1)).ok_or(Status::NotFound)?;
-    let (_, name) = c.data().metrics.get(index).cloned().ok_or(Status::NotFound)?;
+    let index = usize::try_from(id).ok().and_then(|i| i.checked_sub(1)).ok_or(Status::BadArgument)?;
+    let (_, name) = c.data().metrics.get(index).cloned().ok_or(Status::BadArgument)?;
     let key = (c.data().tenant.to_string(), name);
     let value = {
         let mut values = metric_values().lock().unwrap_or_else(|p| p.into_inner());

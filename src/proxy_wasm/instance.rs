@@ -4,7 +4,7 @@
 //! marks the instance failed; the driver then drops it and answers per `on_error`.
 
 use super::abi::Action;
-use super::host::{Effect, HostState};
+use super::host::{Effect, HostState, Phase};
 use super::hostcalls;
 use super::memory::GuestMemory;
 use crate::artifact::ArtifactDigest;
@@ -29,6 +29,7 @@ pub struct Plugin {
     plugin_config: Arc<[u8]>,
     vm_config: Arc<[u8]>,
     deadline_ticks: u64,
+    root_id: Arc<str>,
     pub policy: InstancePolicy,
     /// Linear memory a fresh instance starts with (what instantiating one will take).
     pub initial_memory_bytes: usize,
@@ -156,6 +157,7 @@ impl Plugin {
             vm_config: tenant.vm_config.as_slice().into(),
             // One extra tick: the first may end at once (the ticker does not start with the call).
             deadline_ticks: tenant.instances.call_deadline_ms.div_ceil(tick_ms) + 1,
+            root_id: tenant.root_id.as_str().into(),
             policy: tenant.instances,
             initial_memory_bytes,
             resume,
@@ -166,7 +168,8 @@ impl Plugin {
     /// `proxy_on_vm_start` and `proxy_on_configure` run.
     pub fn instantiate(&self) -> Result<GuestInstance, GuestError> {
         let cap = (self.policy.memory_limit_mb as usize) << 20;
-        let state = HostState::new(self.tenant.clone(), self.plugin_config.clone(), self.vm_config.clone(), cap);
+        let mut state = HostState::new(self.tenant.clone(), self.plugin_config.clone(), self.vm_config.clone(), cap);
+        state.root_id = self.root_id.clone();
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         // With epoch interruption, the deadline must be set before instantiation runs any code.
@@ -214,6 +217,30 @@ impl Plugin {
     }
 }
 
+/// The proxy-wasm HTTP stream callbacks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum HttpCallback {
+    RequestHeaders,
+    RequestBody,
+    RequestTrailers,
+    ResponseHeaders,
+    ResponseBody,
+    ResponseTrailers,
+}
+
+impl HttpCallback {
+    pub fn export_name(self) -> &'static str {
+        match self {
+            HttpCallback::RequestHeaders => "proxy_on_request_headers",
+            HttpCallback::RequestBody => "proxy_on_request_body",
+            HttpCallback::RequestTrailers => "proxy_on_request_trailers",
+            HttpCallback::ResponseHeaders => "proxy_on_response_headers",
+            HttpCallback::ResponseBody => "proxy_on_response_body",
+            HttpCallback::ResponseTrailers => "proxy_on_response_trailers",
+        }
+    }
+}
+
 /// What a failed guest call was, from the error and the memory bounds' flags.
 fn classify(error: &wasmtime::Error, limits: &super::host::MemoryLimits) -> FailureKind {
     if limits.cap_hit {
@@ -239,8 +266,13 @@ struct Exports {
     on_context_create: Option<TypedFunc<(i32, i32), ()>>,
     on_vm_start: Option<TypedFunc<(i32, i32), i32>>,
     on_configure: Option<TypedFunc<(i32, i32), i32>>,
+    start: Option<TypedFunc<(), ()>>,
     on_request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_request_trailers: Option<TypedFunc<(i32, i32), i32>>,
     on_response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_response_trailers: Option<TypedFunc<(i32, i32), i32>>,
     on_done: Option<TypedFunc<i32, i32>>,
     on_log: Option<TypedFunc<i32, ()>>,
     on_delete: Option<TypedFunc<i32, ()>>,
@@ -267,8 +299,13 @@ impl Exports {
             on_context_create: optional!("proxy_on_context_create"),
             on_vm_start: optional!("proxy_on_vm_start"),
             on_configure: optional!("proxy_on_configure"),
+            start: optional!("_start"),
             on_request_headers: optional!("proxy_on_request_headers"),
+            on_request_body: optional!("proxy_on_request_body"),
+            on_request_trailers: optional!("proxy_on_request_trailers"),
             on_response_headers: optional!("proxy_on_response_headers"),
+            on_response_body: optional!("proxy_on_response_body"),
+            on_response_trailers: optional!("proxy_on_response_trailers"),
             on_done: optional!("proxy_on_done"),
             on_log: optional!("proxy_on_log"),
             on_delete: optional!("proxy_on_delete"),
@@ -321,6 +358,7 @@ impl GuestInstance {
         &mut self,
         hook: &'static str,
         stream: Option<Box<dyn HttpStream>>,
+        phase: Phase,
         f: impl FnOnce(&Exports, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, GuestError> {
         if self.failed {
@@ -328,9 +366,11 @@ impl GuestInstance {
             return Err(GuestError::Failed { tenant: self.tenant.clone(), hook, kind: FailureKind::Trap, reason });
         }
         self.store.data_mut().stream = stream;
+        self.store.data_mut().phase = phase;
         self.store.set_epoch_deadline(self.deadline_ticks);
         let result = f(&self.exports, &mut self.store);
         self.store.data_mut().stream = None;
+        self.store.data_mut().phase = Phase::Other;
         result.map_err(|e| {
             self.failed = true;
             let kind = classify(&e, &self.store.data().limits);
@@ -347,15 +387,19 @@ impl GuestInstance {
         let root = self.root_context_id as i32;
         let vm_len = self.store.data().vm_config.len() as i32;
         let plugin_len = self.store.data().plugin_config.len() as i32;
-        self.call("_initialize", None, |e, s| e.initialize.as_ref().map_or(Ok(()), |f| f.call(s, ())))?;
-        self.call("proxy_on_context_create", None, |e, s| e.on_context_create.as_ref().map_or(Ok(()), |f| f.call(s, (root, 0))))?;
-        let vm_ok = self.call("proxy_on_vm_start", None, |e, s| e.on_vm_start.as_ref().map_or(Ok(1), |f| f.call(s, (root, vm_len))))?;
+        // Reactor guests export `_initialize`; command-style guests `_start` (as Envoy's host).
+        self.call("_initialize", None, Phase::Other, |e, s| match (&e.initialize, &e.start) {
+            (Some(f), _) | (None, Some(f)) => f.call(s, ()),
+            (None, None) => Ok(()),
+        })?;
+        self.call("proxy_on_context_create", None, Phase::Other, |e, s| e.on_context_create.as_ref().map_or(Ok(()), |f| f.call(s, (root, 0))))?;
+        let vm_ok = self.call("proxy_on_vm_start", None, Phase::Other, |e, s| e.on_vm_start.as_ref().map_or(Ok(1), |f| f.call(s, (root, vm_len))))?;
         if vm_ok == 0 {
             self.failed = true;
             return Err(GuestError::Rejected { tenant: self.tenant.clone(), hook: "proxy_on_vm_start" });
         }
         let configured =
-            self.call("proxy_on_configure", None, |e, s| e.on_configure.as_ref().map_or(Ok(1), |f| f.call(s, (root, plugin_len))))?;
+            self.call("proxy_on_configure", None, Phase::Other, |e, s| e.on_configure.as_ref().map_or(Ok(1), |f| f.call(s, (root, plugin_len))))?;
         if configured == 0 {
             self.failed = true;
             return Err(GuestError::Rejected { tenant: self.tenant.clone(), hook: "proxy_on_configure" });
@@ -401,46 +445,52 @@ impl GuestInstance {
         let id = self.next_context_id;
         self.next_context_id = self.next_context_id.checked_add(1).unwrap_or(ROOT_CONTEXT_ID + 1);
         let root = self.root_context_id as i32;
-        self.call("proxy_on_context_create", None, |e, s| {
+        self.call("proxy_on_context_create", None, Phase::Other, |e, s| {
             e.on_context_create.as_ref().map_or(Ok(()), |f| f.call(s, (id as i32, root)))
         })?;
         Ok(id)
     }
 
-    pub fn on_request_headers(
+    /// Runs one HTTP stream callback for `context`: headers (`count` = number of headers), body
+    /// (`count` = body size so far) or trailers (`count` = number of trailers).
+    pub fn on_http(
         &mut self,
+        callback: HttpCallback,
         stream: Box<dyn HttpStream>,
         context: u32,
-        num_headers: usize,
+        count: usize,
         end_of_stream: bool,
     ) -> Result<Action, GuestError> {
-        let args = (context as i32, num_headers as i32, end_of_stream as i32);
-        self.call("proxy_on_request_headers", Some(stream), |e, s| {
-            e.on_request_headers.as_ref().map_or(Ok(0), |f| f.call(s, args))
+        let (id, n, eos) = (context as i32, count as i32, end_of_stream as i32);
+        let three = |f: &Option<TypedFunc<(i32, i32, i32), i32>>, s: &mut Store<HostState>| f.as_ref().map_or(Ok(0), |f| f.call(s, (id, n, eos)));
+        let two = |f: &Option<TypedFunc<(i32, i32), i32>>, s: &mut Store<HostState>| f.as_ref().map_or(Ok(0), |f| f.call(s, (id, n)));
+        self.call(callback.export_name(), Some(stream), Phase::Http(callback), |e, s| match callback {
+            HttpCallback::RequestHeaders => three(&e.on_request_headers, s),
+            HttpCallback::RequestBody => three(&e.on_request_body, s),
+            HttpCallback::RequestTrailers => two(&e.on_request_trailers, s),
+            HttpCallback::ResponseHeaders => three(&e.on_response_headers, s),
+            HttpCallback::ResponseBody => three(&e.on_response_body, s),
+            HttpCallback::ResponseTrailers => two(&e.on_response_trailers, s),
         })
         .map(Action::from)
     }
 
-    pub fn on_response_headers(
-        &mut self,
-        stream: Box<dyn HttpStream>,
-        context: u32,
-        num_headers: usize,
-        end_of_stream: bool,
-    ) -> Result<Action, GuestError> {
-        let args = (context as i32, num_headers as i32, end_of_stream as i32);
-        self.call("proxy_on_response_headers", Some(stream), |e, s| {
-            e.on_response_headers.as_ref().map_or(Ok(0), |f| f.call(s, args))
-        })
-        .map(Action::from)
+    /// `proxy_on_request_headers` (kept for callers that drive only headers).
+    pub fn on_request_headers(&mut self, stream: Box<dyn HttpStream>, context: u32, num_headers: usize, end_of_stream: bool) -> Result<Action, GuestError> {
+        self.on_http(HttpCallback::RequestHeaders, stream, context, num_headers, end_of_stream)
+    }
+
+    /// The tenant's name, root id and VM id as the guest sees them in properties.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
     }
 
     /// Ends an HTTP context: `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`, as Envoy does.
     pub fn finish_http_context(&mut self, stream: Option<Box<dyn HttpStream>>, context: u32) -> Result<(), GuestError> {
         let id = context as i32;
-        self.call("proxy_on_done", None, |e, s| e.on_done.as_ref().map_or(Ok(1), |f| f.call(s, id)))?;
-        self.call("proxy_on_log", stream, |e, s| e.on_log.as_ref().map_or(Ok(()), |f| f.call(s, id)))?;
-        self.call("proxy_on_delete", None, |e, s| e.on_delete.as_ref().map_or(Ok(()), |f| f.call(s, id)))?;
+        self.call("proxy_on_done", None, Phase::Other, |e, s| e.on_done.as_ref().map_or(Ok(1), |f| f.call(s, id)))?;
+        self.call("proxy_on_log", stream, Phase::Log, |e, s| e.on_log.as_ref().map_or(Ok(()), |f| f.call(s, id)))?;
+        self.call("proxy_on_delete", None, Phase::Other, |e, s| e.on_delete.as_ref().map_or(Ok(()), |f| f.call(s, id)))?;
         self.store.data_mut().effects.clear();
         Ok(())
     }

@@ -3,7 +3,8 @@
 //! [`Plugin`] is a tenant's loaded program (module linked against the host functions, shared by
 //! every worker); [`GuestInstance`] is one live instance of it with its own store, driven through
 //! the proxy-wasm callbacks. Hostcalls live in [`hostcalls`], guest memory access in [`memory`],
-//! the header-map codec in [`header_map`], numbers and limits in [`abi`].
+//! the header-map codec in [`header_map`], numbers and limits in [`abi`], property paths in
+//! [`properties`], process-wide shared data and queues in [`shared`].
 
 pub mod abi;
 pub mod header_map;
@@ -11,7 +12,9 @@ pub mod host;
 pub mod hostcalls;
 pub mod instance;
 pub mod memory;
+pub mod properties;
+pub mod shared;
 
 pub use abi::Action;
 pub use host::Effect;
-pub use instance::{FailureKind, GuestError, GuestInstance, Plugin};
+pub use instance::{FailureKind, GuestError, GuestInstance, HttpCallback, Plugin};

@@ -1,0 +1,291 @@
+//! Conformance guest: the `x-conf` request header names the proxy-wasm area one request exercises.
+//! The differential suite (integration/test_conformance.py) runs it under Envoy's own Wasm filter
+//! (V8) and under thaw in the same Envoy binary and compares what the client and the upstream see.
+//!
+//! Areas: `headers`, `pairs`, `body`, `response-body`, `local-request-headers`,
+//! `local-request-body`, `local-response-headers`, `properties`, `shared-data`, `queue`,
+//! `metrics`, `log`, `foreign`, `buffer-edits`.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(ConfRoot { metric: 0 }) });
+}}
+
+// Raw host calls, for reporting statuses the SDK's wrappers would panic on.
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_replace_header_map_value(map: i32, key: *const u8, key_len: usize, value: *const u8, value_len: usize) -> i32;
+    fn proxy_set_buffer_bytes(buffer: i32, start: usize, size: usize, data: *const u8, data_len: usize) -> i32;
+    fn proxy_get_header_map_value(map: i32, key: *const u8, key_len: usize, value: *mut *mut u8, value_len: *mut usize) -> i32;
+}
+
+/// Statuses of reading and replacing a header of `map` now: "get/replace".
+fn map_statuses(map: i32, key: &[u8]) -> String {
+    let (mut ptr, mut len) = (std::ptr::null_mut::<u8>(), 0usize);
+    let v = b"late";
+    // SAFETY: pointers and lengths of live locals; a returned buffer is the guest's (leaked here).
+    let get = unsafe { proxy_get_header_map_value(map, key.as_ptr(), key.len(), &mut ptr, &mut len) };
+    // SAFETY: as above.
+    let replace = unsafe { proxy_replace_header_map_value(map, b"x-conf-late".as_ptr(), 11, v.as_ptr(), v.len()) };
+    format!("{get}/{replace}")
+}
+
+/// The status of replacing request header `x-conf-late` now.
+fn late_header_status() -> i32 {
+    let (k, v) = (b"x-conf-late", b"1");
+    // SAFETY: pointers and lengths of live local byte strings.
+    unsafe { proxy_replace_header_map_value(0, k.as_ptr(), k.len(), v.as_ptr(), v.len()) }
+}
+
+/// The status of writing `data` at `start` over `size` bytes of the request body.
+fn set_request_body(start: usize, size: usize, data: &[u8]) -> i32 {
+    // SAFETY: pointer and length of a live slice.
+    unsafe { proxy_set_buffer_bytes(0, start, size, data.as_ptr(), data.len()) }
+}
+
+struct ConfRoot {
+    metric: u32,
+}
+
+impl Context for ConfRoot {}
+
+impl RootContext for ConfRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        self.metric = hostcalls::define_metric(MetricType::Counter, "conf_requests").unwrap_or(0);
+        // A configuration of exactly "reject" is refused (the config-rejection case).
+        self.get_plugin_configuration().as_deref() != Some(b"reject")
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Conf { area: String::new(), metric: self.metric, maps: Vec::new() }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Conf {
+    area: String,
+    metric: u32,
+    /// `maps` area: statuses collected along the stream.
+    maps: Vec<String>,
+}
+
+impl Context for Conf {}
+
+fn reply(ctx: &Conf, status: u32, body: String) -> Action {
+    ctx.send_http_response(status, vec![("content-type", "text/plain"), ("x-conf-area", ctx.area.as_str())], Some(body.as_bytes()));
+    Action::Pause
+}
+
+fn status_name(r: Result<(), Status>) -> String {
+    match r {
+        Ok(()) => "Ok".into(),
+        Err(s) => format!("{s:?}"),
+    }
+}
+
+fn property(ctx: &Conf, path: &[&str]) -> String {
+    match ctx.get_property(path.to_vec()) {
+        None => "-".into(),
+        Some(bytes) if path == ["source", "port"] || path == ["destination", "port"] || path == ["request", "size"] => {
+            format!("int:{}", bytes.len())
+        }
+        Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+impl HttpContext for Conf {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.area = self.get_http_request_header("x-conf").unwrap_or_default();
+        let _ = hostcalls::increment_metric(self.metric, 1);
+        match self.area.as_str() {
+            "headers" => {
+                self.add_http_request_header("x-conf-added", "1");
+                self.set_http_request_header("x-conf-replace", Some("replaced"));
+                self.set_http_request_header("x-conf-remove", None);
+                let seen = format!(
+                    "{} {} {}",
+                    self.get_http_request_header(":method").unwrap_or_default(),
+                    self.get_http_request_header(":path").unwrap_or_default(),
+                    self.get_http_request_header("x-conf-multi").unwrap_or_default()
+                );
+                self.set_http_request_header("x-conf-seen", Some(&seen));
+                Action::Continue
+            }
+            "pairs" => {
+                let mut names: Vec<String> = self
+                    .get_http_request_headers()
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .filter(|k| k.starts_with("x-conf") || k.starts_with(':'))
+                    .collect();
+                names.sort();
+                let mut pairs = self.get_http_request_headers();
+                pairs.retain(|(k, _)| k != "x-conf-drop");
+                pairs.push(("x-conf-from-pairs".into(), "yes".into()));
+                let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                self.set_http_request_headers(refs);
+                self.set_http_request_header("x-conf-names", Some(&names.join(",")));
+                Action::Continue
+            }
+            "local-request-headers" => reply(self, 418, "teapot from request headers".into()),
+            "properties" => {
+                let body = ["request.path", "request.url_path", "request.method", "request.scheme", "request.protocol", "request.query", "plugin_root_id", "source.port", "response.code", "no.such.property"]
+                    .iter()
+                    .map(|p| format!("{p}={}", property(self, &p.split('.').collect::<Vec<_>>())))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                reply(self, 200, body)
+            }
+            "shared-data" => {
+                let (value, cas) = self.get_shared_data("conf-counter");
+                let n = value.map(|v| String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0)).unwrap_or(0);
+                let first = status_name(self.set_shared_data("conf-counter", Some((n + 1).to_string().as_bytes()), cas));
+                let stale = status_name(self.set_shared_data("conf-counter", Some(b"stale"), cas.map(|c| c.wrapping_add(100)).or(Some(999))));
+                let (after, _) = self.get_shared_data("conf-counter");
+                let missing = self.get_shared_data("conf-missing").0.is_none();
+                reply(self, 200, format!("before={n} set={first} stale_cas={stale} after={} missing={missing}", String::from_utf8_lossy(&after.unwrap_or_default())))
+            }
+            "queue" => {
+                let id = self.register_shared_queue("conf-queue");
+                let resolved = self.resolve_shared_queue("", "conf-queue");
+                let empty = self.dequeue_shared_queue(id);
+                let enq = status_name(self.enqueue_shared_queue(id, Some(b"item-1")));
+                let got = self.dequeue_shared_queue(id);
+                reply(
+                    self,
+                    200,
+                    format!(
+                        "resolved={} empty={:?} enqueue={enq} dequeued={:?}",
+                        resolved == Some(id),
+                        empty.map(|v| v.is_none()),
+                        got.map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                    ),
+                )
+            }
+            "metrics" => {
+                let value = hostcalls::get_metric(self.metric);
+                let bad = hostcalls::get_metric(9999);
+                let gauge = hostcalls::define_metric(MetricType::Gauge, "conf_gauge");
+                let gauge_set = gauge.and_then(|g| hostcalls::record_metric(g, 7).map(|_| g)).and_then(|g| hostcalls::get_metric(g));
+                reply(self, 200, format!("counter_positive={} unknown={:?} gauge={:?}", value.map(|v| v > 0).unwrap_or(false), bad.err(), gauge_set))
+            }
+            "log" => {
+                log::trace!("conf trace");
+                log::info!("conf info line");
+                log::warn!("conf warn line");
+                let level = hostcalls::get_log_level();
+                reply(self, 200, format!("level_ok={}", level.is_ok()))
+            }
+            "foreign" => {
+                let r = hostcalls::call_foreign_function("thaw_no_such_function", Some(b"args"));
+                reply(self, 200, format!("foreign={:?}", r.err()))
+            }
+            "body" | "local-request-body" | "buffer-edits" if end_of_stream => reply(self, 400, "expected a body".into()),
+            // The body changes length: the framing header must go (Envoy re-frames the request).
+            "buffer-edits" => {
+                self.set_http_request_header("content-length", None);
+                Action::Continue
+            }
+            "maps" => {
+                self.maps.push(format!("req-headers:req={}", map_statuses(0, b":path")));
+                Action::Continue
+            }
+            _ => Action::Continue,
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        match self.area.as_str() {
+            "body" => {
+                if !end_of_stream {
+                    return Action::Pause;
+                }
+                let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+                let upper: Vec<u8> = body.to_ascii_uppercase();
+                self.set_http_request_body(0, body_size, &upper);
+                Action::Continue
+            }
+            "buffer-edits" => {
+                if !end_of_stream {
+                    return Action::Pause;
+                }
+                // Every set_buffer_bytes shape, each status recorded: prepend (0, 0), replace a
+                // prefix (0, n), append (start >= length), and the middle (1, 1).
+                let prepend = set_request_body(0, 0, b"<");
+                let prefix = set_request_body(0, 2, b"[[");
+                let size = self.get_http_request_body(0, body_size + 16).map(|b| b.len()).unwrap_or(0);
+                let append = set_request_body(size, 0, b">");
+                let middle_write = set_request_body(1, 1, b"?");
+                let middle = self.get_http_request_body(1, 3).unwrap_or_default();
+                let report = format!(
+                    "|prepend={prepend} prefix={prefix} append={append} middle_write={middle_write} read_middle={} late_header={}",
+                    String::from_utf8_lossy(&middle),
+                    late_header_status()
+                );
+                let now = self.get_http_request_body(0, body_size + 64).map(|b| b.len()).unwrap_or(0);
+                set_request_body(now, 0, report.as_bytes());
+                Action::Continue
+            }
+            "maps" => {
+                self.maps.push(format!("req-body:req={},resp={}", map_statuses(0, b":path"), map_statuses(2, b":status")));
+                Action::Continue
+            }
+            "local-request-body" if end_of_stream => {
+                let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+                reply(self, 413, format!("saw {} bytes", body.len()))
+            }
+            "local-request-body" => Action::Pause,
+            _ => Action::Continue,
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        match self.area.as_str() {
+            "headers" | "pairs" => {
+                self.set_http_response_header("x-conf-response", Some("seen"));
+                let status = self.get_http_response_header(":status").unwrap_or_default();
+                self.add_http_response_header("x-conf-upstream-status", &status);
+                Action::Continue
+            }
+            "local-response-headers" => reply(self, 451, "from response headers".into()),
+            "response-body" => {
+                self.set_http_response_header("content-length", None);
+                Action::Continue
+            }
+            "maps" => {
+                self.maps.push(format!("resp-headers:req={},resp={}", map_statuses(0, b":path"), map_statuses(2, b":status")));
+                self.set_http_response_header("content-length", None);
+                Action::Continue
+            }
+            _ => Action::Continue,
+        }
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.area == "maps" && end_of_stream {
+            self.maps.push(format!("resp-body:req={},resp={}", map_statuses(0, b":path"), map_statuses(2, b":status")));
+            let report = self.maps.join(" ");
+            self.set_http_response_body(0, body_size, report.as_bytes());
+            return Action::Continue;
+        }
+        if self.area != "response-body" {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self.get_http_response_body(0, body_size).unwrap_or_default();
+        let mut out = b"[".to_vec();
+        out.extend_from_slice(&body);
+        out.extend_from_slice(b"]");
+        self.set_http_response_body(0, body_size, &out);
+        Action::Continue
+    }
+}

@@ -1,0 +1,144 @@
+"""Differential conformance: the conformance guest (proxy-wasm Rust SDK) runs under Envoy's own
+`envoy.filters.http.wasm` (V8) and under thaw, in the same Envoy 1.40.0 process (one listener
+each, same upstream), driven by the same requests. What the client and the upstream observe
+(status, headers both ways, bodies) must be identical, except for differences listed, with their
+reason, in CONFORMANCE.md (and in KNOWN_DIFFERENCES below)."""
+
+import copy
+import json
+import unittest
+
+import harness as h
+
+# Response headers that legitimately differ between any two listeners or requests.
+VOLATILE = {"date", "server", "x-envoy-upstream-service-time", "x-request-id"}
+
+# area -> why V8 and thaw may differ there (mirrored in CONFORMANCE.md).
+KNOWN_DIFFERENCES = {}
+
+# Areas where the guest replies locally after the request headers went upstream: whether the
+# upstream recorded the aborted request is a race in either host, so only the client side counts.
+UPSTREAM_RACE = {"local-request-body"}
+
+REQUESTS = [
+    ("headers", "GET", "/h", {"x-conf-replace": "original", "x-conf-remove": "bye", "x-conf-multi": "a"}, None),
+    ("pairs", "GET", "/pairs", {"x-conf-drop": "1", "x-conf-keep": "2"}, None),
+    ("body", "POST", "/b", {"content-type": "text/plain"}, b"hello body, in pieces"),
+    ("buffer-edits", "POST", "/e", {"content-type": "text/plain"}, b"abcdef"),
+    ("response-body", "GET", "/rb", {}, None),
+    ("maps", "POST", "/maps", {"content-type": "text/plain"}, b"body"),
+    ("local-request-headers", "GET", "/l1", {}, None),
+    ("local-request-body", "POST", "/l2", {"content-type": "text/plain"}, b"x" * 1000),
+    ("local-response-headers", "GET", "/l3", {}, None),
+    ("properties", "GET", "/p/x?q=1", {}, None),
+    ("shared-data", "GET", "/s", {}, None),
+    ("shared-data", "GET", "/s", {}, None),
+    ("queue", "GET", "/q", {}, None),
+    ("metrics", "GET", "/m", {}, None),
+    ("log", "GET", "/log", {}, None),
+    ("foreign", "GET", "/f", {}, None),
+]
+
+
+def v8_filter(wasm, configuration="{}"):
+    return {"name": "envoy.filters.http.wasm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {"name": "conf", "root_id": "",
+                   "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": configuration},
+                   "vm_config": {"vm_id": "conf", "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(wasm)}}}}}}
+
+
+def thaw_filter(artifacts, module, configuration="{}"):
+    return h.thaw_filter({
+        "trusted_keys": [str(artifacts.public_key)],
+        "tenant_from": {"header": "x-tenant-id"},
+        "tenants": {"conf": {"module": str(module), "plugin_config": configuration, "isolation": "pooled"}},
+    })
+
+
+def two_listener_config(upstream, v8, thaw):
+    """One Envoy, two listeners: V8 on the first, thaw on the second."""
+    v8_port, thaw_port, admin = h.free_port(), h.free_port(), h.free_port()
+    config = h.envoy_config([v8], upstream.port, v8_port, admin)
+    second = copy.deepcopy(config["static_resources"]["listeners"][0])
+    second["name"] = "thaw"
+    second["address"]["socket_address"]["port_value"] = thaw_port
+    hcm = second["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_filters"] = [thaw] + hcm["http_filters"][1:]
+    config["static_resources"]["listeners"].append(second)
+    return config, v8_port, thaw_port, admin
+
+
+class Conformance(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = h.workdir()
+        cls.artifacts = h.Artifacts(cls.dir)
+        cls.module = cls.artifacts.signed("conformance-filter")
+        cls.wasm = h.GUESTS / "conformance-filter.wasm"
+        cls.upstream = h.Upstream()
+        config, cls.v8_port, cls.thaw_port, admin = two_listener_config(
+            cls.upstream, v8_filter(cls.wasm), thaw_filter(cls.artifacts, cls.module))
+        cls.envoy = h.Envoy(None, cls.upstream, cls.dir, config_text=json.dumps(config), port=cls.v8_port,
+                            admin_port=admin, concurrency=1, log_level="debug").__enter__()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.envoy.__exit__(None, None, None)
+        cls.upstream.close()
+        h.cleanup(cls.dir)
+
+    def observe(self, port, area, method, path, headers, body):
+        before = len(self.upstream.seen)
+        conn = h.http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request(method, path, body=body, headers={"x-conf": area, "x-tenant-id": "conf", **headers})
+        r = conn.getresponse()
+        response_body = r.read()
+        conn.close()
+        seen = self.upstream.seen[before:]
+        return {
+            "status": r.status,
+            "headers": sorted((k.lower(), v) for k, v in r.getheaders() if k.lower() not in VOLATILE),
+            "body": response_body.decode(errors="replace"),
+            "upstream": [
+                {"headers": sorted((k, v) for k, v in s["headers"].items() if k.startswith("x-conf")), "body": s["body"].decode(errors="replace")}
+                for s in seen
+            ],
+        }
+
+    def test_every_area_is_observed_identically(self):
+        differences = []
+        for area, method, path, headers, body in REQUESTS:
+            v8 = self.observe(self.v8_port, area, method, path, headers, body)
+            thaw = self.observe(self.thaw_port, area, method, path, headers, body)
+            if area in UPSTREAM_RACE:
+                v8.pop("upstream")
+                thaw.pop("upstream")
+            if v8 != thaw and area not in KNOWN_DIFFERENCES:
+                differences.append(f"{area}:\n  v8:   {v8}\n  thaw: {thaw}")
+        self.assertEqual(differences, [], "\n".join(differences))
+
+    def test_guest_logs_reach_envoys_log_from_both_hosts(self):
+        for port in (self.v8_port, self.thaw_port):
+            self.observe(port, "log", "GET", "/log", {}, None)
+        out = self.envoy.output()
+        self.assertGreaterEqual(out.count("conf info line"), 2, out[-3000:])
+        self.assertGreaterEqual(out.count("conf warn line"), 2)
+
+
+class ConfigRejection(unittest.TestCase):
+    def test_a_guest_rejecting_its_configuration_rejects_the_config_in_both_hosts(self):
+        d = h.workdir()
+        try:
+            artifacts = h.Artifacts(d)
+            module = artifacts.signed("conformance-filter")
+            wasm = h.GUESTS / "conformance-filter.wasm"
+            for filt in (v8_filter(wasm, "reject"), thaw_filter(artifacts, module, "reject")):
+                ok, output = h.validate(h.envoy_config([filt], 1, h.free_port(), h.free_port()), d)
+                self.assertFalse(ok, output[-2000:])
+        finally:
+            h.cleanup(d)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,133 @@
+//! Property paths (`proxy_get_property`) and their encodings, following Envoy's attribute
+//! vocabulary: what Envoy exposes to dynamic modules is read through its attribute ids; what only
+//! the host knows (plugin and tenant names) is answered here. Values are encoded as Envoy's Wasm
+//! host does: strings as raw bytes, integers as 8-byte little-endian, booleans as one byte, maps
+//! (headers) as a serialized header map.
+
+use crate::stream::{AttributeKind, AttributeValue, HeaderKind};
+
+/// Where a property's value comes from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Source {
+    /// An Envoy attribute, by its dynamic-module id.
+    Attribute(u32, AttributeKind),
+    /// A header map of the stream, serialized.
+    Headers(HeaderKind),
+    /// `plugin_name` and `plugin_vm_id`: the tenant (each tenant is one plugin and one VM in thaw).
+    Tenant,
+    /// `plugin_root_id`: the tenant's configured root id.
+    RootId,
+}
+
+/// Envoy attribute paths and their dynamic-module attribute ids (Envoy's `abi.h` order).
+const ATTRIBUTES: &[(&str, u32, AttributeKind)] = {
+    use AttributeKind::{Bool as Bo, Bytes as By, Int as In};
+    &[
+        ("request.path", 0, By),
+        ("request.url_path", 1, By),
+        ("request.host", 2, By),
+        ("request.scheme", 3, By),
+        ("request.method", 4, By),
+        ("request.referer", 6, By),
+        ("request.useragent", 7, By),
+        ("request.time", 8, In),
+        ("request.id", 9, By),
+        ("request.protocol", 10, By),
+        ("request.query", 11, By),
+        ("request.duration", 12, In),
+        ("request.size", 13, In),
+        ("request.total_size", 14, In),
+        ("response.code", 15, In),
+        ("response.code_details", 16, By),
+        ("response.flags", 17, In),
+        ("response.grpc_status", 18, In),
+        ("response.size", 21, In),
+        ("response.total_size", 22, In),
+        ("response.backend_latency", 23, In),
+        ("source.address", 24, By),
+        ("source.port", 25, In),
+        ("destination.address", 26, By),
+        ("destination.port", 27, In),
+        ("connection.id", 28, In),
+        ("connection.mtls", 29, Bo),
+        ("connection.requested_server_name", 30, By),
+        ("connection.tls_version", 31, By),
+        ("connection.subject_local_certificate", 32, By),
+        ("connection.subject_peer_certificate", 33, By),
+        ("connection.dns_san_local_certificate", 34, By),
+        ("connection.dns_san_peer_certificate", 35, By),
+        ("connection.uri_san_local_certificate", 36, By),
+        ("connection.uri_san_peer_certificate", 37, By),
+        ("connection.sha256_peer_certificate_digest", 38, By),
+        ("connection.transport_failure_reason", 39, By),
+        ("connection.termination_details", 40, By),
+        ("upstream.address", 41, By),
+        ("upstream.port", 42, In),
+        ("upstream.tls_version", 43, By),
+        ("upstream.subject_local_certificate", 44, By),
+        ("upstream.subject_peer_certificate", 45, By),
+        ("upstream.dns_san_local_certificate", 46, By),
+        ("upstream.dns_san_peer_certificate", 47, By),
+        ("upstream.uri_san_local_certificate", 48, By),
+        ("upstream.uri_san_peer_certificate", 49, By),
+        ("upstream.sha256_peer_certificate_digest", 50, By),
+        ("upstream.local_address", 51, By),
+        ("upstream.transport_failure_reason", 52, By),
+        ("upstream.request_attempt_count", 53, In),
+        ("xds.cluster_name", 57, By),
+        ("cluster_name", 57, By),
+        ("xds.listener_direction", 59, In),
+        ("listener_direction", 59, In),
+        ("xds.route_name", 61, By),
+        ("route_name", 61, By),
+        ("xds.virtual_host_name", 63, By),
+        ("xds.filter_chain_name", 66, By),
+        ("health_check", 67, Bo),
+    ]
+};
+
+/// Largest property path a guest may pass.
+pub const MAX_PATH_BYTES: usize = 1024;
+
+/// The dotted name of a path the guest sends as NUL-separated segments (a trailing NUL allowed).
+pub fn dotted(path: &[u8]) -> Option<String> {
+    let path = path.strip_suffix(&[0]).unwrap_or(path);
+    let text = std::str::from_utf8(path).ok()?;
+    Some(text.split('\0').collect::<Vec<_>>().join("."))
+}
+
+pub fn lookup(name: &str) -> Option<Source> {
+    match name {
+        "request.headers" => return Some(Source::Headers(HeaderKind::RequestHeaders)),
+        "response.headers" => return Some(Source::Headers(HeaderKind::ResponseHeaders)),
+        "response.trailers" => return Some(Source::Headers(HeaderKind::ResponseTrailers)),
+        "plugin_name" | "plugin_vm_id" | "thaw.tenant" => return Some(Source::Tenant),
+        "plugin_root_id" => return Some(Source::RootId),
+        _ => {}
+    }
+    ATTRIBUTES.iter().find(|(n, _, _)| *n == name).map(|(_, id, kind)| Source::Attribute(*id, *kind))
+}
+
+pub fn encode(value: AttributeValue) -> Vec<u8> {
+    match value {
+        AttributeValue::Bytes(bytes) => bytes,
+        AttributeValue::Int(n) => n.to_le_bytes().to_vec(),
+        AttributeValue::Bool(b) => vec![b as u8],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_nul_separated_and_map_to_attributes() {
+        assert_eq!(dotted(b"request\0path").as_deref(), Some("request.path"));
+        assert_eq!(dotted(b"request\0path\0").as_deref(), Some("request.path"));
+        assert_eq!(lookup("request.path"), Some(Source::Attribute(0, AttributeKind::Bytes)));
+        assert_eq!(lookup("source.port"), Some(Source::Attribute(25, AttributeKind::Int)));
+        assert_eq!(lookup("plugin_vm_id"), Some(Source::Tenant));
+        assert_eq!(lookup("no.such.thing"), None);
+        assert_eq!(encode(AttributeValue::Int(200)), 200u64.to_le_bytes());
+    }
+}
