@@ -453,7 +453,11 @@ def report(results, args, started, finished, m0, m1, pngs):
       "stored post-init snapshot, the recommended strict configuration). Routes answer with `direct_response`; Envoy runs one worker pinned to CPU 0, "
       "the load generator is `wrk` (Debian) pinned to CPU 1. Envoy's Wasm filter has no tenant selection, so each V8 tenant gets its "
       "own listener and VM; thaw serves all tenants from one listener by the `x-tenant-id` header. Every tenant has its own artifact "
-      "(the module plus a custom section naming the tenant: distinct bytes and digests).\n")
+      "(the module plus a custom section naming the tenant: distinct bytes and digests). Wasmtime drops custom sections when "
+      "compiling, so the tenants' `.cwasm` files are byte-identical: thaw reads and verifies every tenant's file but deserializes "
+      "identical bytes once (one shared Module), while V8 compiles every tenant's module. That sharing is a property of thaw "
+      "(tenants on the same filter version share native code); with truly different code per tenant, add one deserialize "
+      "(section 6) per distinct artifact to thaw's start-to-ready.\n")
     if "startup" in results:
         st = results["startup"]
         counts = sorted({n for n, _ in st})
