@@ -13,7 +13,7 @@ use crate::engine;
 use crate::log_at;
 use crate::pool;
 use crate::proxy_wasm::{host, Action, Effect, GuestError, GuestInstance, HttpCallback, Plugin};
-use crate::stream::{Direction, HeaderKind, HttpStream, LocalReply};
+use crate::stream::{CallResponse, Direction, HeaderKind, HttpStream, LocalReply};
 use crate::telemetry::{Metric, StatsSink};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -329,13 +329,21 @@ impl StreamFilter {
     /// Performs what the guest asked for during a callback of `direction`, and returns the
     /// verdict: the guest's own (`verdict`), unless it replied locally (Stop) or resumed this
     /// very direction (Continue).
-    fn apply_effects<S: HttpStream>(&mut self, stream: &mut S, direction: Direction, effects: Vec<Effect>, mut verdict: Verdict) -> Verdict {
+    /// `direction` is that of the stream callback running now (`None` outside stream callbacks,
+    /// e.g. an HTTP call response, where resuming means asking Envoy to continue).
+    fn apply_effects<S: HttpStream>(&mut self, stream: &mut S, direction: Option<Direction>, effects: Vec<Effect>, mut verdict: Verdict) -> Verdict {
         for effect in effects {
             match effect {
                 Effect::LocalReply(reply) if !self.replied => verdict = self.reply(stream, &reply),
                 Effect::LocalReply(_) => {}
-                Effect::Continue(d) if d == direction && !self.replied => verdict = Verdict::Continue,
-                Effect::Continue(d) => stream.continue_stream(d),
+                Effect::Continue(d) if Some(d) == direction && !self.replied => verdict = Verdict::Continue,
+                Effect::Continue(_) if self.replied => {}
+                Effect::Continue(d) => {
+                    if let Some(active) = self.active.as_mut() {
+                        active.instance.set_headers_held(d, false);
+                    }
+                    stream.continue_stream(d);
+                }
                 Effect::Close => {
                     if !stream.reset() {
                         log_at!(Warn, "thaw: proxy_close_stream: this Envoy cannot reset streams from a module; replying 503");
@@ -366,7 +374,33 @@ impl StreamFilter {
             Err(e) => self.guest_failed(&mut stream, &tenant, &e),
             Ok(action) => {
                 let verdict = if action == Action::Pause { paused } else { Verdict::Continue };
-                self.apply_effects(&mut stream, direction, effects, verdict)
+                let verdict = self.apply_effects(&mut stream, Some(direction), effects, verdict);
+                if matches!(callback, HttpCallback::RequestHeaders | HttpCallback::ResponseHeaders) {
+                    if let Some(active) = self.active.as_mut() {
+                        active.instance.set_headers_held(direction, verdict != Verdict::Continue);
+                    }
+                }
+                verdict
+            }
+        }
+    }
+
+    /// The response (or failure: `None`) of an HTTP call the guest started with `proxy_http_call`.
+    pub fn on_http_call_response<S: HttpStream + Clone + 'static>(&mut self, mut stream: S, callout_id: u64, response: Option<CallResponse>) {
+        if self.replied {
+            return;
+        }
+        let Some(active) = self.active.as_mut() else { return };
+        let Ok(token) = u32::try_from(callout_id) else { return };
+        let result = active.instance.on_http_call_response(Box::new(stream.clone()), token, response);
+        let effects = active.instance.take_effects();
+        let tenant = active.tenant.clone();
+        match result {
+            Err(e) => {
+                self.guest_failed(&mut stream, &tenant, &e);
+            }
+            Ok(()) => {
+                self.apply_effects(&mut stream, None, effects, Verdict::Continue);
             }
         }
     }

@@ -39,6 +39,23 @@ pub enum Direction {
     Response,
 }
 
+/// Why Envoy did not start an HTTP call.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CallError {
+    /// No such cluster, or the headers lack `:method`, `:path` or a host.
+    BadRequest,
+    /// Envoy could not start it (or this stream cannot make calls).
+    Unavailable,
+}
+
+/// An HTTP call's response as the guest reads it in `proxy_on_http_call_response`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallResponse {
+    pub headers: Vec<HeaderPair>,
+    pub body: Vec<u8>,
+    pub trailers: Vec<HeaderPair>,
+}
+
 /// How Envoy holds an attribute (`envoy_dynamic_module_type_attribute_id` values are typed).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum AttributeKind {
@@ -96,6 +113,11 @@ pub trait HttpStream: crate::telemetry::StatsSink {
     /// Resets the stream; false when this Envoy cannot.
     fn reset(&mut self) -> bool {
         false
+    }
+    /// Starts an HTTP call to `cluster` through Envoy; returns Envoy's callout id. The response
+    /// arrives later as `StreamFilter::on_http_call_response`.
+    fn http_call(&mut self, _cluster: &[u8], _headers: &[HeaderPair], _body: &[u8], _timeout_ms: u64) -> Result<u64, CallError> {
+        Err(CallError::Unavailable)
     }
     /// An Envoy attribute (`request.path`, `source.address`, ...) by its dynamic-module id.
     fn attribute(&self, _id: u32, _kind: AttributeKind) -> Option<AttributeValue> {

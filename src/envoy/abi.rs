@@ -90,6 +90,16 @@ pub mod body_type {
     pub const BUFFERED_RESPONSE_BODY: u32 = 3;
 }
 
+/// `envoy_dynamic_module_type_http_callout_init_result`.
+pub mod callout_init {
+    pub const SUCCESS: u32 = 0;
+    pub const MISSING_REQUIRED_HEADERS: u32 = 1;
+    pub const CLUSTER_NOT_FOUND: u32 = 2;
+}
+
+/// `envoy_dynamic_module_type_http_callout_result_Success`.
+pub const CALLOUT_SUCCESS: u32 = 0;
+
 /// `envoy_dynamic_module_type_http_filter_stream_reset_reason_LocalReset`.
 pub const RESET_LOCAL: u32 = 0;
 
@@ -167,6 +177,7 @@ callbacks! {
     http_filter_get_attribute_string: fn(FilterEnvoyPtr, u32, *mut EnvoyBuffer) -> bool;
     http_filter_get_attribute_int: fn(FilterEnvoyPtr, u32, *mut u64) -> bool;
     http_filter_get_attribute_bool: fn(FilterEnvoyPtr, u32, *mut bool) -> bool;
+    http_filter_http_callout: fn(FilterEnvoyPtr, *mut u64, ModuleBuffer, *mut HttpHeader, usize, ModuleBuffer, u64) -> u32;
   }
   optional {
     http_filter_reset_stream: fn(FilterEnvoyPtr, u32, ModuleBuffer);

@@ -3,7 +3,7 @@
 
 use super::abi::{self, Callbacks, ConfigEnvoyPtr, EnvoyBuffer, FilterEnvoyPtr, HttpHeader, ModuleBuffer};
 use crate::config::{RouteConfig, TenantId};
-use crate::stream::{AttributeKind, AttributeValue, Direction, HeaderKind, HeaderPair, HttpStream, LocalReply, LogLevel};
+use crate::stream::{AttributeKind, AttributeValue, CallError, Direction, HeaderKind, HeaderPair, HttpStream, LocalReply, LogLevel};
 use crate::telemetry::{Metric, MetricKind, StatsSink, TENANT_LABEL};
 use std::sync::OnceLock;
 
@@ -291,6 +291,39 @@ impl HttpStream for EnvoyStream {
                 Direction::Request => (self.cb.http_filter_continue_decoding)(self.fe),
                 Direction::Response => (self.cb.http_filter_continue_encoding)(self.fe),
             }
+        }
+    }
+
+    fn http_call(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], timeout_ms: u64) -> Result<u64, CallError> {
+        // Envoy's callouts need a `host` header; proxy-wasm guests name the authority `:authority`.
+        let mut headers = headers.to_vec();
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(b"host")) {
+            if let Some((_, authority)) = headers.iter().find(|(k, _)| k == b":authority").cloned() {
+                headers.push((b"host".to_vec(), authority));
+            }
+        }
+        headers.retain(|(k, _)| k != b":authority");
+        let mut raw: Vec<HttpHeader> = headers
+            .iter()
+            .map(|(k, v)| HttpHeader { key_ptr: k.as_ptr(), key_length: k.len(), value_ptr: v.as_ptr(), value_length: v.len() })
+            .collect();
+        let mut id = 0u64;
+        // SAFETY: live stream; `raw` points into `headers`, which outlives the call; out-pointer is a local.
+        let result = unsafe {
+            (self.cb.http_filter_http_callout)(
+                self.fe,
+                &mut id,
+                ModuleBuffer::of(cluster),
+                raw.as_mut_ptr(),
+                raw.len(),
+                ModuleBuffer::of(body),
+                timeout_ms,
+            )
+        };
+        match result {
+            abi::callout_init::SUCCESS => Ok(id),
+            abi::callout_init::MISSING_REQUIRED_HEADERS | abi::callout_init::CLUSTER_NOT_FOUND => Err(CallError::BadRequest),
+            _ => Err(CallError::Unavailable),
         }
     }
 

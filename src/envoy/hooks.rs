@@ -261,15 +261,43 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(fe: Filter
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
-    _fe: FilterEnvoyPtr,
-    _fm: FilterModulePtr,
-    _callout_id: u64,
-    _result: u32,
-    _headers: *const HttpHeader,
-    _headers_size: usize,
-    _body_chunks: *const EnvoyBuffer,
-    _body_chunks_size: usize,
+    fe: FilterEnvoyPtr,
+    fm: FilterModulePtr,
+    callout_id: u64,
+    result: u32,
+    headers: *const HttpHeader,
+    headers_size: usize,
+    body_chunks: *const EnvoyBuffer,
+    body_chunks_size: usize,
 ) {
+    with_stream("http_callout_done", fe, fm, (), (), |f, s| {
+        let response = (result == abi::CALLOUT_SUCCESS).then(|| {
+            // SAFETY: Envoy passes `headers_size` headers and `body_chunks_size` chunks, valid for
+            // this hook (either may be NULL with a zero count).
+            let headers = unsafe { slice(headers, headers_size) };
+            let chunks = unsafe { slice(body_chunks, body_chunks_size) };
+            crate::stream::CallResponse {
+                // SAFETY: each header's buffers are Envoy-owned and valid for this hook.
+                headers: headers.iter().map(|h| unsafe { (bytes(EnvoyBuffer { ptr: h.key_ptr, length: h.key_length }).to_vec(), bytes(EnvoyBuffer { ptr: h.value_ptr, length: h.value_length }).to_vec()) }).collect(),
+                // SAFETY: as above, for each body chunk.
+                body: chunks.iter().flat_map(|c| unsafe { bytes(*c) }.iter().copied()).collect(),
+                trailers: Vec::new(),
+            }
+        });
+        f.on_http_call_response(s, callout_id, response)
+    })
+}
+
+/// A slice over `n` Envoy-owned items.
+///
+/// SAFETY (for callers): `ptr` points to `n` valid items for the current hook, or `n` is 0.
+unsafe fn slice<'a, T>(ptr: *const T, n: usize) -> &'a [T] {
+    if ptr.is_null() || n == 0 {
+        &[]
+    } else {
+        // SAFETY: guaranteed by the caller.
+        unsafe { std::slice::from_raw_parts(ptr, n) }
+    }
 }
 
 #[no_mangle]

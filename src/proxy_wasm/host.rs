@@ -109,6 +109,11 @@ pub struct HostState {
     pub root_id: Arc<str>,
     /// The callback running now; decides which header maps the guest may touch.
     pub phase: Phase,
+    /// The HTTP call response the guest reads in `proxy_on_http_call_response`.
+    pub call_response: Option<crate::stream::CallResponse>,
+    /// Request / response headers the filter is holding (their callback paused and the stream
+    /// has not been continued): they stay readable and writable, as in Envoy's host.
+    pub held_headers: [bool; 2],
 }
 
 /// What the guest is being called for.
@@ -120,17 +125,19 @@ pub enum Phase {
     Http(super::HttpCallback),
     /// `proxy_on_log`: every map of the stream is readable.
     Log,
+    /// `proxy_on_http_call_response`: the call's response maps and body are readable.
+    HttpCallResponse,
 }
 
 impl Phase {
-    /// Whether `kind` is available now. As in Envoy's host: a map is there during the callback
-    /// that delivered it, and all of them while logging.
+    /// Whether `kind` is available in this phase alone. As in Envoy's host: a map is there during
+    /// the callback that delivered it, and all of them while logging (see also `held_headers`).
     pub fn has_map(self, kind: crate::stream::HeaderKind) -> bool {
         use super::HttpCallback as H;
         use crate::stream::HeaderKind as K;
         match self {
             Phase::Log => true,
-            Phase::Other => false,
+            Phase::Other | Phase::HttpCallResponse => false,
             Phase::Http(cb) => matches!(
                 (cb, kind),
                 (H::RequestHeaders, K::RequestHeaders)
@@ -158,6 +165,8 @@ impl HostState {
             properties: HashMap::new(),
             root_id: Arc::from(""),
             phase: Phase::Other,
+            call_response: None,
+            held_headers: [false; 2],
         }
     }
 
@@ -167,5 +176,18 @@ impl HostState {
         self.effects.clear();
         self.effective_context = 0;
         self.properties.clear();
+        self.call_response = None;
+        self.held_headers = [false; 2];
+    }
+
+    /// Whether header map `kind` is available in the current callback.
+    pub fn has_map(&self, kind: crate::stream::HeaderKind) -> bool {
+        use crate::stream::{Direction, HeaderKind as K};
+        let held = match kind {
+            K::RequestHeaders => self.held_headers[Direction::Request as usize],
+            K::ResponseHeaders => self.held_headers[Direction::Response as usize],
+            _ => false,
+        };
+        self.phase.has_map(kind) || (held && self.phase != Phase::Other)
     }
 }

@@ -101,6 +101,13 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         status(proxy_get_status(c, code_out, ptr_out, len_out))
     })?;
     linker.func_wrap(env, "proxy_done", |_: C| Ok(Status::NotFound as i32))?;
+    linker.func_wrap(
+        env,
+        "proxy_http_call",
+        |c: C, up: i32, ul: i32, hp: i32, hl: i32, bp: i32, bl: i32, tp: i32, tl: i32, timeout: i32, out: i32| {
+            status(proxy_http_call(c, [up, ul, hp, hl, bp, bl, tp, tl], timeout, out))
+        },
+    )?;
     linker.func_wrap(env, "proxy_get_property", |c: C, pp: i32, pl: i32, ptr_out: i32, len_out: i32| {
         status(proxy_get_property(c, pp, pl, ptr_out, len_out))
     })?;
@@ -245,6 +252,9 @@ fn buffer(c: &C, buffer_type: i32) -> HostResult<std::sync::Arc<[u8]>> {
         BufferType::VmConfiguration => Ok(c.data().vm_config.clone()),
         BufferType::HttpRequestBody => body(c, Direction::Request),
         BufferType::HttpResponseBody => body(c, Direction::Response),
+        BufferType::HttpCallResponseBody if c.data().phase == super::host::Phase::HttpCallResponse => {
+            c.data().call_response.as_ref().map(|r| r.body.as_slice().into()).ok_or_else(|| Status::NotFound.into())
+        }
         // No HTTP or gRPC call responses, TCP data or foreign-function arguments exist in this call.
         _ => Err(Status::NotFound.into()),
     }
@@ -391,20 +401,33 @@ fn proxy_get_buffer_status(mut c: C, t: i32, len_out: i32, flags_out: i32) -> Ho
 /// BAD_ARGUMENT for a map that is not, and for HTTP/gRPC call maps outside their callbacks).
 fn http_map_now(c: &C, map: i32) -> HostResult<HeaderKind> {
     match MapType::try_from(map)? {
-        MapType::Http(kind) if c.data().phase.has_map(kind) => Ok(kind),
+        MapType::Http(kind) if c.data().has_map(kind) => Ok(kind),
         _ => Err(Status::BadArgument.into()),
     }
 }
 
+/// The pairs of map `map` now: a stream map, or an HTTP call response map in its callback.
+fn map_pairs(c: &C, map: i32) -> HostResult<Vec<crate::stream::HeaderPair>> {
+    match MapType::try_from(map)? {
+        MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers => {
+            let response = c.data().call_response.as_ref().filter(|_| c.data().phase == super::host::Phase::HttpCallResponse);
+            let response = response.ok_or(Status::BadArgument)?;
+            Ok(if MapType::try_from(map)? == MapType::HttpCallResponseHeaders { response.headers.clone() } else { response.trailers.clone() })
+        }
+        _ => {
+            let kind = http_map_now(c, map)?;
+            c.data().stream.as_ref().and_then(|s| s.headers(kind)).ok_or_else(|| Status::NotFound.into())
+        }
+    }
+}
+
 fn proxy_get_header_map_size(mut c: C, map: i32, out: i32) -> HostResult {
-    let kind = http_map_now(&c, map)?;
-    let pairs = c.data().stream.as_ref().and_then(|s| s.headers(kind)).ok_or(Status::NotFound)?;
+    let pairs = map_pairs(&c, map)?;
     memory::write_u32(&mut c, out, header_map::encode(&pairs).len() as u32)
 }
 
 fn proxy_get_header_map_pairs(mut c: C, map: i32, ptr_out: i32, len_out: i32) -> HostResult {
-    let kind = http_map_now(&c, map)?;
-    let pairs = c.data().stream.as_ref().and_then(|s| s.headers(kind)).ok_or(Status::NotFound)?;
+    let pairs = map_pairs(&c, map)?;
     memory::return_bytes(&mut c, &header_map::encode(&pairs), ptr_out, len_out)
 }
 
@@ -433,9 +456,14 @@ fn proxy_set_header_map_pairs(mut c: C, map: i32, ptr: i32, len: i32) -> HostRes
 }
 
 fn proxy_get_header_map_value(mut c: C, map: i32, kp: i32, kl: i32, ptr_out: i32, len_out: i32) -> HostResult {
-    let kind = http_map_now(&c, map)?;
     let key = memory::read(&c, kp, kl, abi::MAX_GUEST_STRING_BYTES)?;
-    let values = c.data().stream.as_ref().and_then(|s| s.header_values(kind, &key)).ok_or(Status::NotFound)?;
+    let values: Vec<Vec<u8>> = match MapType::try_from(map)? {
+        MapType::Http(_) => {
+            let kind = http_map_now(&c, map)?;
+            c.data().stream.as_ref().and_then(|s| s.header_values(kind, &key)).ok_or(Status::NotFound)?
+        }
+        _ => map_pairs(&c, map)?.into_iter().filter(|(k, _)| k.eq_ignore_ascii_case(&key)).map(|(_, v)| v).collect(),
+    };
     // Several values of one key read as one, joined by commas (as Envoy's host does).
     let value = values.join(&b","[..]);
     if values.is_empty() {
@@ -591,4 +619,30 @@ fn guest_metric(mut c: C, id: i32, op: MetricOp) -> HostResult {
         memory::write_u64(&mut c, out, value as u64)?;
     }
     Ok(())
+}
+
+/// `proxy_http_call` from an HTTP context: started through Envoy's HTTP callouts; the token is
+/// Envoy's callout id. From a root context (no stream) thaw cannot call yet: INTERNAL_FAILURE.
+fn proxy_http_call(mut c: C, args: [i32; 8], timeout: i32, token_out: i32) -> HostResult {
+    let [up, ul, hp, hl, bp, bl, tp, tl] = args;
+    let cluster = memory::read(&c, up, ul, abi::MAX_GUEST_STRING_BYTES)?;
+    let headers = header_map::decode(&memory::read(&c, hp, hl, abi::MAX_HEADER_MAP_BYTES)?).map_err(|_| Status::BadArgument)?;
+    let body = memory::read(&c, bp, bl, abi::MAX_BODY_BYTES)?;
+    let trailers = header_map::decode(&memory::read(&c, tp, tl, abi::MAX_HEADER_MAP_BYTES)?).map_err(|_| Status::BadArgument)?;
+    memory::check_writable(&c, token_out, 4)?;
+    if !trailers.is_empty() {
+        // Envoy's HTTP callouts carry no request trailers.
+        return Err(Status::BadArgument.into());
+    }
+    let Some(stream) = c.data_mut().stream.as_mut() else {
+        let tenant = c.data().tenant.to_string();
+        log_unimplemented_once(&tenant, "proxy_http_call from a root context");
+        return Err(Status::InternalFailure.into());
+    };
+    let id = stream.http_call(&cluster, &headers, &body, timeout as u32 as u64).map_err(|e| match e {
+        crate::stream::CallError::BadRequest => Status::BadArgument,
+        crate::stream::CallError::Unavailable => Status::InternalFailure,
+    })?;
+    let token = u32::try_from(id).map_err(|_| Status::InternalFailure)?;
+    memory::write_u32(&mut c, token_out, token)
 }

@@ -273,6 +273,7 @@ struct Exports {
     on_response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
     on_response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     on_response_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
     on_done: Option<TypedFunc<i32, i32>>,
     on_log: Option<TypedFunc<i32, ()>>,
     on_delete: Option<TypedFunc<i32, ()>>,
@@ -306,6 +307,7 @@ impl Exports {
             on_response_headers: optional!("proxy_on_response_headers"),
             on_response_body: optional!("proxy_on_response_body"),
             on_response_trailers: optional!("proxy_on_response_trailers"),
+            on_http_call_response: optional!("proxy_on_http_call_response"),
             on_done: optional!("proxy_on_done"),
             on_log: optional!("proxy_on_log"),
             on_delete: optional!("proxy_on_delete"),
@@ -473,6 +475,29 @@ impl GuestInstance {
             HttpCallback::ResponseTrailers => two(&e.on_response_trailers, s),
         })
         .map(Action::from)
+    }
+
+    /// `proxy_on_http_call_response` for the call `token` (on the root context, as Envoy's host:
+    /// the SDK routes it to the HTTP context that made the call). `None`: the call failed.
+    pub fn on_http_call_response(
+        &mut self,
+        stream: Box<dyn HttpStream>,
+        token: u32,
+        response: Option<crate::stream::CallResponse>,
+    ) -> Result<(), GuestError> {
+        let counts = response.as_ref().map_or((0, 0, 0), |r| (r.headers.len(), r.body.len(), r.trailers.len()));
+        let args = (self.root_context_id as i32, token as i32, counts.0 as i32, counts.1 as i32, counts.2 as i32);
+        self.store.data_mut().call_response = response;
+        let result = self.call("proxy_on_http_call_response", Some(stream), Phase::HttpCallResponse, |e, s| {
+            e.on_http_call_response.as_ref().map_or(Ok(()), |f| f.call(s, args))
+        });
+        self.store.data_mut().call_response = None;
+        result
+    }
+
+    /// Records whether the filter holds `direction`'s headers (paused, not yet continued).
+    pub fn set_headers_held(&mut self, direction: crate::stream::Direction, held: bool) {
+        self.store.data_mut().held_headers[direction as usize] = held;
     }
 
     /// `proxy_on_request_headers` (kept for callers that drive only headers).

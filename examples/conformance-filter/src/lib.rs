@@ -76,7 +76,15 @@ struct Conf {
     maps: Vec<String>,
 }
 
-impl Context for Conf {}
+impl Context for Conf {
+    fn on_http_call_response(&mut self, _token: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let status = self.get_http_call_response_header(":status").unwrap_or_default();
+        let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+        let summary = format!("status={status} headers={} body={}", num_headers > 0, String::from_utf8_lossy(&body));
+        self.set_http_request_header("x-conf-callout-result", Some(&summary));
+        self.resume_http_request();
+    }
+}
 
 fn reply(ctx: &Conf, status: u32, body: String) -> Action {
     ctx.send_http_response(status, vec![("content-type", "text/plain"), ("x-conf-area", ctx.area.as_str())], Some(body.as_bytes()));
@@ -196,6 +204,18 @@ impl HttpContext for Conf {
             "maps" => {
                 self.maps.push(format!("req-headers:req={}", map_statuses(0, b":path")));
                 Action::Continue
+            }
+            "http-call" => {
+                let headers = vec![(":method", "GET"), (":path", "/callout?from=guest"), (":authority", "upstream"), ("x-conf-callout", "1")];
+                match self.dispatch_http_call("upstream", headers, Some(b"call body"), vec![], std::time::Duration::from_secs(5)) {
+                    Ok(_) => Action::Pause,
+                    Err(status) => reply(self, 500, format!("dispatch failed: {status:?}")),
+                }
+            }
+            "http-call-bad-cluster" => {
+                let headers = vec![(":method", "GET"), (":path", "/"), (":authority", "x")];
+                let result = self.dispatch_http_call("no-such-cluster", headers, None, vec![], std::time::Duration::from_secs(1));
+                reply(self, 200, format!("dispatch={:?}", result.err()))
             }
             _ => Action::Continue,
         }
