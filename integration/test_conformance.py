@@ -120,6 +120,19 @@ class Conformance(unittest.TestCase):
                 differences.append(f"{area}:\n  v8:   {v8}\n  thaw: {thaw}")
         self.assertEqual(differences, [], "\n".join(differences))
 
+    def test_guest_metrics_are_envoy_stats(self):
+        import re
+        import time
+        for _ in range(3):
+            self.observe(self.thaw_port, "metrics", "GET", "/m", {}, None)
+        time.sleep(1.2)
+        stats = self.envoy.stats()
+        def value(name, metric):
+            m = re.search(r'^envoy_thaw_%s\{(?=[^}]*tenant="conf")(?=[^}]*name="%s")[^}]*\} (\S+)$' % (metric, name), stats, re.M)
+            return float(m.group(1)) if m else None
+        self.assertGreaterEqual(value("conf_requests", "wasm_guest_counter") or 0, 3, stats[-3000:])
+        self.assertEqual(value("conf_gauge", "wasm_guest_gauge"), 7)
+
     def test_guest_logs_reach_envoys_log_from_both_hosts(self):
         for port in (self.v8_port, self.thaw_port):
             self.observe(port, "log", "GET", "/log", {}, None)

@@ -50,10 +50,16 @@ pub enum Metric {
     InstanceRefused,
     /// Counter: idle instances evicted (least recently used tenant first) to stay within the budget.
     InstanceEvicted,
+    /// Counter defined by a guest (`proxy_define_metric`), labelled by tenant and metric name.
+    GuestCounter,
+    /// Gauge defined by a guest.
+    GuestGauge,
+    /// Histogram defined by a guest.
+    GuestHistogram,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 16] = [
+    pub const ALL: [Metric; 19] = [
         Metric::ColdStart,
         Metric::AotLoad,
         Metric::SnapshotResume,
@@ -70,6 +76,9 @@ impl Metric {
         Metric::QuarantinedRequest,
         Metric::InstanceRefused,
         Metric::InstanceEvicted,
+        Metric::GuestCounter,
+        Metric::GuestGauge,
+        Metric::GuestHistogram,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,15 +99,31 @@ impl Metric {
             Metric::QuarantinedRequest => "wasm_quarantined_request_total",
             Metric::InstanceRefused => "wasm_instance_refused_total",
             Metric::InstanceEvicted => "wasm_instance_evicted_total",
+            Metric::GuestCounter => "wasm_guest_counter",
+            Metric::GuestGauge => "wasm_guest_gauge",
+            Metric::GuestHistogram => "wasm_guest_histogram",
         }
     }
 
     pub fn kind(self) -> MetricKind {
         match self {
-            Metric::ColdStart | Metric::AotLoad | Metric::SnapshotResume => MetricKind::Histogram,
-            Metric::PoolSize => MetricKind::Gauge,
+            Metric::ColdStart | Metric::AotLoad | Metric::SnapshotResume | Metric::GuestHistogram => MetricKind::Histogram,
+            Metric::PoolSize | Metric::GuestGauge => MetricKind::Gauge,
             _ => MetricKind::Counter,
         }
+    }
+
+    /// Label names: every metric has `tenant`; guest-defined ones also `name`.
+    pub fn labels(self) -> &'static [&'static str] {
+        match self {
+            Metric::GuestCounter | Metric::GuestGauge | Metric::GuestHistogram => &[TENANT_LABEL, GUEST_NAME_LABEL],
+            _ => &[TENANT_LABEL],
+        }
+    }
+
+    /// The guest metric of proxy-wasm metric type `t` (0 counter, 1 gauge, 2 histogram).
+    pub fn for_guest_type(t: u32) -> Option<Metric> {
+        [Metric::GuestCounter, Metric::GuestGauge, Metric::GuestHistogram].get(t as usize).copied()
     }
 
     pub fn index(self) -> usize {
@@ -106,12 +131,18 @@ impl Metric {
     }
 }
 
-/// The one label every metric carries.
+/// The label every metric carries.
 pub const TENANT_LABEL: &str = "tenant";
+/// The second label of guest-defined metrics: the name the guest gave it.
+pub const GUEST_NAME_LABEL: &str = "name";
 
 /// Where metrics go. `value` adds to a counter, is recorded in a histogram, or moves a gauge.
 pub trait StatsSink {
     fn record(&mut self, metric: Metric, tenant: &TenantId, value: i64);
+
+    /// A guest-defined metric: a counter moves by `value`, a gauge is set to `value`, a histogram
+    /// records `value`. Sinks without a stream drop it (the value stays host-side).
+    fn record_guest(&mut self, _metric: Metric, _tenant: &TenantId, _name: &str, _value: i64) {}
 }
 
 /// Discards metrics (the CLI; code paths that have no stream).

@@ -164,6 +164,7 @@ callbacks! {
     http_filter_increment_counter: fn(FilterEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
     http_filter_increment_gauge: fn(FilterEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
     http_filter_decrement_gauge: fn(FilterEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
+    http_filter_set_gauge: fn(FilterEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
     http_filter_record_histogram_value: fn(FilterEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
     http_filter_config_increment_counter: fn(ConfigEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
     http_filter_config_record_histogram_value: fn(ConfigEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;

@@ -4,7 +4,7 @@
 use super::abi::{self, Callbacks, ConfigEnvoyPtr, EnvoyBuffer, FilterEnvoyPtr, HttpHeader, ModuleBuffer};
 use crate::config::{RouteConfig, TenantId};
 use crate::stream::{AttributeKind, AttributeValue, CallError, Direction, HeaderKind, HeaderPair, HttpStream, LocalReply, LogLevel};
-use crate::telemetry::{Metric, MetricKind, StatsSink, TENANT_LABEL};
+use crate::telemetry::{Metric, MetricKind, StatsSink};
 use std::sync::OnceLock;
 
 static CALLBACKS: OnceLock<Callbacks> = OnceLock::new();
@@ -67,8 +67,8 @@ impl MetricIds {
     /// during config creation (Envoy freezes definitions afterwards).
     pub fn define(cb: &Callbacks, ce: ConfigEnvoyPtr) -> Result<MetricIds, String> {
         let mut ids = [0usize; Metric::ALL.len()];
-        let label = [ModuleBuffer::of(TENANT_LABEL.as_bytes())];
         for metric in Metric::ALL {
+            let label: Vec<ModuleBuffer> = metric.labels().iter().map(|l| ModuleBuffer::of(l.as_bytes())).collect();
             let define = match metric.kind() {
                 MetricKind::Counter => cb.http_filter_config_define_counter,
                 MetricKind::Gauge => cb.http_filter_config_define_gauge,
@@ -181,6 +181,18 @@ impl StatsSink for EnvoyStream {
         // SAFETY: live stream of the current hook; `id` was defined on this stream's config; the
         // label buffer is borrowed for the call.
         unsafe { record(self.fe, id, label.as_ptr(), label.len(), amount) };
+    }
+
+    fn record_guest(&mut self, metric: Metric, tenant: &TenantId, name: &str, value: i64) {
+        let labels = [ModuleBuffer::of(tenant.as_str().as_bytes()), ModuleBuffer::of(name.as_bytes())];
+        let id = self.ids.0[metric.index()];
+        let record = match metric.kind() {
+            MetricKind::Counter => self.cb.http_filter_increment_counter,
+            MetricKind::Gauge => self.cb.http_filter_set_gauge,
+            MetricKind::Histogram => self.cb.http_filter_record_histogram_value,
+        };
+        // SAFETY: live stream; `id` was defined with the labels (tenant, name); buffers borrowed.
+        unsafe { record(self.fe, id, labels.as_ptr(), labels.len(), value.max(0) as u64) };
     }
 }
 

@@ -13,6 +13,7 @@ use super::host::{Effect, HostState};
 use super::memory::{self, HostError, HostResult};
 use crate::log_at;
 use crate::stream::{Direction, HeaderKind, LocalReply, LogLevel};
+use crate::telemetry::Metric;
 use super::{properties, shared};
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -603,8 +604,8 @@ enum MetricOp {
 /// An unknown metric id is BAD_ARGUMENT, as Envoy's host answers.
 fn guest_metric(mut c: C, id: i32, op: MetricOp) -> HostResult {
     let index = usize::try_from(id).ok().and_then(|i| i.checked_sub(1)).ok_or(Status::BadArgument)?;
-    let (_, name) = c.data().metrics.get(index).cloned().ok_or(Status::BadArgument)?;
-    let key = (c.data().tenant.to_string(), name);
+    let (metric_type, name) = c.data().metrics.get(index).cloned().ok_or(Status::BadArgument)?;
+    let key = (c.data().tenant.to_string(), name.clone());
     let value = {
         let mut values = metric_values().lock().unwrap_or_else(|p| p.into_inner());
         let value = values.entry(key).or_insert(0);
@@ -615,6 +616,20 @@ fn guest_metric(mut c: C, id: i32, op: MetricOp) -> HostResult {
         }
         *value
     };
+    // Export to Envoy's stats when a stream is at hand: a counter by its delta, a gauge by its
+    // new value, a histogram by the recorded sample.
+    let exported = match (Metric::for_guest_type(metric_type), &op) {
+        (Some(m @ Metric::GuestCounter), MetricOp::Add(delta)) => Some((m, *delta)),
+        (Some(m @ Metric::GuestGauge), MetricOp::Add(_) | MetricOp::Set(_)) => Some((m, value)),
+        (Some(m @ Metric::GuestHistogram), MetricOp::Set(sample)) => Some((m, *sample)),
+        _ => None,
+    };
+    if let Some((metric, amount)) = exported {
+        let tenant = c.data().tenant.clone();
+        if let Some(stream) = c.data_mut().stream.as_mut() {
+            stream.record_guest(metric, &tenant, &name, amount);
+        }
+    }
     if let MetricOp::Get(out) = op {
         memory::write_u64(&mut c, out, value as u64)?;
     }
