@@ -37,6 +37,7 @@ REQUESTS = [
     ("metrics", "GET", "/m", {}, None),
     ("log", "GET", "/log", {}, None),
     ("foreign", "GET", "/f", {}, None),
+    ("ticks", "GET", "/t", {}, None),
     ("http-call", "GET", "/call", {}, None),
     ("http-call-bad-cluster", "GET", "/call2", {}, None),
 ]

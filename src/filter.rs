@@ -26,6 +26,8 @@ use wasmtime::Module;
 pub struct Tenant {
     pub plugin: Arc<Plugin>,
     crashes: CrashTracker,
+    /// The tick period the guest's init set (0: no ticks); see `timers`.
+    pub tick_period_ms: u64,
 }
 
 /// Counts a tenant's guest failures; too many within the window quarantines it.
@@ -103,7 +105,8 @@ impl FilterConfig {
         // configuration share the init check.
         let mut modules: HashMap<(PathBuf, PathBuf), (ArtifactDigest, Module)> = HashMap::new();
         let mut by_digest: HashMap<ArtifactDigest, Module> = HashMap::new();
-        let mut init_checked: HashMap<(ArtifactDigest, Vec<u8>, Vec<u8>), ()> = HashMap::new();
+        // Init-check results: the tick period the guest's init set.
+        let mut init_checked: HashMap<(ArtifactDigest, Vec<u8>, Vec<u8>), u64> = HashMap::new();
         let seal_key = match &config.snapshots {
             Some(settings) => Some(SealKey::load(&settings.key).map_err(|e| format!("invalid filter_config field `snapshots.key`: {e}"))?),
             None => None,
@@ -144,12 +147,13 @@ impl FilterConfig {
                 }
                 _ => None,
             };
-            let plugin = match snapshotted {
+            let (plugin, tick_period_ms) = match snapshotted {
                 // One resumed instance now: checks the snapshot instantiates, and builds its
                 // copy-on-write memory image here rather than on the first request.
                 Some(plugin) => {
-                    drop(plugin.instantiate().map_err(|e| e.to_string())?);
-                    plugin
+                    let instance = plugin.instantiate().map_err(|e| e.to_string())?;
+                    let tick = instance.host_snapshot().tick_period_ms;
+                    (plugin, tick)
                 }
                 None => {
                     let plugin =
@@ -157,16 +161,20 @@ impl FilterConfig {
                     // Run the guest's init once now, so a guest that rejects its configuration
                     // rejects the config at load, not at the first request.
                     let init_key = (digest, tenant.plugin_config.clone(), tenant.vm_config.clone());
-                    if !init_checked.contains_key(&init_key) {
-                        drop(plugin.instantiate().map_err(|e| e.to_string())?);
-                        init_checked.insert(init_key, ());
-                    }
-                    plugin
+                    let tick = match init_checked.get(&init_key) {
+                        Some(tick) => *tick,
+                        None => {
+                            let tick = plugin.instantiate().map_err(|e| e.to_string())?.host_snapshot().tick_period_ms;
+                            init_checked.insert(init_key, tick);
+                            tick
+                        }
+                    };
+                    (plugin, tick)
                 }
             };
             log_at!(Debug, "thaw: tenant `{}`: loaded {} ({digest}, signature verified)", tenant.id, tenant.module.display());
             let crashes = CrashTracker::new(config.crash_loop);
-            tenants.insert(tenant.id.clone(), Tenant { plugin: Arc::new(plugin), crashes });
+            tenants.insert(tenant.id.clone(), Tenant { plugin: Arc::new(plugin), crashes, tick_period_ms });
         }
         log_at!(
             Info,

@@ -182,5 +182,8 @@ callbacks! {
   }
   optional {
     http_filter_reset_stream: fn(FilterEnvoyPtr, u32, ModuleBuffer);
+    http_filter_config_scheduler_new: fn(ConfigEnvoyPtr) -> *mut c_void;
+    http_filter_config_scheduler_commit: fn(*mut c_void, u64);
+    http_filter_config_scheduler_delete: fn(*mut c_void);
   }
 }

@@ -108,6 +108,44 @@ impl StatsSink for ConfigStats {
     }
 }
 
+/// Envoy's config-level scheduler: `commit(event)` from any thread makes Envoy call
+/// `on_http_filter_config_scheduled(event)` on the main thread. Deleted when dropped.
+pub struct ConfigScheduler {
+    ptr: *mut std::ffi::c_void,
+    commit: unsafe extern "C" fn(*mut std::ffi::c_void, u64),
+    delete: unsafe extern "C" fn(*mut std::ffi::c_void),
+}
+
+// SAFETY: Envoy documents the scheduler's commit as callable from any thread; the pointer is only
+// handed to commit and, once, to delete.
+unsafe impl Send for ConfigScheduler {}
+// SAFETY: as above; commit takes the pointer by value and needs no exclusive access.
+unsafe impl Sync for ConfigScheduler {}
+
+impl ConfigScheduler {
+    /// A scheduler for the config being created; `None` when this Envoy has none.
+    pub fn new(cb: &Callbacks, ce: ConfigEnvoyPtr) -> Option<ConfigScheduler> {
+        let (new, commit, delete) =
+            (cb.http_filter_config_scheduler_new?, cb.http_filter_config_scheduler_commit?, cb.http_filter_config_scheduler_delete?);
+        // SAFETY: `ce` is the config pointer of the running config hook.
+        let ptr = unsafe { new(ce) };
+        (!ptr.is_null()).then_some(ConfigScheduler { ptr, commit, delete })
+    }
+
+    pub fn commit(&self, event: u64) {
+        // SAFETY: `ptr` is live until drop, and commit may be called from any thread.
+        unsafe { (self.commit)(self.ptr, event) }
+    }
+}
+
+impl Drop for ConfigScheduler {
+    fn drop(&mut self) {
+        // SAFETY: created by scheduler_new, deleted exactly once, after every committer is gone
+        // (the ticker thread holds an Arc and is joined before the last one drops).
+        unsafe { (self.delete)(self.ptr) }
+    }
+}
+
 /// One Envoy HTTP stream, valid for the duration of the hook that created it.
 #[derive(Clone, Copy)]
 pub struct EnvoyStream {

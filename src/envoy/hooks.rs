@@ -7,7 +7,8 @@
 //! it with `try_borrow_mut`, so a re-entrant hook sees "busy" instead of an aliased `&mut`.
 
 use super::abi::{self, ConfigEnvoyPtr, ConfigModulePtr, EnvoyBuffer, FilterEnvoyPtr, FilterModulePtr, HttpHeader};
-use super::callbacks::{self, ConfigStats, EnvoyStream, MetricIds};
+use super::callbacks::{self, ConfigScheduler, ConfigStats, EnvoyStream, MetricIds};
+use crate::timers::Timers;
 use crate::config::RouteConfig;
 use crate::filter::{FilterConfig, StreamFilter, Verdict};
 use crate::stream::{Direction, HttpStream, LocalReply};
@@ -55,10 +56,13 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
     })
 }
 
-/// thaw's per-filter-config state behind Envoy's config pointer (CM).
+/// thaw's per-filter-config state behind Envoy's config pointer (CM). Field order is drop order:
+/// the timers (and their ticker thread) go before the scheduler they commit to.
 struct LoadedConfig {
     filter: Arc<FilterConfig>,
     metrics: MetricIds,
+    timers: Option<Timers>,
+    _scheduler: Option<Arc<ConfigScheduler>>,
 }
 
 #[no_mangle]
@@ -75,7 +79,15 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             let metrics = MetricIds::define(cb, config_envoy)?;
             let mut stats = ConfigStats { ce: config_envoy, cb, ids: metrics };
             let filter = FilterConfig::load_json(&name, config, &mut stats)?;
-            Ok(LoadedConfig { filter: Arc::new(filter), metrics })
+            let scheduler = ConfigScheduler::new(cb, config_envoy).map(Arc::new);
+            let timers = scheduler.as_ref().map(|s| {
+                let s = Arc::clone(s);
+                Timers::start(&filter, Box::new(move |event| s.commit(event)))
+            });
+            if scheduler.is_none() && filter.tenants.values().any(|t| t.tick_period_ms > 0) {
+                log_at!(Warn, "thaw: this Envoy has no config scheduler: proxy_on_tick will not be called");
+            }
+            Ok(LoadedConfig { filter: Arc::new(filter), metrics, timers, _scheduler: scheduler })
         });
         match loaded {
             Ok(loaded) => Box::into_raw(Box::new(loaded)) as ConfigModulePtr,
@@ -254,6 +266,19 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(fe: Filt
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(fe: FilterEnvoyPtr, fm: FilterModulePtr) {
     with_stream("stream_complete", fe, fm, (), (), |f, s| f.on_stream_complete(s))
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(ce: ConfigEnvoyPtr, cm: ConfigModulePtr, event_id: u64) {
+    guard("http_filter_config_scheduled", || (), || {
+        let Some(cb) = callbacks::resolved() else { return };
+        // SAFETY: `cm` is the live pointer config_new returned; Envoy runs this on the main thread,
+        // the only thread that touches `timers`.
+        let config = unsafe { &*(cm as *const LoadedConfig) };
+        if let Some(timers) = &config.timers {
+            timers.tick(event_id, &mut ConfigStats { ce, cb, ids: config.metrics });
+        }
+    })
 }
 
 // Hooks Envoy requires but thaw does not use yet (HTTP callouts, streams, scheduling, watermarks):

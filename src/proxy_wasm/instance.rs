@@ -274,6 +274,7 @@ struct Exports {
     on_response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     on_response_trailers: Option<TypedFunc<(i32, i32), i32>>,
     on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+    on_tick: Option<TypedFunc<i32, ()>>,
     on_done: Option<TypedFunc<i32, i32>>,
     on_log: Option<TypedFunc<i32, ()>>,
     on_delete: Option<TypedFunc<i32, ()>>,
@@ -308,6 +309,7 @@ impl Exports {
             on_response_body: optional!("proxy_on_response_body"),
             on_response_trailers: optional!("proxy_on_response_trailers"),
             on_http_call_response: optional!("proxy_on_http_call_response"),
+            on_tick: optional!("proxy_on_tick"),
             on_done: optional!("proxy_on_done"),
             on_log: optional!("proxy_on_log"),
             on_delete: optional!("proxy_on_delete"),
@@ -493,6 +495,14 @@ impl GuestInstance {
         });
         self.store.data_mut().call_response = None;
         result
+    }
+
+    /// `proxy_on_tick` on the root context; returns the tick period the guest wants now.
+    pub fn on_tick(&mut self) -> Result<u64, GuestError> {
+        let root = self.root_context_id as i32;
+        self.call("proxy_on_tick", None, Phase::Other, |e, s| e.on_tick.as_ref().map_or(Ok(()), |f| f.call(s, root)))?;
+        self.store.data_mut().effects.clear();
+        Ok(self.store.data().tick_period_ms)
     }
 
     /// Records whether the filter holds `direction`'s headers (paused, not yet continued).

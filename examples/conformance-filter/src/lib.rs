@@ -56,8 +56,16 @@ impl Context for ConfRoot {}
 impl RootContext for ConfRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         self.metric = hostcalls::define_metric(MetricType::Counter, "conf_requests").unwrap_or(0);
+        self.set_tick_period(std::time::Duration::from_millis(50));
         // A configuration of exactly "reject" is refused (the config-rejection case).
         self.get_plugin_configuration().as_deref() != Some(b"reject")
+    }
+
+    fn on_tick(&mut self) {
+        // Count ticks in shared data: visible to every instance of the plugin, in both hosts.
+        let (value, cas) = self.get_shared_data("conf-ticks");
+        let n = value.map(|v| String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0)).unwrap_or(0);
+        let _ = self.set_shared_data("conf-ticks", Some((n + 1).to_string().as_bytes()), cas);
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -190,6 +198,11 @@ impl HttpContext for Conf {
                 log::warn!("conf warn line");
                 let level = hostcalls::get_log_level();
                 reply(self, 200, format!("level_ok={}", level.is_ok()))
+            }
+            "ticks" => {
+                let (value, _) = self.get_shared_data("conf-ticks");
+                let n = value.map(|v| String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0)).unwrap_or(0);
+                reply(self, 200, format!("ticked={}", n >= 3))
             }
             "foreign" => {
                 let r = hostcalls::call_foreign_function("thaw_no_such_function", Some(b"args"));
