@@ -392,3 +392,38 @@ fn a_crash_looping_tenant_is_quarantined_and_others_keep_serving() {
     let other = Fake::with(&[("x-tenant-id", "fine"), ("authorization", "Bearer t")]);
     assert_eq!(serve(&config, &other), Verdict::Continue);
 }
+
+#[test]
+fn older_guests_with_malloc_start_and_abi_0_2_0_run() {
+    // An ABI 0.2.0 command-style guest (as AssemblyScript and older SDKs emit): `malloc` instead of
+    // `proxy_on_memory_allocate`, `_start` instead of `_initialize`. `_start` sets a global the
+    // request reads back; reading a header makes the host allocate through `malloc`.
+    let wasm = wat::parse_str(
+        r#"(module
+          (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_send_local_response" (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (global $heap (mut i32) (i32.const 4096))
+          (global $started (mut i32) (i32.const 0))
+          (data (i32.const 16) "x-probe")
+          (func (export "proxy_abi_version_0_2_0"))
+          (func (export "malloc") (param $n i32) (result i32)
+            (local $p i32) (local.set $p (global.get $heap))
+            (global.set $heap (i32.add (global.get $heap) (local.get $n))) (local.get $p))
+          (func (export "_start") (global.set $started (i32.const 1)))
+          (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+            (if (i32.ne (global.get $started) (i32.const 1)) (then unreachable))
+            (if (i32.ne (call $get (i32.const 0) (i32.const 16) (i32.const 7) (i32.const 200) (i32.const 204)) (i32.const 0)) (then unreachable))
+            ;; reply with the header value the host copied into malloc'd memory
+            (drop (call $reply (i32.const 200) (i32.const 0) (i32.const 0) (i32.load (i32.const 200)) (i32.load (i32.const 204))
+                               (i32.const 0) (i32.const 0) (i32.const -1)))
+            (i32.const 1)))"#,
+    )
+    .unwrap();
+    let ws = Workspace::new();
+    let config = ws.load(vec![ws.tenant("old", &wasm, "")], Policy::Deny).unwrap();
+    let stream = Fake::with(&[("x-tenant-id", "old"), ("x-probe", "via-malloc")]);
+    assert_eq!(serve(&config, &stream), Verdict::Stop);
+    let replies = stream.replies();
+    assert_eq!((replies[0].status, replies[0].body.as_slice()), (200, &b"via-malloc"[..]), "{replies:?}");
+}
