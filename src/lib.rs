@@ -17,4 +17,4 @@ pub mod proxy_wasm;
 pub mod snapshot;
 pub mod stream;
 pub mod telemetry;
-pub mod timers;
+pub mod root;

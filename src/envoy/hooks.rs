@@ -8,7 +8,7 @@
 
 use super::abi::{self, ConfigEnvoyPtr, ConfigModulePtr, EnvoyBuffer, FilterEnvoyPtr, FilterModulePtr, HttpHeader};
 use super::callbacks::{self, ConfigScheduler, ConfigStats, EnvoyStream, MetricIds};
-use crate::timers::Timers;
+use crate::root::RootContexts;
 use crate::config::RouteConfig;
 use crate::filter::{FilterConfig, StreamFilter, Verdict};
 use crate::stream::{Direction, HttpStream, LocalReply};
@@ -57,11 +57,11 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
 }
 
 /// thaw's per-filter-config state behind Envoy's config pointer (CM). Field order is drop order:
-/// the timers (and their ticker thread) go before the scheduler they commit to.
+/// the root contexts (ticker thread, queue notifiers) go before the scheduler they commit to.
 struct LoadedConfig {
     filter: Arc<FilterConfig>,
     metrics: MetricIds,
-    timers: Option<Timers>,
+    roots: Option<RootContexts>,
     _scheduler: Option<Arc<ConfigScheduler>>,
 }
 
@@ -80,14 +80,14 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             let mut stats = ConfigStats { ce: config_envoy, cb, ids: metrics };
             let filter = FilterConfig::load_json(&name, config, &mut stats)?;
             let scheduler = ConfigScheduler::new(cb, config_envoy).map(Arc::new);
-            let timers = scheduler.as_ref().map(|s| {
+            let roots = scheduler.as_ref().map(|s| {
                 let s = Arc::clone(s);
-                Timers::start(&filter, Box::new(move |event| s.commit(event)))
+                RootContexts::start(&filter, Arc::new(move |event| s.commit(event)))
             });
-            if scheduler.is_none() && filter.tenants.values().any(|t| t.tick_period_ms > 0) {
-                log_at!(Warn, "thaw: this Envoy has no config scheduler: proxy_on_tick will not be called");
+            if scheduler.is_none() {
+                log_at!(Warn, "thaw: this Envoy has no config scheduler: proxy_on_tick and proxy_on_queue_ready will not be called");
             }
-            Ok(LoadedConfig { filter: Arc::new(filter), metrics, timers, _scheduler: scheduler })
+            Ok(LoadedConfig { filter: Arc::new(filter), metrics, roots, _scheduler: scheduler })
         });
         match loaded {
             Ok(loaded) => Box::into_raw(Box::new(loaded)) as ConfigModulePtr,
@@ -273,10 +273,10 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(ce: Confi
     guard("http_filter_config_scheduled", || (), || {
         let Some(cb) = callbacks::resolved() else { return };
         // SAFETY: `cm` is the live pointer config_new returned; Envoy runs this on the main thread,
-        // the only thread that touches `timers`.
+        // the only thread that touches `roots`.
         let config = unsafe { &*(cm as *const LoadedConfig) };
-        if let Some(timers) = &config.timers {
-            timers.tick(event_id, &mut ConfigStats { ce, cb, ids: config.metrics });
+        if let Some(roots) = &config.roots {
+            roots.run(event_id, &mut ConfigStats { ce, cb, ids: config.metrics });
         }
     })
 }

@@ -275,6 +275,7 @@ struct Exports {
     on_response_trailers: Option<TypedFunc<(i32, i32), i32>>,
     on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
     on_tick: Option<TypedFunc<i32, ()>>,
+    on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
     on_done: Option<TypedFunc<i32, i32>>,
     on_log: Option<TypedFunc<i32, ()>>,
     on_delete: Option<TypedFunc<i32, ()>>,
@@ -310,6 +311,7 @@ impl Exports {
             on_response_trailers: optional!("proxy_on_response_trailers"),
             on_http_call_response: optional!("proxy_on_http_call_response"),
             on_tick: optional!("proxy_on_tick"),
+            on_queue_ready: optional!("proxy_on_queue_ready"),
             on_done: optional!("proxy_on_done"),
             on_log: optional!("proxy_on_log"),
             on_delete: optional!("proxy_on_delete"),
@@ -503,6 +505,14 @@ impl GuestInstance {
         self.call("proxy_on_tick", None, Phase::Other, |e, s| e.on_tick.as_ref().map_or(Ok(()), |f| f.call(s, root)))?;
         self.store.data_mut().effects.clear();
         Ok(self.store.data().tick_period_ms)
+    }
+
+    /// `proxy_on_queue_ready` on the root context for queue `queue`.
+    pub fn on_queue_ready(&mut self, queue: u32) -> Result<(), GuestError> {
+        let args = (self.root_context_id as i32, queue as i32);
+        self.call("proxy_on_queue_ready", None, Phase::Other, |e, s| e.on_queue_ready.as_ref().map_or(Ok(()), |f| f.call(s, args)))?;
+        self.store.data_mut().effects.clear();
+        Ok(())
     }
 
     /// Records whether the filter holds `direction`'s headers (paused, not yet continued).

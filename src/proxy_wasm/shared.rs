@@ -1,10 +1,40 @@
-//! Process-wide shared data (key/value with compare-and-swap) and shared queues, scoped per tenant:
+//! Process-wide shared data (key/value with compare-and-swap) and shared queues (with a notification
+//! per enqueue for `proxy_on_queue_ready`, see `root`), scoped per tenant:
 //! what Envoy scopes per VM id, thaw scopes per tenant, so tenants never see each other's data.
 //! Safe across workers (one mutex each, taken only by these hostcalls).
 
 use super::abi::Status;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+/// Called with a queue id when something is enqueued onto one of a tenant's queues.
+pub type Notifier = Arc<dyn Fn(u32) + Send + Sync>;
+
+fn notifiers() -> &'static Mutex<HashMap<String, Vec<Weak<dyn Fn(u32) + Send + Sync>>>> {
+    static NOTIFIERS: OnceLock<Mutex<HashMap<String, Vec<Weak<dyn Fn(u32) + Send + Sync>>>>> = OnceLock::new();
+    NOTIFIERS.get_or_init(Default::default)
+}
+
+/// Registers `notify` for `tenant`'s queues, for as long as the caller keeps it alive.
+pub fn watch_queues(tenant: &str, notify: &Notifier) {
+    let mut all = notifiers().lock().unwrap_or_else(|p| p.into_inner());
+    let list = all.entry(tenant.to_string()).or_default();
+    list.retain(|w| w.strong_count() > 0);
+    list.push(Arc::downgrade(notify));
+}
+
+/// Tells every live watcher of `tenant` that queue `id` has data (outside every lock).
+fn notify(tenant: &str, id: u32) {
+    let live: Vec<Notifier> = {
+        let mut all = notifiers().lock().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = all.get_mut(tenant) else { return };
+        list.retain(|w| w.strong_count() > 0);
+        list.iter().filter_map(Weak::upgrade).collect()
+    };
+    for n in live {
+        n(id);
+    }
+}
 
 type Key = (String, Vec<u8>);
 
@@ -34,8 +64,16 @@ pub fn set(tenant: &str, key: &[u8], value: &[u8], cas: u32) -> Result<(), Statu
 #[derive(Default)]
 struct Queues {
     ids: HashMap<Key, u32>,
-    queues: HashMap<u32, (String, VecDeque<Vec<u8>>)>,
+    queues: HashMap<u32, Queue>,
     next: u32,
+}
+
+struct Queue {
+    owner: String,
+    items: VecDeque<Vec<u8>>,
+    /// A root context registered it: enqueues notify the tenant's root (`proxy_on_queue_ready`).
+    /// Queues registered only from HTTP contexts notify no one, as their registrant is gone.
+    notify_root: bool,
 }
 
 fn queues() -> &'static Mutex<Queues> {
@@ -43,17 +81,24 @@ fn queues() -> &'static Mutex<Queues> {
     QUEUES.get_or_init(Default::default)
 }
 
-/// Registers (or finds) the tenant's queue `name`; returns its id.
-pub fn register_queue(tenant: &str, name: &[u8]) -> u32 {
+/// Registers (or finds) the tenant's queue `name`; returns its id. `from_root`: the registrant is
+/// a root context (init, tick), which then gets `proxy_on_queue_ready`.
+pub fn register_queue(tenant: &str, name: &[u8], from_root: bool) -> u32 {
     let mut q = queues().lock().unwrap_or_else(|p| p.into_inner());
     let key = (tenant.to_string(), name.to_vec());
-    if let Some(id) = q.ids.get(&key) {
-        return *id;
+    let id = match q.ids.get(&key) {
+        Some(id) => *id,
+        None => {
+            q.next += 1;
+            let id = q.next;
+            q.ids.insert(key, id);
+            q.queues.insert(id, Queue { owner: tenant.to_string(), items: VecDeque::new(), notify_root: false });
+            id
+        }
+    };
+    if let Some(queue) = q.queues.get_mut(&id) {
+        queue.notify_root |= from_root;
     }
-    q.next += 1;
-    let id = q.next;
-    q.ids.insert(key, id);
-    q.queues.insert(id, (tenant.to_string(), VecDeque::new()));
     id
 }
 
@@ -66,21 +111,28 @@ pub fn resolve_queue(tenant: &str, vm_id: &[u8], name: &[u8]) -> Result<u32, Sta
     q.ids.get(&(tenant.to_string(), name.to_vec())).copied().ok_or(Status::NotFound)
 }
 
+/// Enqueues onto the tenant's queue `id` and notifies its watchers (`proxy_on_queue_ready`).
 pub fn enqueue(tenant: &str, id: u32, value: &[u8]) -> Result<(), Status> {
-    let mut q = queues().lock().unwrap_or_else(|p| p.into_inner());
-    match q.queues.get_mut(&id) {
-        Some((owner, queue)) if owner == tenant => {
-            queue.push_back(value.to_vec());
-            Ok(())
+    let notify_root = {
+        let mut q = queues().lock().unwrap_or_else(|p| p.into_inner());
+        match q.queues.get_mut(&id) {
+            Some(queue) if queue.owner == tenant => {
+                queue.items.push_back(value.to_vec());
+                queue.notify_root
+            }
+            _ => return Err(Status::NotFound),
         }
-        _ => Err(Status::NotFound),
+    };
+    if notify_root {
+        notify(tenant, id);
     }
+    Ok(())
 }
 
 pub fn dequeue(tenant: &str, id: u32) -> Result<Vec<u8>, Status> {
     let mut q = queues().lock().unwrap_or_else(|p| p.into_inner());
     match q.queues.get_mut(&id) {
-        Some((owner, queue)) if owner == tenant => queue.pop_front().ok_or(Status::Empty),
+        Some(queue) if queue.owner == tenant => queue.items.pop_front().ok_or(Status::Empty),
         _ => Err(Status::NotFound),
     }
 }
@@ -102,8 +154,8 @@ mod tests {
 
     #[test]
     fn queues_belong_to_their_tenant() {
-        let id = register_queue("a-q", b"jobs");
-        assert_eq!(register_queue("a-q", b"jobs"), id);
+        let id = register_queue("a-q", b"jobs", false);
+        assert_eq!(register_queue("a-q", b"jobs", true), id);
         assert_eq!(resolve_queue("a-q", b"", b"jobs"), Ok(id));
         assert_eq!(resolve_queue("b-q", b"a-q", b"jobs"), Err(Status::NotFound));
         assert_eq!(dequeue("a-q", id), Err(Status::Empty));

@@ -57,8 +57,16 @@ impl RootContext for ConfRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         self.metric = hostcalls::define_metric(MetricType::Counter, "conf_requests").unwrap_or(0);
         self.set_tick_period(std::time::Duration::from_millis(50));
+        self.register_shared_queue("conf-ready-queue");
         // A configuration of exactly "reject" is refused (the config-rejection case).
         self.get_plugin_configuration().as_deref() != Some(b"reject")
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        // Move what arrived into shared data, where a later request can see it.
+        if let Ok(Some(item)) = self.dequeue_shared_queue(queue_id) {
+            let _ = self.set_shared_data("conf-queue-ready", Some(&item), None);
+        }
     }
 
     fn on_tick(&mut self) {
@@ -198,6 +206,17 @@ impl HttpContext for Conf {
                 log::warn!("conf warn line");
                 let level = hostcalls::get_log_level();
                 reply(self, 200, format!("level_ok={}", level.is_ok()))
+            }
+            "queue-ready" => {
+                let queued = match self.resolve_shared_queue("", "conf-ready-queue") {
+                    Some(id) => status_name(self.enqueue_shared_queue(id, Some(b"delivered"))),
+                    None => "unresolved".into(),
+                };
+                reply(self, 200, format!("enqueue={queued}"))
+            }
+            "queue-ready-check" => {
+                let (value, _) = self.get_shared_data("conf-queue-ready");
+                reply(self, 200, format!("seen={}", String::from_utf8_lossy(&value.unwrap_or_default())))
             }
             "ticks" => {
                 let (value, _) = self.get_shared_data("conf-ticks");

@@ -1,0 +1,155 @@
+//! Root contexts on Envoy's main thread: ticks (`proxy_set_tick_period_milliseconds` /
+//! `proxy_on_tick`) and queue notifications (`proxy_on_queue_ready`).
+//!
+//! Each tenant gets, when first needed, one root instance on the main thread. A ticker thread, and
+//! any worker that enqueues onto a tenant's shared queue, ask Envoy (through the config-level
+//! scheduler) to run the event there. Ticks therefore run once per tenant per period, not once per
+//! worker (Envoy's Wasm filter ticks each worker's VM): what they build reaches request instances
+//! through shared data and queues. A failing root call discards the root instance (the next event
+//! makes a new one) and is counted.
+
+use crate::config::TenantId;
+use crate::filter::FilterConfig;
+use crate::log_at;
+use crate::proxy_wasm::{GuestInstance, Plugin};
+use crate::telemetry::StatsSink;
+use crate::proxy_wasm::shared;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How often the ticker thread looks for due ticks.
+const TICKER_RESOLUTION: Duration = Duration::from_millis(5);
+
+/// Asks Envoy to run an event on the main thread; callable from any thread.
+pub type Commit = Arc<dyn Fn(u64) + Send + Sync>;
+
+struct RootTenant {
+    id: TenantId,
+    plugin: Arc<Plugin>,
+    root: RefCell<Option<GuestInstance>>,
+    period_ms: Arc<AtomicU64>,
+    /// Registered with `shared` for this tenant's queues (kept alive here).
+    _queue_notifier: shared::Notifier,
+}
+
+pub struct RootContexts {
+    tenants: Vec<RootTenant>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// Write-locked when dropping: no notifier commits after that.
+    alive: Arc<RwLock<bool>>,
+}
+
+/// Events carry the tenant's index in the high half and the queue id in the low half (0: a tick).
+fn event(index: usize, queue: u32) -> u64 {
+    ((index as u64) << 32) | queue as u64
+}
+
+impl RootContexts {
+    /// Starts root contexts for every tenant of `config`: the ticker thread for those with a tick
+    /// period, queue notifications for all. `commit(event)` asks Envoy to call `run(event)` on the
+    /// main thread.
+    pub fn start(config: &FilterConfig, commit: Commit) -> RootContexts {
+        let alive = Arc::new(RwLock::new(true));
+        let mut ids: Vec<&TenantId> = config.tenants.keys().collect();
+        ids.sort();
+        let tenants: Vec<RootTenant> = ids
+            .into_iter()
+            .enumerate()
+            .map(|(index, id)| {
+                let t = &config.tenants[id];
+                let (commit, alive) = (Arc::clone(&commit), Arc::clone(&alive));
+                let notifier: shared::Notifier = Arc::new(move |queue: u32| {
+                    // Holding the read lock: the config cannot finish dropping mid-commit.
+                    if *alive.read().unwrap_or_else(|p| p.into_inner()) {
+                        commit(event(index, queue));
+                    }
+                });
+                shared::watch_queues(id.as_str(), &notifier);
+                RootTenant {
+                    id: id.clone(),
+                    plugin: Arc::clone(&t.plugin),
+                    root: RefCell::new(None),
+                    period_ms: Arc::new(AtomicU64::new(t.tick_period_ms)),
+                    _queue_notifier: notifier,
+                }
+            })
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticking = tenants.iter().filter(|t| t.period_ms.load(Ordering::Relaxed) > 0).count();
+        let thread = (ticking > 0).then(|| {
+            let periods: Vec<Arc<AtomicU64>> = tenants.iter().map(|t| Arc::clone(&t.period_ms)).collect();
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("thaw-ticker".into())
+                .spawn(move || ticker(&periods, &stop, commit))
+                .expect("spawning the ticker thread")
+        });
+        if ticking > 0 {
+            log_at!(Info, "thaw: ticking {ticking} tenants on the main thread");
+        }
+        RootContexts { tenants, stop, thread, alive }
+    }
+
+    /// Runs an event on the main thread: a tick, or a queue notification.
+    pub fn run(&self, event: u64, stats: &mut dyn StatsSink) {
+        let (index, queue) = ((event >> 32) as usize, event as u32);
+        let Some(tenant) = self.tenants.get(index) else { return };
+        let mut root = tenant.root.borrow_mut();
+        if root.is_none() {
+            match tenant.plugin.instantiate() {
+                Ok(instance) => *root = Some(instance),
+                Err(e) => {
+                    log_at!(Error, "thaw: tenant `{}`: cannot create its root instance for ticks: {e}", tenant.id);
+                    stats.record(e.kind().metric(), &tenant.id, 1);
+                    return;
+                }
+            }
+        }
+        let instance = root.as_mut().expect("created above");
+        let result = if queue == 0 {
+            instance.on_tick().map(|period| tenant.period_ms.store(period, Ordering::Relaxed))
+        } else {
+            instance.on_queue_ready(queue)
+        };
+        if let Err(e) = result {
+            log_at!(Error, "thaw: {e} ({})", if queue == 0 { "tick" } else { "queue ready" });
+            stats.record(e.kind().metric(), &tenant.id, 1);
+            *root = None;
+        }
+    }
+}
+
+impl Drop for RootContexts {
+    /// Stops every committer (ticker thread, queue notifiers) before what they commit to goes away.
+    fn drop(&mut self) {
+        *self.alive.write().unwrap_or_else(|p| p.into_inner()) = false;
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn ticker(periods: &[Arc<AtomicU64>], stop: &AtomicBool, commit: Commit) {
+    let mut due: Vec<Option<Instant>> = vec![None; periods.len()];
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(TICKER_RESOLUTION);
+        let now = Instant::now();
+        for (i, period) in periods.iter().enumerate() {
+            let period = period.load(Ordering::Relaxed);
+            if period == 0 {
+                due[i] = None;
+                continue;
+            }
+            let next = *due[i].get_or_insert(now + Duration::from_millis(period));
+            if now >= next {
+                commit(event(i, 0));
+                due[i] = Some(now + Duration::from_millis(period));
+            }
+        }
+    }
+}
