@@ -400,7 +400,7 @@ impl StreamFilter {
         }
         let Some(active) = self.active.as_mut() else { return };
         let Ok(token) = u32::try_from(callout_id) else { return };
-        let result = active.instance.on_http_call_response(Box::new(stream.clone()), token, response);
+        let result = active.instance.on_http_call_response(Some(Box::new(stream.clone())), None, token, response);
         let effects = active.instance.take_effects();
         let tenant = active.tenant.clone();
         match result {

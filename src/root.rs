@@ -14,7 +14,10 @@ use crate::log_at;
 use crate::proxy_wasm::{GuestInstance, Plugin};
 use crate::telemetry::StatsSink;
 use crate::proxy_wasm::shared;
+use crate::stream::{CallError, CallResponse, HeaderPair, RootHost};
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
@@ -37,6 +40,8 @@ struct RootTenant {
 
 pub struct RootContexts {
     tenants: Vec<RootTenant>,
+    /// HTTP calls root instances started, by Envoy callout id: the tenant index to answer.
+    pending_calls: RefCell<HashMap<u64, usize>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     /// Write-locked when dropping: no notifier commits after that.
@@ -91,12 +96,42 @@ impl RootContexts {
         if ticking > 0 {
             log_at!(Info, "thaw: ticking {ticking} tenants on the main thread");
         }
-        RootContexts { tenants, stop, thread, alive }
+        RootContexts { tenants, pending_calls: RefCell::new(HashMap::new()), stop, thread, alive }
     }
 
-    /// Runs an event on the main thread: a tick, or a queue notification.
-    pub fn run(&self, event: u64, stats: &mut dyn StatsSink) {
+    /// Runs an event on the main thread: a tick, or a queue notification. `host` is what the root
+    /// instance may ask of Envoy (HTTP calls) during it.
+    pub fn run(&self, event: u64, stats: &mut dyn StatsSink, host: Box<dyn RootHost>) {
         let (index, queue) = ((event >> 32) as usize, event as u32);
+        self.with_root(index, stats, host, |instance, host| {
+            if queue == 0 {
+                instance.on_tick(host).map(|period| {
+                    if let Some(t) = self.tenants.get(index) {
+                        t.period_ms.store(period, Ordering::Relaxed)
+                    }
+                })
+            } else {
+                instance.on_queue_ready(host, queue)
+            }
+        });
+    }
+
+    /// The response of an HTTP call a root instance started (main thread); `None`: it failed.
+    pub fn on_http_call_response(&self, callout_id: u64, response: Option<CallResponse>, stats: &mut dyn StatsSink, host: Box<dyn RootHost>) {
+        let Some(index) = self.pending_calls.borrow_mut().remove(&callout_id) else { return };
+        let Ok(token) = u32::try_from(callout_id) else { return };
+        self.with_root(index, stats, host, |instance, host| instance.on_http_call_response(None, Some(host), token, response));
+    }
+
+    /// Runs `call` on tenant `index`'s root instance (made first if needed), remembering the HTTP
+    /// calls it starts; a failure discards the instance and is counted.
+    fn with_root(
+        &self,
+        index: usize,
+        stats: &mut dyn StatsSink,
+        host: Box<dyn RootHost>,
+        call: impl FnOnce(&mut GuestInstance, Box<dyn RootHost>) -> Result<(), crate::proxy_wasm::GuestError>,
+    ) {
         let Some(tenant) = self.tenants.get(index) else { return };
         let mut root = tenant.root.borrow_mut();
         if root.is_none() {
@@ -110,16 +145,28 @@ impl RootContexts {
             }
         }
         let instance = root.as_mut().expect("created above");
-        let result = if queue == 0 {
-            instance.on_tick().map(|period| tenant.period_ms.store(period, Ordering::Relaxed))
-        } else {
-            instance.on_queue_ready(queue)
-        };
+        let started = Rc::new(RefCell::new(Vec::new()));
+        let result = call(instance, Box::new(Recording { inner: host, started: Rc::clone(&started) }));
+        self.pending_calls.borrow_mut().extend(started.borrow().iter().map(|id| (*id, index)));
         if let Err(e) = result {
-            log_at!(Error, "thaw: {e} ({})", if queue == 0 { "tick" } else { "queue ready" });
+            log_at!(Error, "thaw: {e} (root context)");
             stats.record(e.kind().metric(), &tenant.id, 1);
             *root = None;
         }
+    }
+}
+
+/// A `RootHost` that remembers the callout ids of the calls it starts.
+struct Recording {
+    inner: Box<dyn RootHost>,
+    started: Rc<RefCell<Vec<u64>>>,
+}
+
+impl RootHost for Recording {
+    fn http_call(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], timeout_ms: u64) -> Result<u64, CallError> {
+        let id = self.inner.http_call(cluster, headers, body, timeout_ms)?;
+        self.started.borrow_mut().push(id);
+        Ok(id)
     }
 }
 

@@ -56,6 +56,12 @@ pub struct CallResponse {
     pub trailers: Vec<HeaderPair>,
 }
 
+/// What a root context (a tick, a queue notification) may ask of Envoy: it has no stream.
+pub trait RootHost {
+    /// Starts an HTTP call from the filter config; returns Envoy's callout id.
+    fn http_call(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], timeout_ms: u64) -> Result<u64, CallError>;
+}
+
 /// How Envoy holds an attribute (`envoy_dynamic_module_type_attribute_id` values are typed).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum AttributeKind {

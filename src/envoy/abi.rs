@@ -185,5 +185,6 @@ callbacks! {
     http_filter_config_scheduler_new: fn(ConfigEnvoyPtr) -> *mut c_void;
     http_filter_config_scheduler_commit: fn(*mut c_void, u64);
     http_filter_config_scheduler_delete: fn(*mut c_void);
+    http_filter_config_http_callout: fn(ConfigEnvoyPtr, *mut u64, ModuleBuffer, *mut HttpHeader, usize, ModuleBuffer, u64) -> u32;
   }
 }

@@ -3,7 +3,7 @@
 
 use super::abi::{self, Callbacks, ConfigEnvoyPtr, EnvoyBuffer, FilterEnvoyPtr, HttpHeader, ModuleBuffer};
 use crate::config::{RouteConfig, TenantId};
-use crate::stream::{AttributeKind, AttributeValue, CallError, Direction, HeaderKind, HeaderPair, HttpStream, LocalReply, LogLevel};
+use crate::stream::{AttributeKind, AttributeValue, CallError, Direction, HeaderKind, HeaderPair, HttpStream, LocalReply, LogLevel, RootHost};
 use crate::telemetry::{Metric, MetricKind, StatsSink};
 use std::sync::OnceLock;
 
@@ -56,6 +56,53 @@ unsafe fn copy(ptr: *const u8, len: usize) -> Vec<u8> {
     }
     // SAFETY: guaranteed by the caller (Envoy-owned buffer valid during the current hook).
     unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec()
+}
+
+/// Envoy's callouts need a `host` header; proxy-wasm guests name the authority `:authority`.
+fn callout_headers(headers: &[HeaderPair]) -> Vec<HeaderPair> {
+    let mut headers = headers.to_vec();
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(b"host")) {
+        if let Some((_, authority)) = headers.iter().find(|(k, _)| k == b":authority").cloned() {
+            headers.push((b"host".to_vec(), authority));
+        }
+    }
+    headers.retain(|(k, _)| k != b":authority");
+    headers
+}
+
+/// Header structs pointing into `headers` (which must outlive their use).
+fn raw_headers(headers: &[HeaderPair]) -> Vec<HttpHeader> {
+    headers
+        .iter()
+        .map(|(k, v)| HttpHeader { key_ptr: k.as_ptr(), key_length: k.len(), value_ptr: v.as_ptr(), value_length: v.len() })
+        .collect()
+}
+
+fn callout_result(result: u32, id: u64) -> Result<u64, CallError> {
+    match result {
+        abi::callout_init::SUCCESS => Ok(id),
+        abi::callout_init::MISSING_REQUIRED_HEADERS | abi::callout_init::CLUSTER_NOT_FOUND => Err(CallError::BadRequest),
+        _ => Err(CallError::Unavailable),
+    }
+}
+
+/// A root context's access to Envoy: the filter config's own HTTP callouts (main thread).
+pub struct ConfigCaller {
+    pub ce: ConfigEnvoyPtr,
+    pub cb: &'static Callbacks,
+}
+
+impl RootHost for ConfigCaller {
+    fn http_call(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], timeout_ms: u64) -> Result<u64, CallError> {
+        let callout = self.cb.http_filter_config_http_callout.ok_or(CallError::Unavailable)?;
+        let headers = callout_headers(headers);
+        let mut raw = raw_headers(&headers);
+        let mut id = 0u64;
+        // SAFETY: `ce` is the config pointer of the running config-level hook (main thread); `raw`
+        // points into `headers`, alive for the call; out-pointer is a local.
+        let result = unsafe { callout(self.ce, &mut id, ModuleBuffer::of(cluster), raw.as_mut_ptr(), raw.len(), ModuleBuffer::of(body), timeout_ms) };
+        callout_result(result, id)
+    }
 }
 
 /// Envoy's ids of thaw's metrics in one filter config (defined at config creation).
@@ -345,18 +392,8 @@ impl HttpStream for EnvoyStream {
     }
 
     fn http_call(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], timeout_ms: u64) -> Result<u64, CallError> {
-        // Envoy's callouts need a `host` header; proxy-wasm guests name the authority `:authority`.
-        let mut headers = headers.to_vec();
-        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(b"host")) {
-            if let Some((_, authority)) = headers.iter().find(|(k, _)| k == b":authority").cloned() {
-                headers.push((b"host".to_vec(), authority));
-            }
-        }
-        headers.retain(|(k, _)| k != b":authority");
-        let mut raw: Vec<HttpHeader> = headers
-            .iter()
-            .map(|(k, v)| HttpHeader { key_ptr: k.as_ptr(), key_length: k.len(), value_ptr: v.as_ptr(), value_length: v.len() })
-            .collect();
+        let headers = callout_headers(headers);
+        let mut raw = raw_headers(&headers);
         let mut id = 0u64;
         // SAFETY: live stream; `raw` points into `headers`, which outlives the call; out-pointer is a local.
         let result = unsafe {
@@ -370,11 +407,7 @@ impl HttpStream for EnvoyStream {
                 timeout_ms,
             )
         };
-        match result {
-            abi::callout_init::SUCCESS => Ok(id),
-            abi::callout_init::MISSING_REQUIRED_HEADERS | abi::callout_init::CLUSTER_NOT_FOUND => Err(CallError::BadRequest),
-            _ => Err(CallError::Unavailable),
-        }
+        callout_result(result, id)
     }
 
     fn reset(&mut self) -> bool {

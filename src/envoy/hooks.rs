@@ -7,7 +7,7 @@
 //! it with `try_borrow_mut`, so a re-entrant hook sees "busy" instead of an aliased `&mut`.
 
 use super::abi::{self, ConfigEnvoyPtr, ConfigModulePtr, EnvoyBuffer, FilterEnvoyPtr, FilterModulePtr, HttpHeader};
-use super::callbacks::{self, ConfigScheduler, ConfigStats, EnvoyStream, MetricIds};
+use super::callbacks::{self, ConfigCaller, ConfigScheduler, ConfigStats, EnvoyStream, MetricIds};
 use crate::root::RootContexts;
 use crate::config::RouteConfig;
 use crate::filter::{FilterConfig, StreamFilter, Verdict};
@@ -276,8 +276,60 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(ce: Confi
         // the only thread that touches `roots`.
         let config = unsafe { &*(cm as *const LoadedConfig) };
         if let Some(roots) = &config.roots {
-            roots.run(event_id, &mut ConfigStats { ce, cb, ids: config.metrics });
+            roots.run(event_id, &mut ConfigStats { ce, cb, ids: config.metrics }, Box::new(ConfigCaller { ce, cb }));
         }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    ce: ConfigEnvoyPtr,
+    cm: ConfigModulePtr,
+    callout_id: u64,
+    result: u32,
+    headers: *const HttpHeader,
+    headers_size: usize,
+    body_chunks: *const EnvoyBuffer,
+    body_chunks_size: usize,
+) {
+    guard("http_filter_config_http_callout_done", || (), || {
+        let Some(cb) = callbacks::resolved() else { return };
+        // SAFETY: `cm` is the live pointer config_new returned; this runs on the main thread.
+        let config = unsafe { &*(cm as *const LoadedConfig) };
+        // SAFETY: the arrays Envoy passed to this hook.
+        let response = unsafe { call_response(result, headers, headers_size, body_chunks, body_chunks_size) };
+        if let Some(roots) = &config.roots {
+            roots.on_http_call_response(callout_id, response, &mut ConfigStats { ce, cb, ids: config.metrics }, Box::new(ConfigCaller { ce, cb }));
+        }
+    })
+}
+
+/// An HTTP callout's response as Envoy handed it to a hook (`None` unless it succeeded).
+///
+/// SAFETY (for callers): the pointers and counts are those Envoy passed to the current hook.
+unsafe fn call_response(
+    result: u32,
+    headers: *const HttpHeader,
+    headers_size: usize,
+    body_chunks: *const EnvoyBuffer,
+    body_chunks_size: usize,
+) -> Option<crate::stream::CallResponse> {
+    if result != abi::CALLOUT_SUCCESS {
+        return None;
+    }
+    // SAFETY: Envoy passes `headers_size` headers and `body_chunks_size` chunks, valid for this
+    // hook (either may be NULL with a zero count).
+    let (headers, chunks) = unsafe { (slice(headers, headers_size), slice(body_chunks, body_chunks_size)) };
+    let buffer = |ptr, length| EnvoyBuffer { ptr, length };
+    Some(crate::stream::CallResponse {
+        // SAFETY: each header's buffers and each chunk are Envoy-owned and valid for this hook.
+        headers: headers
+            .iter()
+            .map(|h| unsafe { (bytes(buffer(h.key_ptr, h.key_length)).to_vec(), bytes(buffer(h.value_ptr, h.value_length)).to_vec()) })
+            .collect(),
+        // SAFETY: as above.
+        body: chunks.iter().flat_map(|c| unsafe { bytes(*c) }.iter().copied()).collect(),
+        trailers: Vec::new(),
     })
 }
 
@@ -296,19 +348,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     body_chunks_size: usize,
 ) {
     with_stream("http_callout_done", fe, fm, (), (), |f, s| {
-        let response = (result == abi::CALLOUT_SUCCESS).then(|| {
-            // SAFETY: Envoy passes `headers_size` headers and `body_chunks_size` chunks, valid for
-            // this hook (either may be NULL with a zero count).
-            let headers = unsafe { slice(headers, headers_size) };
-            let chunks = unsafe { slice(body_chunks, body_chunks_size) };
-            crate::stream::CallResponse {
-                // SAFETY: each header's buffers are Envoy-owned and valid for this hook.
-                headers: headers.iter().map(|h| unsafe { (bytes(EnvoyBuffer { ptr: h.key_ptr, length: h.key_length }).to_vec(), bytes(EnvoyBuffer { ptr: h.value_ptr, length: h.value_length }).to_vec()) }).collect(),
-                // SAFETY: as above, for each body chunk.
-                body: chunks.iter().flat_map(|c| unsafe { bytes(*c) }.iter().copied()).collect(),
-                trailers: Vec::new(),
-            }
-        });
+        // SAFETY: the arrays Envoy passed to this hook.
+        let response = unsafe { call_response(result, headers, headers_size, body_chunks, body_chunks_size) };
         f.on_http_call_response(s, callout_id, response)
     })
 }

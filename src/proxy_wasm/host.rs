@@ -96,6 +96,8 @@ pub struct HostState {
     pub limits: MemoryLimits,
     /// The stream the current guest call is about; `None` during init and root-context calls.
     pub stream: Option<Box<dyn HttpStream>>,
+    /// During root-context calls (ticks, queue notifications): what the root may ask of Envoy.
+    pub root_host: Option<Box<dyn crate::stream::RootHost>>,
     pub effects: Vec<Effect>,
     /// The context the guest last made effective (`proxy_set_effective_context`).
     pub effective_context: u32,
@@ -158,6 +160,7 @@ impl HostState {
             memory: None,
             limits: MemoryLimits::new(memory_cap_bytes),
             stream: None,
+            root_host: None,
             effects: Vec::new(),
             effective_context: 0,
             tick_period_ms: 0,

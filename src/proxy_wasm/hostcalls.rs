@@ -637,8 +637,8 @@ fn guest_metric(mut c: C, id: i32, op: MetricOp) -> HostResult {
     Ok(())
 }
 
-/// `proxy_http_call` from an HTTP context: started through Envoy's HTTP callouts; the token is
-/// Envoy's callout id. From a root context (no stream) thaw cannot call yet: INTERNAL_FAILURE.
+/// `proxy_http_call`: from an HTTP context through the stream's HTTP callouts, from a root context
+/// (tick, queue notification) through the filter config's; the token is Envoy's callout id.
 fn proxy_http_call(mut c: C, args: [i32; 8], timeout: i32, token_out: i32) -> HostResult {
     let [up, ul, hp, hl, bp, bl, tp, tl] = args;
     let cluster = memory::read(&c, up, ul, abi::MAX_GUEST_STRING_BYTES)?;
@@ -650,12 +650,15 @@ fn proxy_http_call(mut c: C, args: [i32; 8], timeout: i32, token_out: i32) -> Ho
         // Envoy's HTTP callouts carry no request trailers.
         return Err(Status::BadArgument.into());
     }
-    let Some(stream) = c.data_mut().stream.as_mut() else {
-        let tenant = c.data().tenant.to_string();
-        log_unimplemented_once(&tenant, "proxy_http_call from a root context");
-        return Err(Status::InternalFailure.into());
+    let timeout = timeout as u32 as u64;
+    let state = c.data_mut();
+    let started = match (state.stream.as_mut(), state.root_host.as_mut()) {
+        (Some(stream), _) => stream.http_call(&cluster, &headers, &body, timeout),
+        (None, Some(root)) => root.http_call(&cluster, &headers, &body, timeout),
+        // During init there is nothing to deliver a response to.
+        (None, None) => return Err(Status::InternalFailure.into()),
     };
-    let id = stream.http_call(&cluster, &headers, &body, timeout as u32 as u64).map_err(|e| match e {
+    let id = started.map_err(|e| match e {
         crate::stream::CallError::BadRequest => Status::BadArgument,
         crate::stream::CallError::Unavailable => Status::InternalFailure,
     })?;

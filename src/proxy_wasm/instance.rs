@@ -483,36 +483,44 @@ impl GuestInstance {
 
     /// `proxy_on_http_call_response` for the call `token` (on the root context, as Envoy's host:
     /// the SDK routes it to the HTTP context that made the call). `None`: the call failed.
+    /// `stream` is the calling request's (`None` for a root context's call, which gets `root`).
     pub fn on_http_call_response(
         &mut self,
-        stream: Box<dyn HttpStream>,
+        stream: Option<Box<dyn HttpStream>>,
+        root: Option<Box<dyn crate::stream::RootHost>>,
         token: u32,
         response: Option<crate::stream::CallResponse>,
     ) -> Result<(), GuestError> {
         let counts = response.as_ref().map_or((0, 0, 0), |r| (r.headers.len(), r.body.len(), r.trailers.len()));
         let args = (self.root_context_id as i32, token as i32, counts.0 as i32, counts.1 as i32, counts.2 as i32);
         self.store.data_mut().call_response = response;
-        let result = self.call("proxy_on_http_call_response", Some(stream), Phase::HttpCallResponse, |e, s| {
+        self.store.data_mut().root_host = root;
+        let result = self.call("proxy_on_http_call_response", stream, Phase::HttpCallResponse, |e, s| {
             e.on_http_call_response.as_ref().map_or(Ok(()), |f| f.call(s, args))
         });
         self.store.data_mut().call_response = None;
+        self.store.data_mut().root_host = None;
         result
     }
 
     /// `proxy_on_tick` on the root context; returns the tick period the guest wants now.
-    pub fn on_tick(&mut self) -> Result<u64, GuestError> {
+    pub fn on_tick(&mut self, root_host: Box<dyn crate::stream::RootHost>) -> Result<u64, GuestError> {
         let root = self.root_context_id as i32;
-        self.call("proxy_on_tick", None, Phase::Other, |e, s| e.on_tick.as_ref().map_or(Ok(()), |f| f.call(s, root)))?;
+        self.store.data_mut().root_host = Some(root_host);
+        let result = self.call("proxy_on_tick", None, Phase::Other, |e, s| e.on_tick.as_ref().map_or(Ok(()), |f| f.call(s, root)));
+        self.store.data_mut().root_host = None;
         self.store.data_mut().effects.clear();
-        Ok(self.store.data().tick_period_ms)
+        result.map(|()| self.store.data().tick_period_ms)
     }
 
     /// `proxy_on_queue_ready` on the root context for queue `queue`.
-    pub fn on_queue_ready(&mut self, queue: u32) -> Result<(), GuestError> {
+    pub fn on_queue_ready(&mut self, root_host: Box<dyn crate::stream::RootHost>, queue: u32) -> Result<(), GuestError> {
         let args = (self.root_context_id as i32, queue as i32);
-        self.call("proxy_on_queue_ready", None, Phase::Other, |e, s| e.on_queue_ready.as_ref().map_or(Ok(()), |f| f.call(s, args)))?;
+        self.store.data_mut().root_host = Some(root_host);
+        let result = self.call("proxy_on_queue_ready", None, Phase::Other, |e, s| e.on_queue_ready.as_ref().map_or(Ok(()), |f| f.call(s, args)));
+        self.store.data_mut().root_host = None;
         self.store.data_mut().effects.clear();
-        Ok(())
+        result
     }
 
     /// Records whether the filter holds `direction`'s headers (paused, not yet continued).

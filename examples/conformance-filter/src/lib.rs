@@ -51,7 +51,14 @@ struct ConfRoot {
     metric: u32,
 }
 
-impl Context for ConfRoot {}
+impl Context for ConfRoot {
+    fn on_http_call_response(&mut self, _token: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let status = self.get_http_call_response_header(":status").unwrap_or_default();
+        let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+        let summary = format!("status={status} body_has_path={}", String::from_utf8_lossy(&body).contains("/root-call"));
+        let _ = self.set_shared_data("conf-root-call", Some(summary.as_bytes()), None);
+    }
+}
 
 impl RootContext for ConfRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -74,6 +81,12 @@ impl RootContext for ConfRoot {
         let (value, cas) = self.get_shared_data("conf-ticks");
         let n = value.map(|v| String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0)).unwrap_or(0);
         let _ = self.set_shared_data("conf-ticks", Some((n + 1).to_string().as_bytes()), cas);
+        // Once (give or take a racing VM): an HTTP call from the root context.
+        if self.get_shared_data("conf-root-call-started").0.is_none() {
+            let _ = self.set_shared_data("conf-root-call-started", Some(b"1"), None);
+            let headers = vec![(":method", "GET"), (":path", "/root-call"), (":authority", "upstream")];
+            let _ = self.dispatch_http_call("upstream", headers, None, vec![], std::time::Duration::from_secs(5));
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -206,6 +219,10 @@ impl HttpContext for Conf {
                 log::warn!("conf warn line");
                 let level = hostcalls::get_log_level();
                 reply(self, 200, format!("level_ok={}", level.is_ok()))
+            }
+            "root-call-check" => {
+                let (value, _) = self.get_shared_data("conf-root-call");
+                reply(self, 200, format!("root_call={}", String::from_utf8_lossy(&value.unwrap_or_default())))
             }
             "queue-ready" => {
                 let queued = match self.resolve_shared_queue("", "conf-ready-queue") {
