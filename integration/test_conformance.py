@@ -17,6 +17,10 @@ VOLATILE = {"date", "server", "x-envoy-upstream-service-time", "x-request-id"}
 # area -> why V8 and thaw may differ there (mirrored in CONFORMANCE.md).
 KNOWN_DIFFERENCES = {}
 
+# Documented differences that are normalised away before comparing (mirrored in CONFORMANCE.md):
+# Envoy's Wasm host appends Envoy's response-code details to a failed gRPC call's message.
+V8_NORMALISE = {"grpc-fail": ("{via_upstream}", "")}
+
 # Areas where the guest replies locally after the request headers went upstream: whether the
 # upstream recorded the aborted request is a race in either host, so only the client side counts.
 UPSTREAM_RACE = {"local-request-body"}
@@ -44,7 +48,53 @@ REQUESTS = [
     ("queue-ready-check", "GET", "/qr2", {}, None),
     ("http-call", "GET", "/call", {}, None),
     ("http-call-bad-cluster", "GET", "/call2", {}, None),
+    ("grpc-call", "GET", "/g", {}, None),
+    ("grpc-fail", "GET", "/g2", {}, None),
 ]
+
+
+class GrpcServer:
+    """A real gRPC server (grpcio) on loopback: conf.Echo/Say upper-cases the request bytes and
+    returns the `x-conf-meta` metadata it saw; conf.Echo/Fail aborts with INVALID_ARGUMENT."""
+
+    def __init__(self):
+        import grpc
+        from concurrent import futures
+
+        def say(request, context):
+            meta = dict(context.invocation_metadata()).get("x-conf-meta", "")
+            return request.upper() + b" meta=" + meta.encode()
+
+        def fail(request, context):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "refused by the test server")
+
+        handler = grpc.method_handlers_generic_handler("conf.Echo", {
+            "Say": grpc.unary_unary_rpc_method_handler(say),
+            "Fail": grpc.unary_unary_rpc_method_handler(fail),
+        })
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def close(self):
+        self.server.stop(0)
+
+
+def grpc_cluster(port):
+    return {
+        "name": "grpc",
+        "connect_timeout": "1s",
+        "type": "STATIC",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {"cluster_name": "grpc", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
+    }
 
 
 def v8_filter(wasm, configuration="{}"):
@@ -63,10 +113,12 @@ def thaw_filter(artifacts, module, configuration="{}"):
     })
 
 
-def two_listener_config(upstream, v8, thaw):
-    """One Envoy, two listeners: V8 on the first, thaw on the second."""
+def two_listener_config(upstream, v8, thaw, grpc_port=None):
+    """One Envoy, two listeners: V8 on the first, thaw on the second (and a gRPC cluster)."""
     v8_port, thaw_port, admin = h.free_port(), h.free_port(), h.free_port()
     config = h.envoy_config([v8], upstream.port, v8_port, admin)
+    if grpc_port:
+        config["static_resources"]["clusters"].append(grpc_cluster(grpc_port))
     second = copy.deepcopy(config["static_resources"]["listeners"][0])
     second["name"] = "thaw"
     second["address"]["socket_address"]["port_value"] = thaw_port
@@ -84,8 +136,9 @@ class Conformance(unittest.TestCase):
         cls.module = cls.artifacts.signed("conformance-filter")
         cls.wasm = h.GUESTS / "conformance-filter.wasm"
         cls.upstream = h.Upstream()
+        cls.grpc = GrpcServer()
         config, cls.v8_port, cls.thaw_port, admin = two_listener_config(
-            cls.upstream, v8_filter(cls.wasm), thaw_filter(cls.artifacts, cls.module))
+            cls.upstream, v8_filter(cls.wasm), thaw_filter(cls.artifacts, cls.module), cls.grpc.port)
         cls.envoy = h.Envoy(None, cls.upstream, cls.dir, config_text=json.dumps(config), port=cls.v8_port,
                             admin_port=admin, concurrency=1, log_level="debug").__enter__()
 
@@ -93,6 +146,7 @@ class Conformance(unittest.TestCase):
     def tearDownClass(cls):
         cls.envoy.__exit__(None, None, None)
         cls.upstream.close()
+        cls.grpc.close()
         h.cleanup(cls.dir)
 
     def observe(self, port, area, method, path, headers, body):
@@ -121,6 +175,10 @@ class Conformance(unittest.TestCase):
                 time.sleep(0.3)  # delivery is asynchronous in both hosts
             v8 = self.observe(self.v8_port, area, method, path, headers, body)
             thaw = self.observe(self.thaw_port, area, method, path, headers, body)
+            if area in V8_NORMALISE:
+                old, new = V8_NORMALISE[area]
+                v8 = json.loads(json.dumps(v8).replace(old, new))
+                thaw = json.loads(json.dumps(thaw))
             if area in UPSTREAM_RACE:
                 v8.pop("upstream")
                 thaw.pop("upstream")

@@ -13,7 +13,8 @@ use crate::engine;
 use crate::log_at;
 use crate::pool;
 use crate::proxy_wasm::{host, Action, Effect, GuestError, GuestInstance, HttpCallback, Plugin};
-use crate::stream::{CallResponse, Direction, HeaderKind, HttpStream, LocalReply};
+use crate::proxy_wasm::grpc;
+use crate::stream::{CallResponse, Direction, HeaderKind, HeaderPair, HttpStream, LocalReply};
 use crate::telemetry::{Metric, StatsSink};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -275,11 +276,23 @@ pub struct StreamFilter {
     replied: bool,
     /// The last body verdict per direction was StopAndBuffer: Envoy holds the body so far.
     buffering: [bool; 2],
+    /// gRPC calls in flight, by Envoy call-stream id.
+    grpc_calls: HashMap<u64, grpc::CallState>,
+}
+
+/// An event of an Envoy call stream (what a gRPC call rides on).
+#[derive(Debug)]
+pub enum CallStreamEvent {
+    Headers(Vec<HeaderPair>),
+    Data(Vec<u8>),
+    Trailers(Vec<HeaderPair>),
+    Complete,
+    Reset,
 }
 
 impl StreamFilter {
     pub fn new(config: Arc<FilterConfig>) -> StreamFilter {
-        StreamFilter { config, active: None, replied: false, buffering: [false; 2] }
+        StreamFilter { config, active: None, replied: false, buffering: [false; 2], grpc_calls: HashMap::new() }
     }
 
     /// Whether Envoy holds earlier body data of `direction` because the guest paused on it.
@@ -352,6 +365,12 @@ impl StreamFilter {
                     }
                     stream.continue_stream(d);
                 }
+                Effect::GrpcStarted(id) => {
+                    self.grpc_calls.insert(id, grpc::CallState::default());
+                }
+                Effect::GrpcCancelled(id) => {
+                    self.grpc_calls.remove(&id);
+                }
                 Effect::Close => {
                     if !stream.reset() {
                         log_at!(Warn, "thaw: proxy_close_stream: this Envoy cannot reset streams from a module; replying 503");
@@ -389,6 +408,42 @@ impl StreamFilter {
                     }
                 }
                 verdict
+            }
+        }
+    }
+
+    /// An event of a call stream a gRPC call started: collected until the stream ends, then the
+    /// outcome goes to the guest.
+    pub fn on_call_stream<S: HttpStream + Clone + 'static>(&mut self, mut stream: S, id: u64, event: CallStreamEvent) {
+        let Some(state) = self.grpc_calls.get_mut(&id) else { return };
+        match event {
+            CallStreamEvent::Headers(h) => state.headers = h,
+            CallStreamEvent::Data(d) => state.body.extend(d),
+            CallStreamEvent::Trailers(t) => state.trailers = t,
+            CallStreamEvent::Complete | CallStreamEvent::Reset => {
+                let state = self.grpc_calls.remove(&id).unwrap_or_default();
+                if self.replied {
+                    return;
+                }
+                let status = match event {
+                    CallStreamEvent::Reset => (14, b"upstream reset".to_vec()),
+                    _ => grpc::status(&state.headers, &state.trailers),
+                };
+                let message = grpc::first_message(&state.body).unwrap_or(&[]).to_vec();
+                let response = CallResponse { headers: state.headers, body: message, trailers: state.trailers };
+                let Some(active) = self.active.as_mut() else { return };
+                let Ok(token) = u32::try_from(id) else { return };
+                let result = active.instance.on_grpc_call_done(Box::new(stream.clone()), token, status, response);
+                let effects = active.instance.take_effects();
+                let tenant = active.tenant.clone();
+                match result {
+                    Err(e) => {
+                        self.guest_failed(&mut stream, &tenant, &e);
+                    }
+                    Ok(()) => {
+                        self.apply_effects(&mut stream, None, effects, Verdict::Continue);
+                    }
+                }
             }
         }
     }

@@ -125,6 +125,13 @@ pub trait HttpStream: crate::telemetry::StatsSink {
     fn http_call(&mut self, _cluster: &[u8], _headers: &[HeaderPair], _body: &[u8], _timeout_ms: u64) -> Result<u64, CallError> {
         Err(CallError::Unavailable)
     }
+    /// Starts an HTTP stream to `cluster` through Envoy (gRPC calls ride on these); returns its id.
+    /// Its events arrive as `StreamFilter::on_call_stream`.
+    fn start_call_stream(&mut self, _cluster: &[u8], _headers: &[HeaderPair], _body: &[u8], _timeout_ms: u64) -> Result<u64, CallError> {
+        Err(CallError::Unavailable)
+    }
+    /// Resets a stream `start_call_stream` started.
+    fn reset_call_stream(&mut self, _id: u64) {}
     /// An Envoy attribute (`request.path`, `source.address`, ...) by its dynamic-module id.
     fn attribute(&self, _id: u32, _kind: AttributeKind) -> Option<AttributeValue> {
         None

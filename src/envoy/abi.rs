@@ -186,5 +186,7 @@ callbacks! {
     http_filter_config_scheduler_commit: fn(*mut c_void, u64);
     http_filter_config_scheduler_delete: fn(*mut c_void);
     http_filter_config_http_callout: fn(ConfigEnvoyPtr, *mut u64, ModuleBuffer, *mut HttpHeader, usize, ModuleBuffer, u64) -> u32;
+    http_filter_start_http_stream: fn(FilterEnvoyPtr, *mut u64, ModuleBuffer, *mut HttpHeader, usize, ModuleBuffer, bool, u64) -> u32;
+    http_filter_reset_http_stream: fn(FilterEnvoyPtr, u64);
   }
 }

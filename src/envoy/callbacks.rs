@@ -410,6 +410,26 @@ impl HttpStream for EnvoyStream {
         callout_result(result, id)
     }
 
+    fn start_call_stream(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], timeout_ms: u64) -> Result<u64, CallError> {
+        let start = self.cb.http_filter_start_http_stream.ok_or(CallError::Unavailable)?;
+        let headers = callout_headers(headers);
+        let mut raw = raw_headers(&headers);
+        let mut id = 0u64;
+        // SAFETY: live stream; `raw` points into `headers`, alive for the call; out-pointer is a
+        // local. The whole request is sent at once (end_stream).
+        let result = unsafe {
+            start(self.fe, &mut id, ModuleBuffer::of(cluster), raw.as_mut_ptr(), raw.len(), ModuleBuffer::of(body), true, timeout_ms)
+        };
+        callout_result(result, id)
+    }
+
+    fn reset_call_stream(&mut self, id: u64) {
+        if let Some(reset) = self.cb.http_filter_reset_http_stream {
+            // SAFETY: live stream; `id` names a stream this filter started.
+            unsafe { reset(self.fe, id) }
+        }
+    }
+
     fn reset(&mut self) -> bool {
         let Some(reset) = self.cb.http_filter_reset_stream else { return false };
         // SAFETY: live stream; the details buffer is borrowed for the call.

@@ -10,7 +10,7 @@ use super::abi::{self, ConfigEnvoyPtr, ConfigModulePtr, EnvoyBuffer, FilterEnvoy
 use super::callbacks::{self, ConfigCaller, ConfigScheduler, ConfigStats, EnvoyStream, MetricIds};
 use crate::root::RootContexts;
 use crate::config::RouteConfig;
-use crate::filter::{FilterConfig, StreamFilter, Verdict};
+use crate::filter::{CallStreamEvent, FilterConfig, StreamFilter, Verdict};
 use crate::stream::{Direction, HttpStream, LocalReply};
 use crate::log_at;
 use std::cell::RefCell;
@@ -333,8 +333,8 @@ unsafe fn call_response(
     })
 }
 
-// Hooks Envoy requires but thaw does not use yet (HTTP callouts, streams, scheduling, watermarks):
-// each is a no-op; nothing thaw starts can trigger them.
+// Hooks Envoy requires but thaw does not use (per-stream scheduling, watermarks): each is a no-op;
+// nothing thaw starts can trigger them.
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
@@ -366,43 +366,72 @@ unsafe fn slice<'a, T>(ptr: *const T, n: usize) -> &'a [T] {
     }
 }
 
+/// Copies `n` Envoy headers.
+///
+/// SAFETY (for callers): `ptr` and `n` are what Envoy passed to the current hook.
+unsafe fn header_pairs(ptr: *const HttpHeader, n: usize) -> Vec<crate::stream::HeaderPair> {
+    let buffer = |ptr, length| EnvoyBuffer { ptr, length };
+    // SAFETY: guaranteed by the caller; each header's buffers are valid for the hook.
+    unsafe { slice(ptr, n) }
+        .iter()
+        .map(|h| unsafe { (bytes(buffer(h.key_ptr, h.key_length)).to_vec(), bytes(buffer(h.value_ptr, h.value_length)).to_vec()) })
+        .collect()
+}
+
+fn call_stream_event(hook: &'static str, fe: FilterEnvoyPtr, fm: FilterModulePtr, stream_id: u64, event: CallStreamEvent) {
+    with_stream(hook, fe, fm, (), (), |f, s| f.on_call_stream(s, stream_id, event))
+}
+
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
-    _fe: FilterEnvoyPtr,
-    _fm: FilterModulePtr,
-    _stream_id: u64,
-    _headers: *const HttpHeader,
-    _headers_size: usize,
+    fe: FilterEnvoyPtr,
+    fm: FilterModulePtr,
+    stream_id: u64,
+    headers: *const HttpHeader,
+    headers_size: usize,
     _end_stream: bool,
 ) {
+    // SAFETY: the headers Envoy passed to this hook.
+    let headers = unsafe { header_pairs(headers, headers_size) };
+    call_stream_event("http_stream_headers", fe, fm, stream_id, CallStreamEvent::Headers(headers))
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
-    _fe: FilterEnvoyPtr,
-    _fm: FilterModulePtr,
-    _stream_id: u64,
-    _data: *const EnvoyBuffer,
-    _data_count: usize,
+    fe: FilterEnvoyPtr,
+    fm: FilterModulePtr,
+    stream_id: u64,
+    data: *const EnvoyBuffer,
+    data_count: usize,
     _end_stream: bool,
 ) {
+    // SAFETY: the buffers Envoy passed to this hook, each valid for it.
+    let data: Vec<u8> = unsafe { slice(data, data_count) }.iter().flat_map(|b| unsafe { bytes(*b) }.iter().copied()).collect();
+    call_stream_event("http_stream_data", fe, fm, stream_id, CallStreamEvent::Data(data))
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
-    _fe: FilterEnvoyPtr,
-    _fm: FilterModulePtr,
-    _stream_id: u64,
-    _trailers: *const HttpHeader,
-    _trailers_size: usize,
+    fe: FilterEnvoyPtr,
+    fm: FilterModulePtr,
+    stream_id: u64,
+    trailers: *const HttpHeader,
+    trailers_size: usize,
 ) {
+    // SAFETY: the trailers Envoy passed to this hook.
+    let trailers = unsafe { header_pairs(trailers, trailers_size) };
+    call_stream_event("http_stream_trailers", fe, fm, stream_id, CallStreamEvent::Trailers(trailers))
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(_fe: FilterEnvoyPtr, _fm: FilterModulePtr, _stream_id: u64) {}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(fe: FilterEnvoyPtr, fm: FilterModulePtr, stream_id: u64) {
+    call_stream_event("http_stream_complete", fe, fm, stream_id, CallStreamEvent::Complete)
+}
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(_fe: FilterEnvoyPtr, _fm: FilterModulePtr, _stream_id: u64, _reason: u32) {}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(fe: FilterEnvoyPtr, fm: FilterModulePtr, stream_id: u64, _reason: u32) {
+    call_stream_event("http_stream_reset", fe, fm, stream_id, CallStreamEvent::Reset)
+}
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(_fe: FilterEnvoyPtr, _fm: FilterModulePtr, _event_id: u64) {}

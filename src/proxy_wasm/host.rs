@@ -21,6 +21,10 @@ pub enum Effect {
     Continue(Direction),
     /// `proxy_close_stream`: reset the stream.
     Close,
+    /// `proxy_grpc_call` started Envoy call stream `id`.
+    GrpcStarted(u64),
+    /// `proxy_grpc_cancel` of Envoy call stream `id`.
+    GrpcCancelled(u64),
 }
 
 /// Linear memory of all live instances in this process, in bytes.
@@ -111,8 +115,11 @@ pub struct HostState {
     pub root_id: Arc<str>,
     /// The callback running now; decides which header maps the guest may touch.
     pub phase: Phase,
-    /// The HTTP call response the guest reads in `proxy_on_http_call_response`.
+    /// The HTTP call response the guest reads in `proxy_on_http_call_response`, or the gRPC
+    /// response (message as body, initial and trailing metadata) in the gRPC callbacks.
     pub call_response: Option<crate::stream::CallResponse>,
+    /// The status of the last gRPC call (`proxy_get_status`).
+    pub grpc_status: Option<(u32, Vec<u8>)>,
     /// Request / response headers the filter is holding (their callback paused and the stream
     /// has not been continued): they stay readable and writable, as in Envoy's host.
     pub held_headers: [bool; 2],
@@ -129,6 +136,8 @@ pub enum Phase {
     Log,
     /// `proxy_on_http_call_response`: the call's response maps and body are readable.
     HttpCallResponse,
+    /// `proxy_on_grpc_receive` / `_close`: the response message and metadata are readable.
+    GrpcResponse,
 }
 
 impl Phase {
@@ -139,7 +148,7 @@ impl Phase {
         use crate::stream::HeaderKind as K;
         match self {
             Phase::Log => true,
-            Phase::Other | Phase::HttpCallResponse => false,
+            Phase::Other | Phase::HttpCallResponse | Phase::GrpcResponse => false,
             Phase::Http(cb) => matches!(
                 (cb, kind),
                 (H::RequestHeaders, K::RequestHeaders)
@@ -169,6 +178,7 @@ impl HostState {
             root_id: Arc::from(""),
             phase: Phase::Other,
             call_response: None,
+            grpc_status: None,
             held_headers: [false; 2],
         }
     }
@@ -180,6 +190,7 @@ impl HostState {
         self.effective_context = 0;
         self.properties.clear();
         self.call_response = None;
+        self.grpc_status = None;
         self.held_headers = [false; 2];
     }
 

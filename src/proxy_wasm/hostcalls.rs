@@ -109,6 +109,20 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             status(proxy_http_call(c, [up, ul, hp, hl, bp, bl, tp, tl], timeout, out))
         },
     )?;
+    linker.func_wrap(
+        env,
+        "proxy_grpc_call",
+        |c: C, up: i32, ul: i32, sp: i32, sl: i32, mp: i32, ml: i32, hp: i32, hl: i32, bp: i32, bl: i32, timeout: i32, out: i32| {
+            status(proxy_grpc_call(c, [up, ul, sp, sl, mp, ml, hp, hl, bp, bl], timeout, out))
+        },
+    )?;
+    linker.func_wrap(env, "proxy_grpc_cancel", |mut c: C, token: i32| {
+        let stream = c.data_mut().stream.as_mut();
+        let Some(stream) = stream else { return Ok(Status::NotFound as i32) };
+        stream.reset_call_stream(token as u32 as u64);
+        c.data_mut().effects.push(Effect::GrpcCancelled(token as u32 as u64));
+        Ok(Status::Ok as i32)
+    })?;
     linker.func_wrap(env, "proxy_get_property", |c: C, pp: i32, pl: i32, ptr_out: i32, len_out: i32| {
         status(proxy_get_property(c, pp, pl, ptr_out, len_out))
     })?;
@@ -256,6 +270,9 @@ fn buffer(c: &C, buffer_type: i32) -> HostResult<std::sync::Arc<[u8]>> {
         BufferType::HttpCallResponseBody if c.data().phase == super::host::Phase::HttpCallResponse => {
             c.data().call_response.as_ref().map(|r| r.body.as_slice().into()).ok_or_else(|| Status::NotFound.into())
         }
+        BufferType::GrpcReceiveBuffer if c.data().phase == super::host::Phase::GrpcResponse => {
+            c.data().call_response.as_ref().map(|r| r.body.as_slice().into()).ok_or_else(|| Status::NotFound.into())
+        }
         // No HTTP or gRPC call responses, TCP data or foreign-function arguments exist in this call.
         _ => Err(Status::NotFound.into()),
     }
@@ -308,12 +325,37 @@ fn stream_effect(mut c: C, stream_type: i32, close: bool) -> HostResult {
     Ok(())
 }
 
-/// The status of the last HTTP or gRPC call response; thaw makes none yet, so there is none.
-fn proxy_get_status(c: C, code_out: i32, ptr_out: i32, len_out: i32) -> HostResult {
+/// The status and message of the gRPC call being reported (`proxy_on_grpc_close` and friends).
+fn proxy_get_status(mut c: C, code_out: i32, ptr_out: i32, len_out: i32) -> HostResult {
     memory::check_writable(&c, code_out, 4)?;
-    memory::check_writable(&c, ptr_out, 4)?;
-    memory::check_writable(&c, len_out, 4)?;
-    Err(Status::NotFound.into())
+    let (code, message) = c.data().grpc_status.clone().ok_or(Status::NotFound)?;
+    memory::return_bytes(&mut c, &message, ptr_out, len_out)?;
+    memory::write_u32(&mut c, code_out, code)
+}
+
+/// `proxy_grpc_call` from an HTTP context: one gRPC message over Envoy's HTTP/2 stream callouts to
+/// the cluster named `upstream`; the token is Envoy's stream id.
+fn proxy_grpc_call(mut c: C, args: [i32; 10], timeout: i32, token_out: i32) -> HostResult {
+    let [up, ul, sp, sl, mp, ml, hp, hl, bp, bl] = args;
+    let cluster = memory::read(&c, up, ul, abi::MAX_GUEST_STRING_BYTES)?;
+    let service = memory::read(&c, sp, sl, abi::MAX_GUEST_STRING_BYTES)?;
+    let method = memory::read(&c, mp, ml, abi::MAX_GUEST_STRING_BYTES)?;
+    let metadata = header_map::decode(&memory::read(&c, hp, hl, abi::MAX_HEADER_MAP_BYTES)?).map_err(|_| Status::BadArgument)?;
+    let message = memory::read(&c, bp, bl, abi::MAX_BODY_BYTES)?;
+    memory::check_writable(&c, token_out, 4)?;
+    let (headers, body) = super::grpc::request(&service, &method, &metadata, &message, &cluster);
+    let Some(stream) = c.data_mut().stream.as_mut() else {
+        let tenant = c.data().tenant.to_string();
+        log_unimplemented_once(&tenant, "proxy_grpc_call from a root context");
+        return Err(Status::InternalFailure.into());
+    };
+    let id = stream.start_call_stream(&cluster, &headers, &body, timeout as u32 as u64).map_err(|e| match e {
+        crate::stream::CallError::BadRequest => Status::BadArgument,
+        crate::stream::CallError::Unavailable => Status::InternalFailure,
+    })?;
+    let token = u32::try_from(id).map_err(|_| Status::InternalFailure)?;
+    c.data_mut().effects.push(Effect::GrpcStarted(id));
+    memory::write_u32(&mut c, token_out, token)
 }
 
 fn proxy_get_property(mut c: C, pp: i32, pl: i32, ptr_out: i32, len_out: i32) -> HostResult {
@@ -411,10 +453,19 @@ fn http_map_now(c: &C, map: i32) -> HostResult<HeaderKind> {
 /// The pairs of map `map` now: a stream map, or an HTTP call response map in its callback.
 fn map_pairs(c: &C, map: i32) -> HostResult<Vec<crate::stream::HeaderPair>> {
     match MapType::try_from(map)? {
-        MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers => {
-            let response = c.data().call_response.as_ref().filter(|_| c.data().phase == super::host::Phase::HttpCallResponse);
+        kind @ (MapType::HttpCallResponseHeaders
+        | MapType::HttpCallResponseTrailers
+        | MapType::GrpcReceiveInitialMetadata
+        | MapType::GrpcReceiveTrailingMetadata) => {
+            let phase = if matches!(kind, MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers) {
+                super::host::Phase::HttpCallResponse
+            } else {
+                super::host::Phase::GrpcResponse
+            };
+            let response = c.data().call_response.as_ref().filter(|_| c.data().phase == phase);
             let response = response.ok_or(Status::BadArgument)?;
-            Ok(if MapType::try_from(map)? == MapType::HttpCallResponseHeaders { response.headers.clone() } else { response.trailers.clone() })
+            let headers = matches!(kind, MapType::HttpCallResponseHeaders | MapType::GrpcReceiveInitialMetadata);
+            Ok(if headers { response.headers.clone() } else { response.trailers.clone() })
         }
         _ => {
             let kind = http_map_now(c, map)?;

@@ -275,6 +275,8 @@ struct Exports {
     on_response_trailers: Option<TypedFunc<(i32, i32), i32>>,
     on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
     on_tick: Option<TypedFunc<i32, ()>>,
+    on_grpc_receive: Option<TypedFunc<(i32, i32, i32), ()>>,
+    on_grpc_close: Option<TypedFunc<(i32, i32, i32), ()>>,
     on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
     on_done: Option<TypedFunc<i32, i32>>,
     on_log: Option<TypedFunc<i32, ()>>,
@@ -311,6 +313,8 @@ impl Exports {
             on_response_trailers: optional!("proxy_on_response_trailers"),
             on_http_call_response: optional!("proxy_on_http_call_response"),
             on_tick: optional!("proxy_on_tick"),
+            on_grpc_receive: optional!("proxy_on_grpc_receive"),
+            on_grpc_close: optional!("proxy_on_grpc_close"),
             on_queue_ready: optional!("proxy_on_queue_ready"),
             on_done: optional!("proxy_on_done"),
             on_log: optional!("proxy_on_log"),
@@ -500,6 +504,33 @@ impl GuestInstance {
         });
         self.store.data_mut().call_response = None;
         self.store.data_mut().root_host = None;
+        result
+    }
+
+    /// The outcome of a gRPC call (as Envoy reports a unary call): status OK delivers the response
+    /// message with `proxy_on_grpc_receive`; any other status `proxy_on_grpc_close`.
+    pub fn on_grpc_call_done(
+        &mut self,
+        stream: Box<dyn HttpStream>,
+        token: u32,
+        status: (u32, Vec<u8>),
+        response: crate::stream::CallResponse,
+    ) -> Result<(), GuestError> {
+        let root = self.root_context_id as i32;
+        let (code, size) = (status.0, response.body.len());
+        self.store.data_mut().grpc_status = Some(status);
+        self.store.data_mut().call_response = Some(response);
+        let result = if code == 0 {
+            self.call("proxy_on_grpc_receive", Some(stream), Phase::GrpcResponse, |e, s| {
+                e.on_grpc_receive.as_ref().map_or(Ok(()), |f| f.call(s, (root, token as i32, size as i32)))
+            })
+        } else {
+            self.call("proxy_on_grpc_close", Some(stream), Phase::GrpcResponse, |e, s| {
+                e.on_grpc_close.as_ref().map_or(Ok(()), |f| f.call(s, (root, token as i32, code as i32)))
+            })
+        };
+        self.store.data_mut().call_response = None;
+        self.store.data_mut().grpc_status = None;
         result
     }
 

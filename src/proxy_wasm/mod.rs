@@ -12,6 +12,7 @@ pub mod host;
 pub mod hostcalls;
 pub mod instance;
 pub mod memory;
+pub mod grpc;
 pub mod properties;
 pub mod shared;
 

@@ -106,6 +106,18 @@ struct Conf {
 }
 
 impl Context for Conf {
+    fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, response_size: usize) {
+        let summary = if status_code == 0 {
+            let body = self.get_grpc_call_response_body(0, response_size).unwrap_or_default();
+            format!("status=0 body={}", String::from_utf8_lossy(&body))
+        } else {
+            let (code, message) = self.get_grpc_status();
+            format!("status={status_code} get_status={code} message={}", message.unwrap_or_default())
+        };
+        self.set_http_request_header("x-conf-grpc", Some(&summary));
+        self.resume_http_request();
+    }
+
     fn on_http_call_response(&mut self, _token: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
         let status = self.get_http_call_response_header(":status").unwrap_or_default();
         let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
@@ -259,6 +271,14 @@ impl HttpContext for Conf {
                 match self.dispatch_http_call("upstream", headers, Some(b"call body"), vec![], std::time::Duration::from_secs(5)) {
                     Ok(_) => Action::Pause,
                     Err(status) => reply(self, 500, format!("dispatch failed: {status:?}")),
+                }
+            }
+            "grpc-call" | "grpc-fail" => {
+                let method = if self.area == "grpc-call" { "Say" } else { "Fail" };
+                let metadata: Vec<(&str, &[u8])> = vec![("x-conf-meta", b"m1")];
+                match self.dispatch_grpc_call("grpc", "conf.Echo", method, metadata, Some(b"hello grpc"), std::time::Duration::from_secs(5)) {
+                    Ok(_) => Action::Pause,
+                    Err(status) => reply(self, 500, format!("grpc dispatch failed: {status:?}")),
                 }
             }
             "http-call-bad-cluster" => {

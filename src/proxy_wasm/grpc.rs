@@ -1,0 +1,73 @@
+//! gRPC calls (`proxy_grpc_call`) on Envoy's HTTP/2 stream callouts: the request framed as one gRPC
+//! message (1-byte flag, 4-byte big-endian length), the response deframed, its status taken from
+//! `grpc-status` / `grpc-message` (trailers, or headers for trailers-only responses).
+
+use crate::stream::HeaderPair;
+
+/// A gRPC request as HTTP/2 headers and a framed body.
+pub fn request(service: &[u8], method: &[u8], metadata: &[HeaderPair], message: &[u8], authority: &[u8]) -> (Vec<HeaderPair>, Vec<u8>) {
+    let mut path = b"/".to_vec();
+    path.extend_from_slice(service);
+    path.push(b'/');
+    path.extend_from_slice(method);
+    let mut headers = vec![
+        (b":method".to_vec(), b"POST".to_vec()),
+        (b":path".to_vec(), path),
+        (b":authority".to_vec(), authority.to_vec()),
+        (b"content-type".to_vec(), b"application/grpc".to_vec()),
+        (b"te".to_vec(), b"trailers".to_vec()),
+    ];
+    headers.extend(metadata.iter().cloned());
+    (headers, frame(message))
+}
+
+pub fn frame(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + message.len());
+    out.push(0);
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// The first message of a framed gRPC body, if complete.
+pub fn first_message(body: &[u8]) -> Option<&[u8]> {
+    let header = body.get(..5)?;
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    body.get(5..5usize.checked_add(len)?)
+}
+
+/// The status of a finished call: `grpc-status` (and `grpc-message`) from the trailers or, for a
+/// trailers-only response, the headers; UNKNOWN (2) when neither says.
+pub fn status(headers: &[HeaderPair], trailers: &[HeaderPair]) -> (u32, Vec<u8>) {
+    let find = |name: &[u8]| trailers.iter().chain(headers).find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let code = find(b"grpc-status").and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()).unwrap_or(2);
+    (code, find(b"grpc-message").unwrap_or_default())
+}
+
+/// A gRPC call in flight: what the response stream delivered so far.
+#[derive(Default, Debug)]
+pub struct CallState {
+    pub headers: Vec<HeaderPair>,
+    pub body: Vec<u8>,
+    pub trailers: Vec<HeaderPair>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_round_trips_and_status_prefers_trailers() {
+        let framed = frame(b"hello");
+        assert_eq!(framed, b"\0\0\0\0\x05hello");
+        assert_eq!(first_message(&framed), Some(&b"hello"[..]));
+        assert_eq!(first_message(&framed[..6]), None);
+        let h = vec![(b"grpc-status".to_vec(), b"5".to_vec())];
+        let t = vec![(b"grpc-status".to_vec(), b"0".to_vec())];
+        assert_eq!(status(&h, &t).0, 0);
+        assert_eq!(status(&h, &[]).0, 5);
+        assert_eq!(status(&[], &[]).0, 2);
+        let (headers, _) = request(b"pkg.Svc", b"Do", &[], b"", b"grpc");
+        assert!(headers.contains(&(b":path".to_vec(), b"/pkg.Svc/Do".to_vec())));
+    }
+}
