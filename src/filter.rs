@@ -494,33 +494,31 @@ impl StreamFilter {
         self.run(stream, HttpCallback::RequestHeaders, count, end_of_stream)
     }
 
-    pub fn on_request_body<S: HttpStream + Clone + 'static>(&mut self, stream: S, end_of_stream: bool) -> Verdict {
-        let size = stream.body(Direction::Request).map_or(0, |b| b.len());
-        let verdict = self.run(stream, HttpCallback::RequestBody, size, end_of_stream);
-        self.buffering[Direction::Request as usize] = verdict == Verdict::StopAndBuffer;
+    /// A body chunk of `direction` (with `end_of_stream` on the last).
+    pub fn on_body<S: HttpStream + Clone + 'static>(&mut self, stream: S, direction: Direction, end_of_stream: bool) -> Verdict {
+        let size = stream.body(direction).map_or(0, |b| b.len());
+        let callback = match direction {
+            Direction::Request => HttpCallback::RequestBody,
+            Direction::Response => HttpCallback::ResponseBody,
+        };
+        let verdict = self.run(stream, callback, size, end_of_stream);
+        self.buffering[direction as usize] = verdict == Verdict::StopAndBuffer;
         verdict
     }
 
-    pub fn on_request_trailers<S: HttpStream + Clone + 'static>(&mut self, stream: S) -> Verdict {
-        let count = stream.header_count(HeaderKind::RequestTrailers);
-        self.run(stream, HttpCallback::RequestTrailers, count, true)
+    /// The trailers of `direction`.
+    pub fn on_trailers<S: HttpStream + Clone + 'static>(&mut self, stream: S, direction: Direction) -> Verdict {
+        let (kind, callback) = match direction {
+            Direction::Request => (HeaderKind::RequestTrailers, HttpCallback::RequestTrailers),
+            Direction::Response => (HeaderKind::ResponseTrailers, HttpCallback::ResponseTrailers),
+        };
+        let count = stream.header_count(kind);
+        self.run(stream, callback, count, true)
     }
 
     pub fn on_response_headers<S: HttpStream + Clone + 'static>(&mut self, stream: S, end_of_stream: bool) -> Verdict {
         let count = stream.header_count(HeaderKind::ResponseHeaders);
         self.run(stream, HttpCallback::ResponseHeaders, count, end_of_stream)
-    }
-
-    pub fn on_response_body<S: HttpStream + Clone + 'static>(&mut self, stream: S, end_of_stream: bool) -> Verdict {
-        let size = stream.body(Direction::Response).map_or(0, |b| b.len());
-        let verdict = self.run(stream, HttpCallback::ResponseBody, size, end_of_stream);
-        self.buffering[Direction::Response as usize] = verdict == Verdict::StopAndBuffer;
-        verdict
-    }
-
-    pub fn on_response_trailers<S: HttpStream + Clone + 'static>(&mut self, stream: S) -> Verdict {
-        let count = stream.header_count(HeaderKind::ResponseTrailers);
-        self.run(stream, HttpCallback::ResponseTrailers, count, true)
     }
 
     /// The stream is done: end the guest's context; the instance goes back to the pool (pooled)

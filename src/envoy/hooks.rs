@@ -236,13 +236,13 @@ const TRAILERS_STOP: u32 = abi::trailers_status::STOP_ITERATION;
 pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(fe: FilterEnvoyPtr, fm: FilterModulePtr, end_of_stream: bool) -> u32 {
     with_stream("request_body", fe, fm, BODY_CONTINUE, BODY_STOP, |f, s| {
         let buffering = f.is_buffering(Direction::Request);
-        body_status(f.on_request_body(s.in_body_hook(Direction::Request, buffering), end_of_stream))
+        body_status(f.on_body(s.in_body_hook(Direction::Request, buffering), Direction::Request, end_of_stream))
     })
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(fe: FilterEnvoyPtr, fm: FilterModulePtr) -> u32 {
-    with_stream("request_trailers", fe, fm, TRAILERS_CONTINUE, TRAILERS_STOP, |f, s| trailers_status(f.on_request_trailers(s)))
+    with_stream("request_trailers", fe, fm, TRAILERS_CONTINUE, TRAILERS_STOP, |f, s| trailers_status(f.on_trailers(s, Direction::Request)))
 }
 
 #[no_mangle]
@@ -254,13 +254,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(fe: Filte
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(fe: FilterEnvoyPtr, fm: FilterModulePtr, end_of_stream: bool) -> u32 {
     with_stream("response_body", fe, fm, BODY_CONTINUE, BODY_STOP, |f, s| {
         let buffering = f.is_buffering(Direction::Response);
-        body_status(f.on_response_body(s.in_body_hook(Direction::Response, buffering), end_of_stream))
+        body_status(f.on_body(s.in_body_hook(Direction::Response, buffering), Direction::Response, end_of_stream))
     })
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(fe: FilterEnvoyPtr, fm: FilterModulePtr) -> u32 {
-    with_stream("response_trailers", fe, fm, TRAILERS_CONTINUE, TRAILERS_STOP, |f, s| trailers_status(f.on_response_trailers(s)))
+    with_stream("response_trailers", fe, fm, TRAILERS_CONTINUE, TRAILERS_STOP, |f, s| trailers_status(f.on_trailers(s, Direction::Response)))
 }
 
 #[no_mangle]
@@ -317,24 +317,14 @@ unsafe fn call_response(
     if result != abi::CALLOUT_SUCCESS {
         return None;
     }
-    // SAFETY: Envoy passes `headers_size` headers and `body_chunks_size` chunks, valid for this
-    // hook (either may be NULL with a zero count).
-    let (headers, chunks) = unsafe { (slice(headers, headers_size), slice(body_chunks, body_chunks_size)) };
-    let buffer = |ptr, length| EnvoyBuffer { ptr, length };
     Some(crate::stream::CallResponse {
-        // SAFETY: each header's buffers and each chunk are Envoy-owned and valid for this hook.
-        headers: headers
-            .iter()
-            .map(|h| unsafe { (bytes(buffer(h.key_ptr, h.key_length)).to_vec(), bytes(buffer(h.value_ptr, h.value_length)).to_vec()) })
-            .collect(),
-        // SAFETY: as above.
-        body: chunks.iter().flat_map(|c| unsafe { bytes(*c) }.iter().copied()).collect(),
+        // SAFETY: the headers and chunks Envoy passed to this hook (either may be NULL with a zero
+        // count), each buffer valid for the hook.
+        headers: unsafe { header_pairs(headers, headers_size) },
+        body: unsafe { chunks_bytes(body_chunks, body_chunks_size) },
         trailers: Vec::new(),
     })
 }
-
-// Hooks Envoy requires but thaw does not use (per-stream scheduling, watermarks): each is a no-op;
-// nothing thaw starts can trigger them.
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
@@ -378,6 +368,14 @@ unsafe fn header_pairs(ptr: *const HttpHeader, n: usize) -> Vec<crate::stream::H
         .collect()
 }
 
+/// Concatenates `n` Envoy buffers.
+///
+/// SAFETY (for callers): `ptr` and `n` are what Envoy passed to the current hook.
+unsafe fn chunks_bytes(ptr: *const EnvoyBuffer, n: usize) -> Vec<u8> {
+    // SAFETY: guaranteed by the caller; each buffer is valid for the hook.
+    unsafe { slice(ptr, n) }.iter().flat_map(|b| unsafe { bytes(*b) }.iter().copied()).collect()
+}
+
 fn call_stream_event(hook: &'static str, fe: FilterEnvoyPtr, fm: FilterModulePtr, stream_id: u64, event: CallStreamEvent) {
     with_stream(hook, fe, fm, (), (), |f, s| f.on_call_stream(s, stream_id, event))
 }
@@ -406,7 +404,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
     _end_stream: bool,
 ) {
     // SAFETY: the buffers Envoy passed to this hook, each valid for it.
-    let data: Vec<u8> = unsafe { slice(data, data_count) }.iter().flat_map(|b| unsafe { bytes(*b) }.iter().copied()).collect();
+    let data = unsafe { chunks_bytes(data, data_count) };
     call_stream_event("http_stream_data", fe, fm, stream_id, CallStreamEvent::Data(data))
 }
 
@@ -432,6 +430,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(fe: F
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(fe: FilterEnvoyPtr, fm: FilterModulePtr, stream_id: u64, _reason: u32) {
     call_stream_event("http_stream_reset", fe, fm, stream_id, CallStreamEvent::Reset)
 }
+
+// Hooks Envoy requires but thaw does not use (per-stream scheduling, watermarks): each is a no-op;
+// nothing thaw starts can trigger them.
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(_fe: FilterEnvoyPtr, _fm: FilterModulePtr, _event_id: u64) {}
