@@ -50,12 +50,14 @@ REQUESTS = [
     ("http-call-bad-cluster", "GET", "/call2", {}, None),
     ("grpc-call", "GET", "/g", {}, None),
     ("grpc-fail", "GET", "/g2", {}, None),
+    ("grpc-stream", "GET", "/g3", {}, None),
 ]
 
 
 class GrpcServer:
     """A real gRPC server (grpcio) on loopback: conf.Echo/Say upper-cases the request bytes and
-    returns the `x-conf-meta` metadata it saw; conf.Echo/Fail aborts with INVALID_ARGUMENT."""
+    returns the `x-conf-meta` metadata it saw; conf.Echo/Fail aborts with INVALID_ARGUMENT;
+    conf.Echo/Chat (bidirectional stream) answers every message upper-cased."""
 
     def __init__(self):
         import grpc
@@ -68,9 +70,14 @@ class GrpcServer:
         def fail(request, context):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "refused by the test server")
 
+        def chat(requests, context):
+            for request in requests:
+                yield request.upper()
+
         handler = grpc.method_handlers_generic_handler("conf.Echo", {
             "Say": grpc.unary_unary_rpc_method_handler(say),
             "Fail": grpc.unary_unary_rpc_method_handler(fail),
+            "Chat": grpc.stream_stream_rpc_method_handler(chat),
         })
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         self.server.add_generic_rpc_handlers((handler,))

@@ -12,7 +12,7 @@ use crate::snapshot::{self, Binding, Refusal, SealKey};
 use crate::engine;
 use crate::log_at;
 use crate::pool;
-use crate::proxy_wasm::{host, Action, Effect, GuestError, GuestInstance, HttpCallback, Plugin};
+use crate::proxy_wasm::{host, Action, Effect, GrpcStreamEvent, GuestError, GuestInstance, HttpCallback, Plugin};
 use crate::proxy_wasm::grpc;
 use crate::stream::{CallResponse, Direction, HeaderKind, HeaderPair, HttpStream, LocalReply};
 use crate::telemetry::{Metric, StatsSink};
@@ -365,8 +365,8 @@ impl StreamFilter {
                     }
                     stream.continue_stream(d);
                 }
-                Effect::GrpcStarted(id) => {
-                    self.grpc_calls.insert(id, grpc::CallState::default());
+                Effect::GrpcStarted { id, stream: streaming } => {
+                    self.grpc_calls.insert(id, grpc::CallState { streaming, ..Default::default() });
                 }
                 Effect::GrpcCancelled(id) => {
                     self.grpc_calls.remove(&id);
@@ -412,50 +412,68 @@ impl StreamFilter {
         }
     }
 
-    /// An event of a call stream a gRPC call started: collected until the stream ends, then the
-    /// outcome goes to the guest.
-    pub fn on_call_stream<S: HttpStream + Clone + 'static>(&mut self, mut stream: S, id: u64, event: CallStreamEvent) {
+    /// An event of a call stream a gRPC call or stream started. A call's response is collected and
+    /// reported when the stream ends; a stream's metadata and messages are delivered as they come.
+    pub fn on_call_stream<S: HttpStream + Clone + 'static>(&mut self, stream: S, id: u64, event: CallStreamEvent) {
         let Some(state) = self.grpc_calls.get_mut(&id) else { return };
+        let Ok(token) = u32::try_from(id) else { return };
+        let streaming = state.streaming;
+        let mut deliveries = Vec::new();
         match event {
-            CallStreamEvent::Headers(h) => state.headers = h,
-            CallStreamEvent::Data(d) => state.body.extend(d),
-            CallStreamEvent::Trailers(t) => state.trailers = t,
-            CallStreamEvent::Complete | CallStreamEvent::Reset => {
-                let state = self.grpc_calls.remove(&id).unwrap_or_default();
-                if self.replied {
-                    return;
+            CallStreamEvent::Headers(h) => {
+                if streaming {
+                    deliveries.push(GrpcStreamEvent::InitialMetadata(h.clone()));
                 }
-                let status = match event {
-                    CallStreamEvent::Reset => (14, b"upstream reset".to_vec()),
-                    _ => grpc::status(&state.headers, &state.trailers),
-                };
-                let message = grpc::first_message(&state.body).unwrap_or(&[]).to_vec();
-                let response = CallResponse { headers: state.headers, body: message, trailers: state.trailers };
-                let Some(active) = self.active.as_mut() else { return };
-                let Ok(token) = u32::try_from(id) else { return };
-                let result = active.instance.on_grpc_call_done(Box::new(stream.clone()), token, status, response);
-                let effects = active.instance.take_effects();
-                let tenant = active.tenant.clone();
-                match result {
-                    Err(e) => {
-                        self.guest_failed(&mut stream, &tenant, &e);
-                    }
-                    Ok(()) => {
-                        self.apply_effects(&mut stream, None, effects, Verdict::Continue);
+                state.headers = h;
+            }
+            CallStreamEvent::Data(d) => {
+                state.body.extend(d);
+                while streaming {
+                    match state.pop_message() {
+                        Some(message) => deliveries.push(GrpcStreamEvent::Message(message)),
+                        None => break,
                     }
                 }
             }
+            CallStreamEvent::Trailers(t) => {
+                if streaming {
+                    deliveries.push(GrpcStreamEvent::TrailingMetadata(t.clone()));
+                }
+                state.trailers = t;
+            }
+            CallStreamEvent::Complete | CallStreamEvent::Reset => {
+                let mut state = self.grpc_calls.remove(&id).unwrap_or_default();
+                let (code, message) = match event {
+                    CallStreamEvent::Reset => (14, b"upstream reset".to_vec()),
+                    _ => grpc::status(&state.headers, &state.trailers),
+                };
+                if streaming {
+                    deliveries.push(GrpcStreamEvent::Close(code, message));
+                } else {
+                    let body = state.pop_message().unwrap_or_default();
+                    let response = CallResponse { headers: state.headers, body, trailers: state.trailers };
+                    self.deliver(stream, |instance, s| instance.on_grpc_call_done(s, token, (code, message), response));
+                    return;
+                }
+            }
+        }
+        for event in deliveries {
+            self.deliver(stream.clone(), |instance, s| instance.on_grpc_stream_event(s, token, event));
         }
     }
 
-    /// The response (or failure: `None`) of an HTTP call the guest started with `proxy_http_call`.
-    pub fn on_http_call_response<S: HttpStream + Clone + 'static>(&mut self, mut stream: S, callout_id: u64, response: Option<CallResponse>) {
+    /// Runs a guest callback that is not one of the stream's own (a call's or a gRPC stream's
+    /// event) and performs its effects; a failure answers per `on_error`.
+    fn deliver<S: HttpStream + Clone + 'static>(
+        &mut self,
+        mut stream: S,
+        call: impl FnOnce(&mut GuestInstance, Box<dyn HttpStream>) -> Result<(), GuestError>,
+    ) {
         if self.replied {
             return;
         }
         let Some(active) = self.active.as_mut() else { return };
-        let Ok(token) = u32::try_from(callout_id) else { return };
-        let result = active.instance.on_http_call_response(Some(Box::new(stream.clone())), None, token, response);
+        let result = call(&mut active.instance, Box::new(stream.clone()));
         let effects = active.instance.take_effects();
         let tenant = active.tenant.clone();
         match result {
@@ -466,6 +484,12 @@ impl StreamFilter {
                 self.apply_effects(&mut stream, None, effects, Verdict::Continue);
             }
         }
+    }
+
+    /// The response (or failure: `None`) of an HTTP call the guest started with `proxy_http_call`.
+    pub fn on_http_call_response<S: HttpStream + Clone + 'static>(&mut self, stream: S, callout_id: u64, response: Option<CallResponse>) {
+        let Ok(token) = u32::try_from(callout_id) else { return };
+        self.deliver(stream, |instance, s| instance.on_http_call_response(Some(s), None, token, response));
     }
 
     pub fn on_request_headers<S: HttpStream + Clone + 'static>(&mut self, mut stream: S, end_of_stream: bool) -> Verdict {

@@ -125,10 +125,21 @@ pub trait HttpStream: crate::telemetry::StatsSink {
     fn http_call(&mut self, _cluster: &[u8], _headers: &[HeaderPair], _body: &[u8], _timeout_ms: u64) -> Result<u64, CallError> {
         Err(CallError::Unavailable)
     }
-    /// Starts an HTTP stream to `cluster` through Envoy (gRPC calls ride on these); returns its id.
-    /// Its events arrive as `StreamFilter::on_call_stream`.
-    fn start_call_stream(&mut self, _cluster: &[u8], _headers: &[HeaderPair], _body: &[u8], _timeout_ms: u64) -> Result<u64, CallError> {
+    /// Starts an HTTP stream to `cluster` through Envoy (gRPC calls and streams ride on these);
+    /// returns its id. Its events arrive as `StreamFilter::on_call_stream`.
+    fn start_call_stream(
+        &mut self,
+        _cluster: &[u8],
+        _headers: &[HeaderPair],
+        _body: &[u8],
+        _end_stream: bool,
+        _timeout_ms: u64,
+    ) -> Result<u64, CallError> {
         Err(CallError::Unavailable)
+    }
+    /// Sends more request data on a call stream.
+    fn send_call_stream(&mut self, _id: u64, _data: &[u8], _end_stream: bool) -> bool {
+        false
     }
     /// Resets a stream `start_call_stream` started.
     fn reset_call_stream(&mut self, _id: u64) {}

@@ -188,5 +188,6 @@ callbacks! {
     http_filter_config_http_callout: fn(ConfigEnvoyPtr, *mut u64, ModuleBuffer, *mut HttpHeader, usize, ModuleBuffer, u64) -> u32;
     http_filter_start_http_stream: fn(FilterEnvoyPtr, *mut u64, ModuleBuffer, *mut HttpHeader, usize, ModuleBuffer, bool, u64) -> u32;
     http_filter_reset_http_stream: fn(FilterEnvoyPtr, u64);
+    http_stream_send_data: fn(FilterEnvoyPtr, u64, ModuleBuffer, bool) -> bool;
   }
 }

@@ -410,17 +410,23 @@ impl HttpStream for EnvoyStream {
         callout_result(result, id)
     }
 
-    fn start_call_stream(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], timeout_ms: u64) -> Result<u64, CallError> {
+    fn start_call_stream(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], end_stream: bool, timeout_ms: u64) -> Result<u64, CallError> {
         let start = self.cb.http_filter_start_http_stream.ok_or(CallError::Unavailable)?;
         let headers = callout_headers(headers);
         let mut raw = raw_headers(&headers);
         let mut id = 0u64;
         // SAFETY: live stream; `raw` points into `headers`, alive for the call; out-pointer is a
-        // local. The whole request is sent at once (end_stream).
+        // local.
         let result = unsafe {
-            start(self.fe, &mut id, ModuleBuffer::of(cluster), raw.as_mut_ptr(), raw.len(), ModuleBuffer::of(body), true, timeout_ms)
+            start(self.fe, &mut id, ModuleBuffer::of(cluster), raw.as_mut_ptr(), raw.len(), ModuleBuffer::of(body), end_stream, timeout_ms)
         };
         callout_result(result, id)
+    }
+
+    fn send_call_stream(&mut self, id: u64, data: &[u8], end_stream: bool) -> bool {
+        let Some(send) = self.cb.http_stream_send_data else { return false };
+        // SAFETY: live stream; `id` names a stream this filter started; `data` borrowed for the call.
+        unsafe { send(self.fe, id, ModuleBuffer::of(data), end_stream) }
     }
 
     fn reset_call_stream(&mut self, id: u64) {

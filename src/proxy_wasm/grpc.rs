@@ -44,12 +44,23 @@ pub fn status(headers: &[HeaderPair], trailers: &[HeaderPair]) -> (u32, Vec<u8>)
     (code, find(b"grpc-message").unwrap_or_default())
 }
 
-/// A gRPC call in flight: what the response stream delivered so far.
+/// A gRPC call or stream in flight: what the response stream delivered so far.
 #[derive(Default, Debug)]
 pub struct CallState {
+    /// A stream (`proxy_grpc_stream`): messages are delivered as they complete.
+    pub streaming: bool,
     pub headers: Vec<HeaderPair>,
     pub body: Vec<u8>,
     pub trailers: Vec<HeaderPair>,
+}
+
+impl CallState {
+    /// Takes the first complete message off the received bytes, if there is one.
+    pub fn pop_message(&mut self) -> Option<Vec<u8>> {
+        let message = first_message(&self.body)?.to_vec();
+        self.body.drain(..5 + message.len());
+        Some(message)
+    }
 }
 
 #[cfg(test)]
@@ -62,6 +73,10 @@ mod tests {
         assert_eq!(framed, b"\0\0\0\0\x05hello");
         assert_eq!(first_message(&framed), Some(&b"hello"[..]));
         assert_eq!(first_message(&framed[..6]), None);
+        let mut state = CallState { body: [frame(b"a"), frame(b"bc"), frame(b"d")[..3].to_vec()].concat(), ..Default::default() };
+        assert_eq!(state.pop_message().as_deref(), Some(&b"a"[..]));
+        assert_eq!(state.pop_message().as_deref(), Some(&b"bc"[..]));
+        assert_eq!(state.pop_message(), None);
         let h = vec![(b"grpc-status".to_vec(), b"5".to_vec())];
         let t = vec![(b"grpc-status".to_vec(), b"0".to_vec())];
         assert_eq!(status(&h, &t).0, 0);

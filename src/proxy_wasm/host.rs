@@ -21,8 +21,9 @@ pub enum Effect {
     Continue(Direction),
     /// `proxy_close_stream`: reset the stream.
     Close,
-    /// `proxy_grpc_call` started Envoy call stream `id`.
-    GrpcStarted(u64),
+    /// `proxy_grpc_call` (a unary call) or `proxy_grpc_stream` (`stream: true`) started Envoy call
+    /// stream `id`.
+    GrpcStarted { id: u64, stream: bool },
     /// `proxy_grpc_cancel` of Envoy call stream `id`.
     GrpcCancelled(u64),
 }

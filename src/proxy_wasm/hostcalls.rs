@@ -116,6 +116,11 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             status(proxy_grpc_call(c, [up, ul, sp, sl, mp, ml, hp, hl, bp, bl], timeout, out))
         },
     )?;
+    linker.func_wrap(env, "proxy_grpc_stream", |c: C, up: i32, ul: i32, sp: i32, sl: i32, mp: i32, ml: i32, hp: i32, hl: i32, out: i32| {
+        status(proxy_grpc_stream(c, [up, ul, sp, sl, mp, ml, hp, hl], out))
+    })?;
+    linker.func_wrap(env, "proxy_grpc_send", |c: C, token: i32, mp: i32, ml: i32, end: i32| status(proxy_grpc_send(c, token, mp, ml, end)))?;
+    linker.func_wrap(env, "proxy_grpc_close", |c: C, token: i32| status(proxy_grpc_close(c, token)))?;
     linker.func_wrap(env, "proxy_grpc_cancel", |mut c: C, token: i32| {
         let stream = c.data_mut().stream.as_mut();
         let Some(stream) = stream else { return Ok(Status::NotFound as i32) };
@@ -349,13 +354,55 @@ fn proxy_grpc_call(mut c: C, args: [i32; 10], timeout: i32, token_out: i32) -> H
         log_unimplemented_once(&tenant, "proxy_grpc_call from a root context");
         return Err(Status::InternalFailure.into());
     };
-    let id = stream.start_call_stream(&cluster, &headers, &body, timeout as u32 as u64).map_err(|e| match e {
+    let id = stream.start_call_stream(&cluster, &headers, &body, true, timeout as u32 as u64).map_err(call_status)?;
+    let token = u32::try_from(id).map_err(|_| Status::InternalFailure)?;
+    c.data_mut().effects.push(Effect::GrpcStarted { id, stream: false });
+    memory::write_u32(&mut c, token_out, token)
+}
+
+fn call_status(e: crate::stream::CallError) -> Status {
+    match e {
         crate::stream::CallError::BadRequest => Status::BadArgument,
         crate::stream::CallError::Unavailable => Status::InternalFailure,
-    })?;
+    }
+}
+
+/// `proxy_grpc_stream` from an HTTP context: a gRPC stream over one Envoy call stream, opened with
+/// the headers only; messages follow with `proxy_grpc_send`.
+fn proxy_grpc_stream(mut c: C, args: [i32; 8], token_out: i32) -> HostResult {
+    let [up, ul, sp, sl, mp, ml, hp, hl] = args;
+    let cluster = memory::read(&c, up, ul, abi::MAX_GUEST_STRING_BYTES)?;
+    let service = memory::read(&c, sp, sl, abi::MAX_GUEST_STRING_BYTES)?;
+    let method = memory::read(&c, mp, ml, abi::MAX_GUEST_STRING_BYTES)?;
+    let metadata = header_map::decode(&memory::read(&c, hp, hl, abi::MAX_HEADER_MAP_BYTES)?).map_err(|_| Status::BadArgument)?;
+    memory::check_writable(&c, token_out, 4)?;
+    let (headers, _) = super::grpc::request(&service, &method, &metadata, &[], &cluster);
+    let stream = c.data_mut().stream.as_mut().ok_or(Status::InternalFailure)?;
+    let id = stream.start_call_stream(&cluster, &headers, &[], false, 0).map_err(call_status)?;
     let token = u32::try_from(id).map_err(|_| Status::InternalFailure)?;
-    c.data_mut().effects.push(Effect::GrpcStarted(id));
+    c.data_mut().effects.push(Effect::GrpcStarted { id, stream: true });
     memory::write_u32(&mut c, token_out, token)
+}
+
+/// `proxy_grpc_send`: one framed message on a gRPC stream, optionally closing the sending side.
+fn proxy_grpc_send(mut c: C, token: i32, mp: i32, ml: i32, end_stream: i32) -> HostResult {
+    let message = memory::read(&c, mp, ml, abi::MAX_BODY_BYTES)?;
+    let stream = c.data_mut().stream.as_mut().ok_or(Status::NotFound)?;
+    if stream.send_call_stream(token as u32 as u64, &super::grpc::frame(&message), end_stream != 0) {
+        Ok(())
+    } else {
+        Err(Status::NotFound.into())
+    }
+}
+
+/// `proxy_grpc_close`: closes the sending side of a gRPC stream (the response may still come).
+fn proxy_grpc_close(mut c: C, token: i32) -> HostResult {
+    let stream = c.data_mut().stream.as_mut().ok_or(Status::NotFound)?;
+    if stream.send_call_stream(token as u32 as u64, &[], true) {
+        Ok(())
+    } else {
+        Err(Status::NotFound.into())
+    }
 }
 
 fn proxy_get_property(mut c: C, pp: i32, pl: i32, ptr_out: i32, len_out: i32) -> HostResult {

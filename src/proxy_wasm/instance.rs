@@ -217,6 +217,15 @@ impl Plugin {
     }
 }
 
+/// What a gRPC stream delivers to the guest, in order.
+#[derive(Debug)]
+pub enum GrpcStreamEvent {
+    InitialMetadata(Vec<crate::stream::HeaderPair>),
+    Message(Vec<u8>),
+    TrailingMetadata(Vec<crate::stream::HeaderPair>),
+    Close(u32, Vec<u8>),
+}
+
 /// The proxy-wasm HTTP stream callbacks.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum HttpCallback {
@@ -276,6 +285,8 @@ struct Exports {
     on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
     on_tick: Option<TypedFunc<i32, ()>>,
     on_grpc_receive: Option<TypedFunc<(i32, i32, i32), ()>>,
+    on_grpc_initial_metadata: Option<TypedFunc<(i32, i32, i32), ()>>,
+    on_grpc_trailing_metadata: Option<TypedFunc<(i32, i32, i32), ()>>,
     on_grpc_close: Option<TypedFunc<(i32, i32, i32), ()>>,
     on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
     on_done: Option<TypedFunc<i32, i32>>,
@@ -314,6 +325,8 @@ impl Exports {
             on_http_call_response: optional!("proxy_on_http_call_response"),
             on_tick: optional!("proxy_on_tick"),
             on_grpc_receive: optional!("proxy_on_grpc_receive"),
+            on_grpc_initial_metadata: optional!("proxy_on_grpc_receive_initial_metadata"),
+            on_grpc_trailing_metadata: optional!("proxy_on_grpc_receive_trailing_metadata"),
             on_grpc_close: optional!("proxy_on_grpc_close"),
             on_queue_ready: optional!("proxy_on_queue_ready"),
             on_done: optional!("proxy_on_done"),
@@ -529,6 +542,44 @@ impl GuestInstance {
                 e.on_grpc_close.as_ref().map_or(Ok(()), |f| f.call(s, (root, token as i32, code as i32)))
             })
         };
+        self.store.data_mut().call_response = None;
+        self.store.data_mut().grpc_status = None;
+        result
+    }
+
+    /// One event of a gRPC stream, delivered as Envoy's host does: initial metadata, each message,
+    /// trailing metadata, and the close with its status.
+    pub fn on_grpc_stream_event(&mut self, stream: Box<dyn HttpStream>, token: u32, event: GrpcStreamEvent) -> Result<(), GuestError> {
+        let root = self.root_context_id as i32;
+        let token = token as i32;
+        let (name, response, status, args): (&'static str, _, _, (i32, i32, i32)) = match event {
+            GrpcStreamEvent::InitialMetadata(headers) => {
+                let n = headers.len() as i32;
+                ("proxy_on_grpc_receive_initial_metadata", crate::stream::CallResponse { headers, ..Default::default() }, None, (root, token, n))
+            }
+            GrpcStreamEvent::Message(body) => {
+                let n = body.len() as i32;
+                ("proxy_on_grpc_receive", crate::stream::CallResponse { body, ..Default::default() }, None, (root, token, n))
+            }
+            GrpcStreamEvent::TrailingMetadata(trailers) => {
+                let n = trailers.len() as i32;
+                ("proxy_on_grpc_receive_trailing_metadata", crate::stream::CallResponse { trailers, ..Default::default() }, None, (root, token, n))
+            }
+            GrpcStreamEvent::Close(code, message) => {
+                ("proxy_on_grpc_close", crate::stream::CallResponse::default(), Some((code, message)), (root, token, code as i32))
+            }
+        };
+        self.store.data_mut().call_response = Some(response);
+        self.store.data_mut().grpc_status = status;
+        let result = self.call(name, Some(stream), Phase::GrpcResponse, |e, s| {
+            let f = match name {
+                "proxy_on_grpc_receive_initial_metadata" => &e.on_grpc_initial_metadata,
+                "proxy_on_grpc_receive" => &e.on_grpc_receive,
+                "proxy_on_grpc_receive_trailing_metadata" => &e.on_grpc_trailing_metadata,
+                _ => &e.on_grpc_close,
+            };
+            f.as_ref().map_or(Ok(()), |f| f.call(s, args))
+        });
         self.store.data_mut().call_response = None;
         self.store.data_mut().grpc_status = None;
         result

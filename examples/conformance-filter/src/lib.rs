@@ -101,11 +101,33 @@ impl RootContext for ConfRoot {
 struct Conf {
     area: String,
     metric: u32,
-    /// `maps` area: statuses collected along the stream.
+    /// `maps` area: statuses collected along the stream; `grpc-stream` area: what the stream said.
     maps: Vec<String>,
 }
 
 impl Context for Conf {
+    fn on_grpc_stream_initial_metadata(&mut self, _token: u32, _n: u32) {
+        let grpc_status_present = self.get_grpc_stream_initial_metadata().iter().any(|(k, _)| k == "content-type");
+        self.maps.push(format!("initial(content-type={grpc_status_present})"));
+    }
+
+    fn on_grpc_stream_message(&mut self, _token: u32, size: usize) {
+        let message = self.get_grpc_stream_message(0, size).unwrap_or_default();
+        self.maps.push(format!("message({})", String::from_utf8_lossy(&message)));
+    }
+
+    fn on_grpc_stream_trailing_metadata(&mut self, _token: u32, _n: u32) {
+        let status = self.get_grpc_stream_trailing_metadata().into_iter().find(|(k, _)| k == "grpc-status").map(|(_, v)| v);
+        self.maps.push(format!("trailing(grpc-status={})", String::from_utf8_lossy(&status.unwrap_or_default())));
+    }
+
+    fn on_grpc_stream_close(&mut self, _token: u32, status_code: u32) {
+        self.maps.push(format!("close({status_code})"));
+        let summary = self.maps.join(" ");
+        self.set_http_request_header("x-conf-grpc-stream", Some(&summary));
+        self.resume_http_request();
+    }
+
     fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, response_size: usize) {
         let summary = if status_code == 0 {
             let body = self.get_grpc_call_response_body(0, response_size).unwrap_or_default();
@@ -279,6 +301,17 @@ impl HttpContext for Conf {
                 match self.dispatch_grpc_call("grpc", "conf.Echo", method, metadata, Some(b"hello grpc"), std::time::Duration::from_secs(5)) {
                     Ok(_) => Action::Pause,
                     Err(status) => reply(self, 500, format!("grpc dispatch failed: {status:?}")),
+                }
+            }
+            "grpc-stream" => {
+                let metadata: Vec<(&str, &[u8])> = vec![("x-conf-meta", b"m1")];
+                match self.open_grpc_stream("grpc", "conf.Echo", "Chat", metadata) {
+                    Ok(token) => {
+                        self.send_grpc_stream_message(token, Some(b"one"), false);
+                        self.send_grpc_stream_message(token, Some(b"two"), true);
+                        Action::Pause
+                    }
+                    Err(status) => reply(self, 500, format!("grpc stream failed: {status:?}")),
                 }
             }
             "http-call-bad-cluster" => {
