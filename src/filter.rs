@@ -12,9 +12,9 @@ use crate::snapshot::{self, Binding, Refusal, SealKey};
 use crate::engine;
 use crate::log_at;
 use crate::pool;
-use crate::proxy_wasm::{host, Action, Effect, GrpcStreamEvent, GuestError, GuestInstance, HttpCallback, Plugin};
+use crate::proxy_wasm::{host, Action, Effect, GuestError, GuestInstance, HttpCallback, Plugin};
 use crate::proxy_wasm::grpc;
-use crate::stream::{CallResponse, Direction, HeaderKind, HeaderPair, HttpStream, LocalReply};
+use crate::stream::{CallResponse, Direction, HeaderKind, HttpStream, LocalReply};
 use crate::telemetry::{Metric, StatsSink};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -280,15 +280,7 @@ pub struct StreamFilter {
     grpc_calls: HashMap<u64, grpc::CallState>,
 }
 
-/// An event of an Envoy call stream (what a gRPC call rides on).
-#[derive(Debug)]
-pub enum CallStreamEvent {
-    Headers(Vec<HeaderPair>),
-    Data(Vec<u8>),
-    Trailers(Vec<HeaderPair>),
-    Complete,
-    Reset,
-}
+pub use crate::proxy_wasm::grpc::CallStreamEvent;
 
 impl StreamFilter {
     pub fn new(config: Arc<FilterConfig>) -> StreamFilter {
@@ -412,53 +404,16 @@ impl StreamFilter {
         }
     }
 
-    /// An event of a call stream a gRPC call or stream started. A call's response is collected and
-    /// reported when the stream ends; a stream's metadata and messages are delivered as they come.
+    /// An event of a call stream a gRPC call or stream started (see `grpc::advance`).
     pub fn on_call_stream<S: HttpStream + Clone + 'static>(&mut self, stream: S, id: u64, event: CallStreamEvent) {
         let Some(state) = self.grpc_calls.get_mut(&id) else { return };
         let Ok(token) = u32::try_from(id) else { return };
-        let streaming = state.streaming;
-        let mut deliveries = Vec::new();
-        match event {
-            CallStreamEvent::Headers(h) => {
-                if streaming {
-                    deliveries.push(GrpcStreamEvent::InitialMetadata(h.clone()));
-                }
-                state.headers = h;
-            }
-            CallStreamEvent::Data(d) => {
-                state.body.extend(d);
-                while streaming {
-                    match state.pop_message() {
-                        Some(message) => deliveries.push(GrpcStreamEvent::Message(message)),
-                        None => break,
-                    }
-                }
-            }
-            CallStreamEvent::Trailers(t) => {
-                if streaming {
-                    deliveries.push(GrpcStreamEvent::TrailingMetadata(t.clone()));
-                }
-                state.trailers = t;
-            }
-            CallStreamEvent::Complete | CallStreamEvent::Reset => {
-                let mut state = self.grpc_calls.remove(&id).unwrap_or_default();
-                let (code, message) = match event {
-                    CallStreamEvent::Reset => (14, b"upstream reset".to_vec()),
-                    _ => grpc::status(&state.headers, &state.trailers),
-                };
-                if streaming {
-                    deliveries.push(GrpcStreamEvent::Close(code, message));
-                } else {
-                    let body = state.pop_message().unwrap_or_default();
-                    let response = CallResponse { headers: state.headers, body, trailers: state.trailers };
-                    self.deliver(stream, |instance, s| instance.on_grpc_call_done(s, token, (code, message), response));
-                    return;
-                }
-            }
+        let (deliveries, finished) = grpc::advance(state, event);
+        if finished {
+            self.grpc_calls.remove(&id);
         }
-        for event in deliveries {
-            self.deliver(stream.clone(), |instance, s| instance.on_grpc_stream_event(s, token, event));
+        for delivery in deliveries {
+            self.deliver(stream.clone(), |instance, s| instance.on_grpc(Some(s), None, token, delivery));
         }
     }
 

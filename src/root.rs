@@ -13,7 +13,7 @@ use crate::filter::FilterConfig;
 use crate::log_at;
 use crate::proxy_wasm::{GuestInstance, Plugin};
 use crate::telemetry::StatsSink;
-use crate::proxy_wasm::shared;
+use crate::proxy_wasm::{grpc, shared};
 use crate::stream::{CallError, CallResponse, HeaderPair, RootHost};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -42,6 +42,8 @@ pub struct RootContexts {
     tenants: Vec<RootTenant>,
     /// HTTP calls root instances started, by Envoy callout id: the tenant index to answer.
     pending_calls: RefCell<HashMap<u64, usize>>,
+    /// gRPC calls and streams root instances started, by Envoy stream id.
+    pending_grpc: RefCell<HashMap<u64, (usize, grpc::CallState)>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     /// Write-locked when dropping: no notifier commits after that.
@@ -96,7 +98,14 @@ impl RootContexts {
         if ticking > 0 {
             log_at!(Info, "thaw: ticking {ticking} tenants on the main thread");
         }
-        RootContexts { tenants, pending_calls: RefCell::new(HashMap::new()), stop, thread, alive }
+        RootContexts {
+            tenants,
+            pending_calls: RefCell::new(HashMap::new()),
+            pending_grpc: RefCell::new(HashMap::new()),
+            stop,
+            thread,
+            alive,
+        }
     }
 
     /// Runs an event on the main thread: a tick, or a queue notification. `host` is what the root
@@ -123,6 +132,25 @@ impl RootContexts {
         self.with_root(index, stats, host, |instance, host| instance.on_http_call_response(None, Some(host), token, response));
     }
 
+    /// An event of a call stream a root instance's gRPC call or stream started (main thread).
+    /// `host` makes what each delivery may ask of Envoy.
+    pub fn on_call_stream(&self, id: u64, event: grpc::CallStreamEvent, stats: &mut dyn StatsSink, host: &dyn Fn() -> Box<dyn RootHost>) {
+        let Ok(token) = u32::try_from(id) else { return };
+        let (index, deliveries) = {
+            let mut pending = self.pending_grpc.borrow_mut();
+            let Some((index, state)) = pending.get_mut(&id) else { return };
+            let index = *index;
+            let (deliveries, finished) = grpc::advance(state, event);
+            if finished {
+                pending.remove(&id);
+            }
+            (index, deliveries)
+        };
+        for delivery in deliveries {
+            self.with_root(index, stats, host(), |instance, h| instance.on_grpc(None, Some(h), token, delivery));
+        }
+    }
+
     /// Runs `call` on tenant `index`'s root instance (made first if needed), remembering the HTTP
     /// calls it starts; a failure discards the instance and is counted.
     fn with_root(
@@ -145,9 +173,13 @@ impl RootContexts {
             }
         }
         let instance = root.as_mut().expect("created above");
-        let started = Rc::new(RefCell::new(Vec::new()));
+        let started = Rc::new(RefCell::new(Started::default()));
         let result = call(instance, Box::new(Recording { inner: host, started: Rc::clone(&started) }));
-        self.pending_calls.borrow_mut().extend(started.borrow().iter().map(|id| (*id, index)));
+        let started = started.borrow();
+        self.pending_calls.borrow_mut().extend(started.http.iter().map(|id| (*id, index)));
+        self.pending_grpc.borrow_mut().extend(
+            started.streams.iter().map(|(id, streaming)| (*id, (index, grpc::CallState { streaming: *streaming, ..Default::default() }))),
+        );
         if let Err(e) = result {
             log_at!(Error, "thaw: {e} (root context)");
             stats.record(e.kind().metric(), &tenant.id, 1);
@@ -156,17 +188,39 @@ impl RootContexts {
     }
 }
 
-/// A `RootHost` that remembers the callout ids of the calls it starts.
+/// What a root call started: HTTP callout ids, and call streams (id, whether a gRPC stream).
+#[derive(Default)]
+struct Started {
+    http: Vec<u64>,
+    streams: Vec<(u64, bool)>,
+}
+
+/// A `RootHost` that remembers the calls it starts, so their answers find their tenant.
 struct Recording {
     inner: Box<dyn RootHost>,
-    started: Rc<RefCell<Vec<u64>>>,
+    started: Rc<RefCell<Started>>,
 }
 
 impl RootHost for Recording {
     fn http_call(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], timeout_ms: u64) -> Result<u64, CallError> {
         let id = self.inner.http_call(cluster, headers, body, timeout_ms)?;
-        self.started.borrow_mut().push(id);
+        self.started.borrow_mut().http.push(id);
         Ok(id)
+    }
+
+    /// A unary gRPC call sends everything at once (`end_stream`); a gRPC stream does not.
+    fn start_call_stream(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], end_stream: bool, timeout_ms: u64) -> Result<u64, CallError> {
+        let id = self.inner.start_call_stream(cluster, headers, body, end_stream, timeout_ms)?;
+        self.started.borrow_mut().streams.push((id, !end_stream));
+        Ok(id)
+    }
+
+    fn send_call_stream(&mut self, id: u64, data: &[u8], end_stream: bool) -> bool {
+        self.inner.send_call_stream(id, data, end_stream)
+    }
+
+    fn reset_call_stream(&mut self, id: u64) {
+        self.inner.reset_call_stream(id)
     }
 }
 

@@ -56,10 +56,19 @@ pub struct CallResponse {
     pub trailers: Vec<HeaderPair>,
 }
 
-/// What a root context (a tick, a queue notification) may ask of Envoy: it has no stream.
+/// What a root context (a tick, a queue notification) may ask of Envoy: it has no stream, so it
+/// uses the filter config's callouts.
 pub trait RootHost {
-    /// Starts an HTTP call from the filter config; returns Envoy's callout id.
+    /// Starts an HTTP call; returns Envoy's callout id.
     fn http_call(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], timeout_ms: u64) -> Result<u64, CallError>;
+    /// Starts a call stream (gRPC); returns its id.
+    fn start_call_stream(&mut self, _cluster: &[u8], _headers: &[HeaderPair], _body: &[u8], _end_stream: bool, _timeout_ms: u64) -> Result<u64, CallError> {
+        Err(CallError::Unavailable)
+    }
+    fn send_call_stream(&mut self, _id: u64, _data: &[u8], _end_stream: bool) -> bool {
+        false
+    }
+    fn reset_call_stream(&mut self, _id: u64) {}
 }
 
 /// How Envoy holds an attribute (`envoy_dynamic_module_type_attribute_id` values are typed).

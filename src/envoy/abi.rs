@@ -189,5 +189,8 @@ callbacks! {
     http_filter_start_http_stream: fn(FilterEnvoyPtr, *mut u64, ModuleBuffer, *mut HttpHeader, usize, ModuleBuffer, bool, u64) -> u32;
     http_filter_reset_http_stream: fn(FilterEnvoyPtr, u64);
     http_stream_send_data: fn(FilterEnvoyPtr, u64, ModuleBuffer, bool) -> bool;
+    http_filter_config_start_http_stream: fn(ConfigEnvoyPtr, *mut u64, ModuleBuffer, *mut HttpHeader, usize, ModuleBuffer, bool, u64) -> u32;
+    http_filter_config_stream_send_data: fn(ConfigEnvoyPtr, u64, ModuleBuffer, bool) -> bool;
+    http_filter_config_reset_http_stream: fn(ConfigEnvoyPtr, u64);
   }
 }

@@ -103,6 +103,31 @@ impl RootHost for ConfigCaller {
         let result = unsafe { callout(self.ce, &mut id, ModuleBuffer::of(cluster), raw.as_mut_ptr(), raw.len(), ModuleBuffer::of(body), timeout_ms) };
         callout_result(result, id)
     }
+
+    fn start_call_stream(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], end_stream: bool, timeout_ms: u64) -> Result<u64, CallError> {
+        let start = self.cb.http_filter_config_start_http_stream.ok_or(CallError::Unavailable)?;
+        let headers = callout_headers(headers);
+        let mut raw = raw_headers(&headers);
+        let mut id = 0u64;
+        // SAFETY: as in `http_call`.
+        let result = unsafe {
+            start(self.ce, &mut id, ModuleBuffer::of(cluster), raw.as_mut_ptr(), raw.len(), ModuleBuffer::of(body), end_stream, timeout_ms)
+        };
+        callout_result(result, id)
+    }
+
+    fn send_call_stream(&mut self, id: u64, data: &[u8], end_stream: bool) -> bool {
+        let Some(send) = self.cb.http_filter_config_stream_send_data else { return false };
+        // SAFETY: main thread; `id` names a stream this config started; `data` borrowed for the call.
+        unsafe { send(self.ce, id, ModuleBuffer::of(data), end_stream) }
+    }
+
+    fn reset_call_stream(&mut self, id: u64) {
+        if let Some(reset) = self.cb.http_filter_config_reset_http_stream {
+            // SAFETY: main thread; `id` names a stream this config started.
+            unsafe { reset(self.ce, id) }
+        }
+    }
 }
 
 /// Envoy's ids of thaw's metrics in one filter config (defined at config creation).

@@ -304,6 +304,70 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
     })
 }
 
+/// A config-level call-stream event (a root instance's gRPC call or stream), main thread.
+fn config_call_stream_event(hook: &'static str, ce: ConfigEnvoyPtr, cm: ConfigModulePtr, stream_id: u64, event: CallStreamEvent) {
+    guard(hook, || (), || {
+        let Some(cb) = callbacks::resolved() else { return };
+        // SAFETY: `cm` is the live pointer config_new returned; this runs on the main thread.
+        let config = unsafe { &*(cm as *const LoadedConfig) };
+        if let Some(roots) = &config.roots {
+            let host = || Box::new(ConfigCaller { ce, cb }) as Box<dyn crate::stream::RootHost>;
+            roots.on_call_stream(stream_id, event, &mut ConfigStats { ce, cb, ids: config.metrics }, &host);
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_headers(
+    ce: ConfigEnvoyPtr,
+    cm: ConfigModulePtr,
+    stream_id: u64,
+    headers: *const HttpHeader,
+    headers_size: usize,
+    _end_stream: bool,
+) {
+    // SAFETY: the headers Envoy passed to this hook.
+    let headers = unsafe { header_pairs(headers, headers_size) };
+    config_call_stream_event("http_filter_config_http_stream_headers", ce, cm, stream_id, CallStreamEvent::Headers(headers))
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_data(
+    ce: ConfigEnvoyPtr,
+    cm: ConfigModulePtr,
+    stream_id: u64,
+    data: *const EnvoyBuffer,
+    data_count: usize,
+    _end_stream: bool,
+) {
+    // SAFETY: the buffers Envoy passed to this hook.
+    let data = unsafe { chunks_bytes(data, data_count) };
+    config_call_stream_event("http_filter_config_http_stream_data", ce, cm, stream_id, CallStreamEvent::Data(data))
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_trailers(
+    ce: ConfigEnvoyPtr,
+    cm: ConfigModulePtr,
+    stream_id: u64,
+    trailers: *const HttpHeader,
+    trailers_size: usize,
+) {
+    // SAFETY: the trailers Envoy passed to this hook.
+    let trailers = unsafe { header_pairs(trailers, trailers_size) };
+    config_call_stream_event("http_filter_config_http_stream_trailers", ce, cm, stream_id, CallStreamEvent::Trailers(trailers))
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_complete(ce: ConfigEnvoyPtr, cm: ConfigModulePtr, stream_id: u64) {
+    config_call_stream_event("http_filter_config_http_stream_complete", ce, cm, stream_id, CallStreamEvent::Complete)
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_reset(ce: ConfigEnvoyPtr, cm: ConfigModulePtr, stream_id: u64, _reason: u32) {
+    config_call_stream_event("http_filter_config_http_stream_reset", ce, cm, stream_id, CallStreamEvent::Reset)
+}
+
 /// An HTTP callout's response as Envoy handed it to a hook (`None` unless it succeeded).
 ///
 /// SAFETY (for callers): the pointers and counts are those Envoy passed to the current hook.

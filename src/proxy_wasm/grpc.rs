@@ -2,7 +2,81 @@
 //! message (1-byte flag, 4-byte big-endian length), the response deframed, its status taken from
 //! `grpc-status` / `grpc-message` (trailers, or headers for trailers-only responses).
 
-use crate::stream::HeaderPair;
+use crate::stream::{CallResponse, HeaderPair};
+
+/// An event of an Envoy call stream (what gRPC calls and streams ride on).
+#[derive(Debug)]
+pub enum CallStreamEvent {
+    Headers(Vec<HeaderPair>),
+    Data(Vec<u8>),
+    Trailers(Vec<HeaderPair>),
+    Complete,
+    Reset,
+}
+
+/// What a gRPC call or stream tells the guest.
+#[derive(Debug)]
+pub enum Delivery {
+    /// A unary call's outcome: its status and response (message as body).
+    CallDone((u32, Vec<u8>), CallResponse),
+    /// A stream's initial metadata.
+    InitialMetadata(Vec<HeaderPair>),
+    /// A stream's next message.
+    Message(Vec<u8>),
+    /// A stream's trailing metadata.
+    TrailingMetadata(Vec<HeaderPair>),
+    /// A stream's end, with its status.
+    Close(u32, Vec<u8>),
+}
+
+/// Feeds one call-stream event into `state`; returns what to tell the guest now and whether the
+/// call is over. A call's response is collected and reported at the end; a stream's metadata and
+/// messages are delivered as they come, as Envoy's host does.
+pub fn advance(state: &mut CallState, event: CallStreamEvent) -> (Vec<Delivery>, bool) {
+    let mut out = Vec::new();
+    match event {
+        CallStreamEvent::Headers(h) => {
+            if state.streaming {
+                out.push(Delivery::InitialMetadata(h.clone()));
+            }
+            state.headers = h;
+        }
+        CallStreamEvent::Data(d) => {
+            state.body.extend(d);
+            while state.streaming {
+                match state.pop_message() {
+                    Some(message) => out.push(Delivery::Message(message)),
+                    None => break,
+                }
+            }
+        }
+        CallStreamEvent::Trailers(t) => {
+            if state.streaming {
+                out.push(Delivery::TrailingMetadata(t.clone()));
+            }
+            state.trailers = t;
+        }
+        CallStreamEvent::Complete | CallStreamEvent::Reset => {
+            let (code, message) = match event {
+                CallStreamEvent::Reset => (14, b"upstream reset".to_vec()),
+                _ => status(&state.headers, &state.trailers),
+            };
+            if state.streaming {
+                out.push(Delivery::Close(code, message));
+            } else {
+                let body = state.pop_message().unwrap_or_default();
+                let response = CallResponse {
+                    headers: std::mem::take(&mut state.headers),
+                    body,
+                    trailers: std::mem::take(&mut state.trailers),
+                };
+                out.push(Delivery::CallDone((code, message), response));
+            }
+            return (out, true);
+        }
+    }
+    (out, false)
+}
 
 /// A gRPC request as HTTP/2 headers and a framed body.
 pub fn request(service: &[u8], method: &[u8], metadata: &[HeaderPair], message: &[u8], authority: &[u8]) -> (Vec<HeaderPair>, Vec<u8>) {

@@ -122,9 +122,9 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(env, "proxy_grpc_send", |c: C, token: i32, mp: i32, ml: i32, end: i32| status(proxy_grpc_send(c, token, mp, ml, end)))?;
     linker.func_wrap(env, "proxy_grpc_close", |c: C, token: i32| status(proxy_grpc_close(c, token)))?;
     linker.func_wrap(env, "proxy_grpc_cancel", |mut c: C, token: i32| {
-        let stream = c.data_mut().stream.as_mut();
-        let Some(stream) = stream else { return Ok(Status::NotFound as i32) };
-        stream.reset_call_stream(token as u32 as u64);
+        if !on_call_stream(&mut c, token as u32 as u64, &[], true, true) {
+            return Ok(Status::NotFound as i32);
+        }
         c.data_mut().effects.push(Effect::GrpcCancelled(token as u32 as u64));
         Ok(Status::Ok as i32)
     })?;
@@ -349,15 +349,40 @@ fn proxy_grpc_call(mut c: C, args: [i32; 10], timeout: i32, token_out: i32) -> H
     let message = memory::read(&c, bp, bl, abi::MAX_BODY_BYTES)?;
     memory::check_writable(&c, token_out, 4)?;
     let (headers, body) = super::grpc::request(&service, &method, &metadata, &message, &cluster);
-    let Some(stream) = c.data_mut().stream.as_mut() else {
-        let tenant = c.data().tenant.to_string();
-        log_unimplemented_once(&tenant, "proxy_grpc_call from a root context");
-        return Err(Status::InternalFailure.into());
-    };
-    let id = stream.start_call_stream(&cluster, &headers, &body, true, timeout as u32 as u64).map_err(call_status)?;
+    let id = start_call_stream(&mut c, &cluster, &headers, &body, true, timeout as u32 as u64)?;
     let token = u32::try_from(id).map_err(|_| Status::InternalFailure)?;
     c.data_mut().effects.push(Effect::GrpcStarted { id, stream: false });
     memory::write_u32(&mut c, token_out, token)
+}
+
+/// Starts a call stream through the request's stream, or a root context's config callouts.
+fn start_call_stream(c: &mut C, cluster: &[u8], headers: &[crate::stream::HeaderPair], body: &[u8], end_stream: bool, timeout: u64) -> HostResult<u64> {
+    let state = c.data_mut();
+    let started = match (state.stream.as_mut(), state.root_host.as_mut()) {
+        (Some(stream), _) => stream.start_call_stream(cluster, headers, body, end_stream, timeout),
+        (None, Some(root)) => root.start_call_stream(cluster, headers, body, end_stream, timeout),
+        // During init there is nothing to deliver a response to.
+        (None, None) => return Err(Status::InternalFailure.into()),
+    };
+    started.map_err(|e| call_status(e).into())
+}
+
+/// Sends on (or, with `reset`, resets) a call stream of the request or of the root context.
+fn on_call_stream(c: &mut C, id: u64, data: &[u8], end_stream: bool, reset: bool) -> bool {
+    let state = c.data_mut();
+    match (state.stream.as_mut(), state.root_host.as_mut()) {
+        (Some(stream), _) if reset => {
+            stream.reset_call_stream(id);
+            true
+        }
+        (None, Some(root)) if reset => {
+            root.reset_call_stream(id);
+            true
+        }
+        (Some(stream), _) => stream.send_call_stream(id, data, end_stream),
+        (None, Some(root)) => root.send_call_stream(id, data, end_stream),
+        (None, None) => false,
+    }
 }
 
 fn call_status(e: crate::stream::CallError) -> Status {
@@ -377,8 +402,7 @@ fn proxy_grpc_stream(mut c: C, args: [i32; 8], token_out: i32) -> HostResult {
     let metadata = header_map::decode(&memory::read(&c, hp, hl, abi::MAX_HEADER_MAP_BYTES)?).map_err(|_| Status::BadArgument)?;
     memory::check_writable(&c, token_out, 4)?;
     let (headers, _) = super::grpc::request(&service, &method, &metadata, &[], &cluster);
-    let stream = c.data_mut().stream.as_mut().ok_or(Status::InternalFailure)?;
-    let id = stream.start_call_stream(&cluster, &headers, &[], false, 0).map_err(call_status)?;
+    let id = start_call_stream(&mut c, &cluster, &headers, &[], false, 0)?;
     let token = u32::try_from(id).map_err(|_| Status::InternalFailure)?;
     c.data_mut().effects.push(Effect::GrpcStarted { id, stream: true });
     memory::write_u32(&mut c, token_out, token)
@@ -387,8 +411,7 @@ fn proxy_grpc_stream(mut c: C, args: [i32; 8], token_out: i32) -> HostResult {
 /// `proxy_grpc_send`: one framed message on a gRPC stream, optionally closing the sending side.
 fn proxy_grpc_send(mut c: C, token: i32, mp: i32, ml: i32, end_stream: i32) -> HostResult {
     let message = memory::read(&c, mp, ml, abi::MAX_BODY_BYTES)?;
-    let stream = c.data_mut().stream.as_mut().ok_or(Status::NotFound)?;
-    if stream.send_call_stream(token as u32 as u64, &super::grpc::frame(&message), end_stream != 0) {
+    if on_call_stream(&mut c, token as u32 as u64, &super::grpc::frame(&message), end_stream != 0, false) {
         Ok(())
     } else {
         Err(Status::NotFound.into())
@@ -397,8 +420,7 @@ fn proxy_grpc_send(mut c: C, token: i32, mp: i32, ml: i32, end_stream: i32) -> H
 
 /// `proxy_grpc_close`: closes the sending side of a gRPC stream (the response may still come).
 fn proxy_grpc_close(mut c: C, token: i32) -> HostResult {
-    let stream = c.data_mut().stream.as_mut().ok_or(Status::NotFound)?;
-    if stream.send_call_stream(token as u32 as u64, &[], true) {
+    if on_call_stream(&mut c, token as u32 as u64, &[], true, false) {
         Ok(())
     } else {
         Err(Status::NotFound.into())

@@ -217,15 +217,6 @@ impl Plugin {
     }
 }
 
-/// What a gRPC stream delivers to the guest, in order.
-#[derive(Debug)]
-pub enum GrpcStreamEvent {
-    InitialMetadata(Vec<crate::stream::HeaderPair>),
-    Message(Vec<u8>),
-    TrailingMetadata(Vec<crate::stream::HeaderPair>),
-    Close(u32, Vec<u8>),
-}
-
 /// The proxy-wasm HTTP stream callbacks.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum HttpCallback {
@@ -520,68 +511,55 @@ impl GuestInstance {
         result
     }
 
-    /// The outcome of a gRPC call (as Envoy reports a unary call): status OK delivers the response
-    /// message with `proxy_on_grpc_receive`; any other status `proxy_on_grpc_close`.
-    pub fn on_grpc_call_done(
+    /// Tells the guest what a gRPC call or stream delivered. A unary call reports as Envoy does:
+    /// status OK delivers the message with `proxy_on_grpc_receive`, any other status
+    /// `proxy_on_grpc_close`; a stream delivers initial metadata, each message, trailing metadata
+    /// and the close. `stream` is the calling request's; a root context's call gets `root`.
+    pub fn on_grpc(
         &mut self,
-        stream: Box<dyn HttpStream>,
+        stream: Option<Box<dyn HttpStream>>,
+        root: Option<Box<dyn crate::stream::RootHost>>,
         token: u32,
-        status: (u32, Vec<u8>),
-        response: crate::stream::CallResponse,
+        delivery: super::grpc::Delivery,
     ) -> Result<(), GuestError> {
-        let root = self.root_context_id as i32;
-        let (code, size) = (status.0, response.body.len());
-        self.store.data_mut().grpc_status = Some(status);
-        self.store.data_mut().call_response = Some(response);
-        let result = if code == 0 {
-            self.call("proxy_on_grpc_receive", Some(stream), Phase::GrpcResponse, |e, s| {
-                e.on_grpc_receive.as_ref().map_or(Ok(()), |f| f.call(s, (root, token as i32, size as i32)))
-            })
-        } else {
-            self.call("proxy_on_grpc_close", Some(stream), Phase::GrpcResponse, |e, s| {
-                e.on_grpc_close.as_ref().map_or(Ok(()), |f| f.call(s, (root, token as i32, code as i32)))
-            })
-        };
-        self.store.data_mut().call_response = None;
-        self.store.data_mut().grpc_status = None;
-        result
-    }
-
-    /// One event of a gRPC stream, delivered as Envoy's host does: initial metadata, each message,
-    /// trailing metadata, and the close with its status.
-    pub fn on_grpc_stream_event(&mut self, stream: Box<dyn HttpStream>, token: u32, event: GrpcStreamEvent) -> Result<(), GuestError> {
-        let root = self.root_context_id as i32;
-        let token = token as i32;
-        let (name, response, status, args): (&'static str, _, _, (i32, i32, i32)) = match event {
-            GrpcStreamEvent::InitialMetadata(headers) => {
+        use super::grpc::Delivery as D;
+        use crate::stream::CallResponse;
+        let (root_id, token) = (self.root_context_id as i32, token as i32);
+        let (export, response, status, n): (&'static str, CallResponse, Option<(u32, Vec<u8>)>, i32) = match delivery {
+            D::CallDone((0, message), response) => {
+                let n = response.body.len() as i32;
+                ("proxy_on_grpc_receive", response, Some((0, message)), n)
+            }
+            D::CallDone((code, message), response) => ("proxy_on_grpc_close", response, Some((code, message)), code as i32),
+            D::InitialMetadata(headers) => {
                 let n = headers.len() as i32;
-                ("proxy_on_grpc_receive_initial_metadata", crate::stream::CallResponse { headers, ..Default::default() }, None, (root, token, n))
+                ("proxy_on_grpc_receive_initial_metadata", CallResponse { headers, ..Default::default() }, None, n)
             }
-            GrpcStreamEvent::Message(body) => {
+            D::Message(body) => {
                 let n = body.len() as i32;
-                ("proxy_on_grpc_receive", crate::stream::CallResponse { body, ..Default::default() }, None, (root, token, n))
+                ("proxy_on_grpc_receive", CallResponse { body, ..Default::default() }, None, n)
             }
-            GrpcStreamEvent::TrailingMetadata(trailers) => {
+            D::TrailingMetadata(trailers) => {
                 let n = trailers.len() as i32;
-                ("proxy_on_grpc_receive_trailing_metadata", crate::stream::CallResponse { trailers, ..Default::default() }, None, (root, token, n))
+                ("proxy_on_grpc_receive_trailing_metadata", CallResponse { trailers, ..Default::default() }, None, n)
             }
-            GrpcStreamEvent::Close(code, message) => {
-                ("proxy_on_grpc_close", crate::stream::CallResponse::default(), Some((code, message)), (root, token, code as i32))
-            }
+            D::Close(code, message) => ("proxy_on_grpc_close", CallResponse::default(), Some((code, message)), code as i32),
         };
         self.store.data_mut().call_response = Some(response);
         self.store.data_mut().grpc_status = status;
-        let result = self.call(name, Some(stream), Phase::GrpcResponse, |e, s| {
-            let f = match name {
+        self.store.data_mut().root_host = root;
+        let result = self.call(export, stream, Phase::GrpcResponse, |e, s| {
+            let f = match export {
                 "proxy_on_grpc_receive_initial_metadata" => &e.on_grpc_initial_metadata,
                 "proxy_on_grpc_receive" => &e.on_grpc_receive,
                 "proxy_on_grpc_receive_trailing_metadata" => &e.on_grpc_trailing_metadata,
                 _ => &e.on_grpc_close,
             };
-            f.as_ref().map_or(Ok(()), |f| f.call(s, args))
+            f.as_ref().map_or(Ok(()), |f| f.call(s, (root_id, token, n)))
         });
         self.store.data_mut().call_response = None;
         self.store.data_mut().grpc_status = None;
+        self.store.data_mut().root_host = None;
         result
     }
 

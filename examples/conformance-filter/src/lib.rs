@@ -52,6 +52,12 @@ struct ConfRoot {
 }
 
 impl Context for ConfRoot {
+    fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, size: usize) {
+        let body = self.get_grpc_call_response_body(0, size).unwrap_or_default();
+        let summary = format!("status={status_code} body={}", String::from_utf8_lossy(&body));
+        let _ = self.set_shared_data("conf-root-grpc", Some(summary.as_bytes()), None);
+    }
+
     fn on_http_call_response(&mut self, _token: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
         let status = self.get_http_call_response_header(":status").unwrap_or_default();
         let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
@@ -86,6 +92,7 @@ impl RootContext for ConfRoot {
             let _ = self.set_shared_data("conf-root-call-started", Some(b"1"), None);
             let headers = vec![(":method", "GET"), (":path", "/root-call"), (":authority", "upstream")];
             let _ = self.dispatch_http_call("upstream", headers, None, vec![], std::time::Duration::from_secs(5));
+            let _ = self.dispatch_grpc_call("grpc", "conf.Echo", "Say", vec![], Some(b"from root"), std::time::Duration::from_secs(5));
         }
     }
 
@@ -256,7 +263,9 @@ impl HttpContext for Conf {
             }
             "root-call-check" => {
                 let (value, _) = self.get_shared_data("conf-root-call");
-                reply(self, 200, format!("root_call={}", String::from_utf8_lossy(&value.unwrap_or_default())))
+                let (grpc, _) = self.get_shared_data("conf-root-grpc");
+                let grpc = String::from_utf8_lossy(&grpc.unwrap_or_default()).into_owned();
+                reply(self, 200, format!("root_call={} root_grpc={grpc}", String::from_utf8_lossy(&value.unwrap_or_default())))
             }
             "queue-ready" => {
                 let queued = match self.resolve_shared_queue("", "conf-ready-queue") {
