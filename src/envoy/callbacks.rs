@@ -78,8 +78,18 @@ fn raw_headers(headers: &[HeaderPair]) -> Vec<HttpHeader> {
         .collect()
 }
 
-fn callout_result(result: u32, id: u64) -> Result<u64, CallError> {
-    match result {
+/// Starts a callout or call stream: prepares the headers, lets `start` make the Envoy call with
+/// (id out-pointer, cluster, headers, header count), and turns Envoy's answer into a result.
+fn start_callout(
+    cluster: &[u8],
+    headers: &[HeaderPair],
+    start: impl FnOnce(*mut u64, ModuleBuffer, *mut HttpHeader, usize) -> u32,
+) -> Result<u64, CallError> {
+    let headers = callout_headers(headers);
+    let mut raw = raw_headers(&headers);
+    let mut id = 0u64;
+    // `raw` points into `headers`, both alive until `start` returns.
+    match start(&mut id, ModuleBuffer::of(cluster), raw.as_mut_ptr(), raw.len()) {
         abi::callout_init::SUCCESS => Ok(id),
         abi::callout_init::MISSING_REQUIRED_HEADERS | abi::callout_init::CLUSTER_NOT_FOUND => Err(CallError::BadRequest),
         _ => Err(CallError::Unavailable),
@@ -95,25 +105,15 @@ pub struct ConfigCaller {
 impl RootHost for ConfigCaller {
     fn http_call(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], timeout_ms: u64) -> Result<u64, CallError> {
         let callout = self.cb.http_filter_config_http_callout.ok_or(CallError::Unavailable)?;
-        let headers = callout_headers(headers);
-        let mut raw = raw_headers(&headers);
-        let mut id = 0u64;
-        // SAFETY: `ce` is the config pointer of the running config-level hook (main thread); `raw`
-        // points into `headers`, alive for the call; out-pointer is a local.
-        let result = unsafe { callout(self.ce, &mut id, ModuleBuffer::of(cluster), raw.as_mut_ptr(), raw.len(), ModuleBuffer::of(body), timeout_ms) };
-        callout_result(result, id)
+        // SAFETY: `ce` is the config pointer of the running config-level hook (main thread); the
+        // pointers `start_callout` passes are valid for the call.
+        start_callout(cluster, headers, |id, c, h, n| unsafe { callout(self.ce, id, c, h, n, ModuleBuffer::of(body), timeout_ms) })
     }
 
     fn start_call_stream(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], end_stream: bool, timeout_ms: u64) -> Result<u64, CallError> {
         let start = self.cb.http_filter_config_start_http_stream.ok_or(CallError::Unavailable)?;
-        let headers = callout_headers(headers);
-        let mut raw = raw_headers(&headers);
-        let mut id = 0u64;
         // SAFETY: as in `http_call`.
-        let result = unsafe {
-            start(self.ce, &mut id, ModuleBuffer::of(cluster), raw.as_mut_ptr(), raw.len(), ModuleBuffer::of(body), end_stream, timeout_ms)
-        };
-        callout_result(result, id)
+        start_callout(cluster, headers, |id, c, h, n| unsafe { start(self.ce, id, c, h, n, ModuleBuffer::of(body), end_stream, timeout_ms) })
     }
 
     fn send_call_stream(&mut self, id: u64, data: &[u8], end_stream: bool) -> bool {
@@ -359,11 +359,7 @@ impl HttpStream for EnvoyStream {
     }
 
     fn send_local_reply(&mut self, reply: &LocalReply) {
-        let mut headers: Vec<HttpHeader> = reply
-            .headers
-            .iter()
-            .map(|(k, v)| HttpHeader { key_ptr: k.as_ptr(), key_length: k.len(), value_ptr: v.as_ptr(), value_length: v.len() })
-            .collect();
+        let mut headers = raw_headers(&reply.headers);
         // SAFETY: live stream; `headers`, body and details are borrowed for the call. Envoy may
         // re-enter thaw (local-reply hook) before returning; the driver holds no borrow of stream
         // state across this call (see hooks.rs).
@@ -417,35 +413,15 @@ impl HttpStream for EnvoyStream {
     }
 
     fn http_call(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], timeout_ms: u64) -> Result<u64, CallError> {
-        let headers = callout_headers(headers);
-        let mut raw = raw_headers(&headers);
-        let mut id = 0u64;
-        // SAFETY: live stream; `raw` points into `headers`, which outlives the call; out-pointer is a local.
-        let result = unsafe {
-            (self.cb.http_filter_http_callout)(
-                self.fe,
-                &mut id,
-                ModuleBuffer::of(cluster),
-                raw.as_mut_ptr(),
-                raw.len(),
-                ModuleBuffer::of(body),
-                timeout_ms,
-            )
-        };
-        callout_result(result, id)
+        let callout = self.cb.http_filter_http_callout;
+        // SAFETY: live stream; the pointers `start_callout` passes are valid for the call.
+        start_callout(cluster, headers, |id, c, h, n| unsafe { callout(self.fe, id, c, h, n, ModuleBuffer::of(body), timeout_ms) })
     }
 
     fn start_call_stream(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], end_stream: bool, timeout_ms: u64) -> Result<u64, CallError> {
         let start = self.cb.http_filter_start_http_stream.ok_or(CallError::Unavailable)?;
-        let headers = callout_headers(headers);
-        let mut raw = raw_headers(&headers);
-        let mut id = 0u64;
-        // SAFETY: live stream; `raw` points into `headers`, alive for the call; out-pointer is a
-        // local.
-        let result = unsafe {
-            start(self.fe, &mut id, ModuleBuffer::of(cluster), raw.as_mut_ptr(), raw.len(), ModuleBuffer::of(body), end_stream, timeout_ms)
-        };
-        callout_result(result, id)
+        // SAFETY: live stream; the pointers `start_callout` passes are valid for the call.
+        start_callout(cluster, headers, |id, c, h, n| unsafe { start(self.fe, id, c, h, n, ModuleBuffer::of(body), end_stream, timeout_ms) })
     }
 
     fn send_call_stream(&mut self, id: u64, data: &[u8], end_stream: bool) -> bool {
