@@ -29,7 +29,7 @@ class GuestBounds(unittest.TestCase):
             "on_error": on_error,
             "crash_loop": crash_loop or {"failures": 1000},
             "tenants": {
-                "chaos": {"module": str(self.chaos), "isolation": isolation, "call_deadline_ms": 20, "memory_limit_mb": 16},
+                "chaos": {"module": str(self.chaos), "isolation": isolation, "call_deadline_ms": 100, "memory_limit_mb": 8},
                 "auth": {"module": str(self.auth), "plugin_config": {"tokens": {"t": "u"}}},
             },
         }
