@@ -180,6 +180,8 @@ class Conformance(unittest.TestCase):
         for area, method, path, headers, body in REQUESTS:
             if area == "queue-ready-check":
                 time.sleep(0.3)  # delivery is asynchronous in both hosts
+            if area == "root-call-check":
+                self.wait_for_root_calls()
             v8 = self.observe(self.v8_port, area, method, path, headers, body)
             thaw = self.observe(self.thaw_port, area, method, path, headers, body)
             if area in V8_NORMALISE:
@@ -192,6 +194,15 @@ class Conformance(unittest.TestCase):
             if v8 != thaw and area not in KNOWN_DIFFERENCES:
                 differences.append(f"{area}:\n  v8:   {v8}\n  thaw: {thaw}")
         self.assertEqual(differences, [], "\n".join(differences))
+
+    def wait_for_root_calls(self, timeout=10):
+        """The calls a tick makes finish asynchronously: wait (bounded) until both hosts saw both."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            bodies = [self.observe(p, "root-call-check", "GET", "/rc", {}, None)["body"] for p in (self.v8_port, self.thaw_port)]
+            if all("status=200" in b and "root_grpc=status=0" in b for b in bodies):
+                return
+            time.sleep(0.2)
 
     def test_guest_metrics_are_envoy_stats(self):
         import re
