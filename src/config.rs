@@ -137,6 +137,8 @@ pub struct Config {
     pub allow_jit: bool,
     /// Process-wide budget for the linear memory of live instances.
     pub memory_budget_mb: u64,
+    /// Process-wide number of instance slots (Wasmtime's pooling allocator).
+    pub max_live_instances: u32,
     pub crash_loop: CrashLoop,
     pub snapshots: Option<SnapshotSettings>,
     pub tenants: Vec<TenantConfig>,
@@ -176,6 +178,7 @@ struct RawConfig {
     #[serde(default)]
     allow_jit: bool,
     memory_budget_mb: Option<u64>,
+    max_live_instances: Option<u64>,
     crash_loop: Option<RawCrashLoop>,
     snapshots: Option<RawSnapshots>,
     tenants: BTreeMap<String, serde_json::Value>,
@@ -351,6 +354,12 @@ impl Config {
             on_error: raw.on_error,
             allow_jit: raw.allow_jit,
             memory_budget_mb: knob("memory_budget_mb", raw.memory_budget_mb, DEFAULT_MEMORY_BUDGET_MB, 1..=1 << 20)?,
+            max_live_instances: knob(
+                "max_live_instances",
+                raw.max_live_instances,
+                crate::engine::DEFAULT_MAX_LIVE_INSTANCES as u64,
+                1..=100_000,
+            )? as u32,
             crash_loop: match raw.crash_loop {
                 None => DEFAULT_CRASH_LOOP,
                 Some(c) => CrashLoop {

@@ -67,8 +67,9 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 pub const MAX_WASM_STACK: usize = 512 * 1024;
 /// Largest linear memory any guest instance may grow to (the per-instance memory cap).
 pub const MAX_MEMORY_BYTES: usize = 128 * 1024 * 1024;
-/// Most guest instances (memories, tables) alive at once in one process, across all workers.
-pub const MAX_LIVE_INSTANCES: u32 = 1000;
+/// Default for the most guest instances alive at once in one process, across all workers
+/// (`max_live_instances`: the pooling allocator's slots).
+pub const DEFAULT_MAX_LIVE_INSTANCES: u32 = 1000;
 
 /// Settings that decide whether a `.cwasm` is compatible. Everything that goes into Wasmtime's
 /// compatibility check lives here and nowhere else.
@@ -90,18 +91,32 @@ pub fn compile_engine(target: Target) -> anyhow::Result<Engine> {
     Engine::new(&artifact_config(target))
 }
 
-/// The process-wide runtime engine (host architecture, pooling allocator, epoch ticker running).
-/// Shared by every filter config and worker; created on first use.
+/// The process-wide runtime engine with the default number of instance slots.
 pub fn runtime_engine() -> Result<&'static Engine, String> {
-    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| {
+    runtime_engine_sized(DEFAULT_MAX_LIVE_INSTANCES)
+}
+
+/// The process-wide runtime engine (host architecture, pooling allocator with `max_live_instances`
+/// slots, epoch ticker running). Shared by every filter config and worker; created on first use,
+/// so the first config loaded sizes it (a later, different size is logged and not applied).
+pub fn runtime_engine_sized(max_live_instances: u32) -> Result<&'static Engine, String> {
+    static ENGINE: OnceLock<(Result<Engine, String>, u32)> = OnceLock::new();
+    let (engine, slots) = ENGINE.get_or_init(|| (new_runtime_engine(max_live_instances), max_live_instances));
+    if *slots != max_live_instances {
+        crate::log_at!(Warn, "thaw: the engine already has {slots} instance slots; max_live_instances {max_live_instances} applies after a restart");
+    }
+    engine.as_ref().map_err(Clone::clone)
+}
+
+fn new_runtime_engine(max_live_instances: u32) -> Result<Engine, String> {
+    {
+        {
             let mut config = artifact_config(Target::host());
             let mut pooling = PoolingAllocationConfig::default();
             pooling
-                .total_core_instances(MAX_LIVE_INSTANCES)
-                .total_memories(MAX_LIVE_INSTANCES)
-                .total_tables(MAX_LIVE_INSTANCES)
+                .total_core_instances(max_live_instances)
+                .total_memories(max_live_instances)
+                .total_tables(max_live_instances)
                 .max_memory_size(MAX_MEMORY_BYTES)
                 // Measured (BENCHMARKS.md, micro): resetting a slot's memory by scanning for dirty
                 // pages and restoring them in place (Linux 6.7+, else madvise) and batching the
@@ -113,9 +128,8 @@ pub fn runtime_engine() -> Result<&'static Engine, String> {
             let engine = Engine::new(&config).map_err(|e| format!("cannot create the Wasmtime engine: {e:#}"))?;
             start_epoch_ticker(engine.clone());
             Ok(engine)
-        })
-        .as_ref()
-        .map_err(Clone::clone)
+        }
+    }
 }
 
 fn start_epoch_ticker(engine: Engine) {

@@ -12,7 +12,7 @@ use crate::snapshot::{self, Binding, Refusal, SealKey};
 use crate::engine;
 use crate::log_at;
 use crate::pool;
-use crate::proxy_wasm::{host, Action, Effect, GuestError, GuestInstance, HttpCallback, Plugin};
+use crate::proxy_wasm::{host, Action, Effect, GuestError, GuestInstance, HttpCallback, Linked, Plugin};
 use crate::proxy_wasm::grpc;
 use crate::stream::{CallResponse, Direction, HeaderKind, HttpStream, LocalReply};
 use crate::telemetry::{Metric, StatsSink};
@@ -93,7 +93,7 @@ impl FilterConfig {
     }
 
     pub fn load(name: &str, config: &Config, stats: &mut dyn StatsSink) -> Result<FilterConfig, String> {
-        let engine = engine::runtime_engine()?;
+        let engine = engine::runtime_engine_sized(config.max_live_instances)?;
         host::set_budget_bytes((config.memory_budget_mb as usize) << 20);
         let keys = config
             .trusted_keys
@@ -106,6 +106,7 @@ impl FilterConfig {
         // configuration share the init check.
         let mut modules: HashMap<(PathBuf, PathBuf), (ArtifactDigest, Module)> = HashMap::new();
         let mut by_digest: HashMap<ArtifactDigest, Module> = HashMap::new();
+        let mut linked: HashMap<ArtifactDigest, Linked> = HashMap::new();
         // Init-check results: the tick period the guest's init set.
         let mut init_checked: HashMap<(ArtifactDigest, Vec<u8>, Vec<u8>), u64> = HashMap::new();
         let seal_key = match &config.snapshots {
@@ -157,8 +158,15 @@ impl FilterConfig {
                     (plugin, tick)
                 }
                 None => {
-                    let plugin =
-                        Plugin::new(engine, tenant, module, digest).map_err(|e| refuse(format!("{}: {e}", tenant.module.display())))?;
+                    let link = match linked.get(&digest) {
+                        Some(l) => l.clone(),
+                        None => {
+                            let l = Linked::link(engine, &module, false).map_err(|e| refuse(format!("{}: {e}", tenant.module.display())))?;
+                            linked.insert(digest, l.clone());
+                            l
+                        }
+                    };
+                    let plugin = Plugin::from_linked(engine, tenant, &link, digest, None);
                     // Run the guest's init once now, so a guest that rejects its configuration
                     // rejects the config at load, not at the first request.
                     let init_key = (digest, tenant.plugin_config.clone(), tenant.vm_config.clone());

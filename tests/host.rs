@@ -127,6 +127,7 @@ impl Workspace {
             on_error,
             allow_jit: false,
             memory_budget_mb: thaw::config::DEFAULT_MEMORY_BUDGET_MB,
+            max_live_instances: thaw::engine::DEFAULT_MAX_LIVE_INSTANCES,
             crash_loop: DEFAULT_CRASH_LOOP,
             snapshots: None,
             tenants,

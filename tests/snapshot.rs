@@ -117,6 +117,7 @@ impl Setup {
             on_error: Policy::Deny,
             allow_jit: false,
             memory_budget_mb: DEFAULT_MEMORY_BUDGET_MB,
+            max_live_instances: thaw::engine::DEFAULT_MAX_LIVE_INSTANCES,
             crash_loop: DEFAULT_CRASH_LOOP,
             snapshots: Some(SnapshotSettings { dir: self.snapshot_dir(), key: self.seal_key.clone(), encrypt }),
             tenants,

@@ -37,6 +37,39 @@ pub struct Plugin {
     resume: Option<HostSnapshot>,
 }
 
+/// A module linked against the host functions, ready to instantiate (shared by every tenant of
+/// the same artifact).
+#[derive(Clone)]
+pub struct Linked {
+    pre: InstancePre<HostState>,
+    /// Linear memory a fresh instance starts with.
+    initial_memory_bytes: usize,
+}
+
+impl Linked {
+    /// Links `module`, refusing modules whose imports thaw cannot provide or that lack the exports
+    /// every proxy-wasm guest has. `snapshot_allowlist`: hostcalls outside the snapshot allowlist
+    /// trap, naming themselves.
+    pub fn link(engine: &Engine, module: &Module, snapshot_allowlist: bool) -> Result<Linked, String> {
+        if module.get_export("proxy_on_memory_allocate").is_none() && module.get_export("malloc").is_none() {
+            return Err("the module exports neither `proxy_on_memory_allocate` nor `malloc`".into());
+        }
+        let initial_memory_bytes = match module.get_export("memory") {
+            Some(ExternType::Memory(m)) => (m.minimum() as usize).saturating_mul(m.page_size() as usize),
+            Some(_) => return Err("the module's `memory` export is not a memory".into()),
+            None => return Err("the module exports no `memory`".into()),
+        };
+        let mut linker = Linker::new(engine);
+        hostcalls::add_to_linker(&mut linker).map_err(|e| format!("host functions: {e:#}"))?;
+        hostcalls::add_stubs_for_unknown_imports(&mut linker, module)?;
+        if snapshot_allowlist {
+            hostcalls::forbid_outside_snapshot_allowlist(&mut linker, module).map_err(|e| format!("{e:#}"))?;
+        }
+        let pre = linker.instantiate_pre(module).map_err(|e| format!("cannot link the module: {e:#}"))?;
+        Ok(Linked { pre, initial_memory_bytes })
+    }
+}
+
 /// How a guest failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
@@ -128,40 +161,29 @@ impl Plugin {
         resume: Option<HostSnapshot>,
         snapshot_allowlist: bool,
     ) -> Result<Plugin, String> {
+        let linked = Linked::link(engine, &module, snapshot_allowlist)?;
+        Ok(Plugin::from_linked(engine, tenant, &linked, digest, resume))
+    }
+
+    /// A tenant's plugin from an already linked module (tenants sharing an artifact share it).
+    pub fn from_linked(engine: &Engine, tenant: &TenantConfig, linked: &Linked, digest: ArtifactDigest, resume: Option<HostSnapshot>) -> Plugin {
         static NEXT_UID: AtomicU64 = AtomicU64::new(1);
-        if module.get_export("memory").is_none() {
-            return Err("the module exports no `memory`".into());
-        }
-        if module.get_export("proxy_on_memory_allocate").is_none() && module.get_export("malloc").is_none() {
-            return Err("the module exports neither `proxy_on_memory_allocate` nor `malloc`".into());
-        }
-        let mut linker = Linker::new(engine);
-        hostcalls::add_to_linker(&mut linker).map_err(|e| format!("host functions: {e:#}"))?;
-        hostcalls::add_stubs_for_unknown_imports(&mut linker, &module)?;
-        if snapshot_allowlist {
-            hostcalls::forbid_outside_snapshot_allowlist(&mut linker, &module).map_err(|e| format!("{e:#}"))?;
-        }
-        let initial_memory_bytes = match module.get_export("memory") {
-            Some(ExternType::Memory(m)) => (m.minimum() as usize).saturating_mul(m.page_size() as usize),
-            _ => return Err("the module's `memory` export is not a memory".into()),
-        };
-        let pre = linker.instantiate_pre(&module).map_err(|e| format!("cannot link the module: {e:#}"))?;
         let tick_ms = EPOCH_TICK.as_millis().max(1) as u64;
-        Ok(Plugin {
+        Plugin {
             tenant: tenant.id.clone(),
             digest,
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             engine: engine.clone(),
-            pre,
+            pre: linked.pre.clone(),
             plugin_config: tenant.plugin_config.as_slice().into(),
             vm_config: tenant.vm_config.as_slice().into(),
             // One extra tick: the first may end at once (the ticker does not start with the call).
             deadline_ticks: tenant.instances.call_deadline_ms.div_ceil(tick_ms) + 1,
             root_id: tenant.root_id.as_str().into(),
             policy: tenant.instances,
-            initial_memory_bytes,
+            initial_memory_bytes: linked.initial_memory_bytes,
             resume,
-        })
+        }
     }
 
     /// A fresh, initialized instance: instantiated, `_initialize`d, root context created,

@@ -18,4 +18,4 @@ pub mod shared;
 
 pub use abi::Action;
 pub use host::Effect;
-pub use instance::{FailureKind, GuestError, GuestInstance, HttpCallback, Plugin};
+pub use instance::{FailureKind, GuestError, GuestInstance, HttpCallback, Linked, Plugin};
