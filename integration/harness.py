@@ -47,14 +47,19 @@ class Upstream:
             protocol_version = "HTTP/1.1"
 
             def _read_body(self):
+                """The request body; chunked trailers go to `self.trailers`."""
+                self.trailers = {}
                 if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
                     body = b""
                     while True:
                         size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                         if size == 0:
-                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                                pass  # trailers
-                            return body
+                            while True:
+                                line = self.rfile.readline()
+                                if line in (b"\r\n", b"\n", b""):
+                                    return body
+                                name, _, value = line.decode().partition(":")
+                                self.trailers[name.strip().lower()] = value.strip()
                         body += self.rfile.read(size)
                         self.rfile.readline()
                 length = int(self.headers.get("content-length") or 0)
@@ -62,8 +67,18 @@ class Upstream:
 
             def _answer(self):
                 body = self._read_body()
-                seen.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+                seen.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body,
+                             "trailers": self.trailers})
                 reply = json.dumps({"path": self.path, "subject": self.headers.get("x-auth-subject")}).encode()
+                if self.headers.get("x-want-trailers"):
+                    # A chunked response with a trailer, for the trailer tests.
+                    self.send_response(200)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("transfer-encoding", "chunked")
+                    self.send_header("trailer", "x-upstream-trailer")
+                    self.end_headers()
+                    self.wfile.write(b"%x\r\n%s\r\n0\r\nx-upstream-trailer: t1\r\n\r\n" % (len(reply), reply))
+                    return
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(reply)))

@@ -377,6 +377,24 @@ impl HttpContext for Conf {
         }
     }
 
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.area == "trailers" {
+            let seen = self.get_http_request_trailer("x-client-trailer").unwrap_or_default();
+            self.set_http_request_trailer("x-client-trailer", Some(&format!("seen-{seen}")));
+            self.add_http_request_trailer("x-conf-req-trailer", "added");
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.area == "trailers" {
+            let seen = self.get_http_response_trailer("x-upstream-trailer").unwrap_or_default();
+            self.add_http_response_trailer("x-conf-resp-trailer", &format!("{seen}-seen"));
+            self.set_http_response_trailer("x-upstream-trailer", None);
+        }
+        Action::Continue
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         match self.area.as_str() {
             "headers" | "pairs" => {
