@@ -3,10 +3,10 @@
 //! least recently used tenants' idle instances are evicted, and every request is still served.
 //! And 10,000 tenants in one config load and serve.
 
+mod common;
+
 use std::sync::Arc;
-use thaw::artifact::signature::PrivateKey;
 use thaw::config::{Config, InstancePolicy, Isolation, Policy, TenantConfig, TenantId, TenantSource, DEFAULT_CRASH_LOOP};
-use thaw::engine::{self, Target};
 use thaw::filter::{FilterConfig, StreamFilter, Verdict};
 use thaw::proxy_wasm::host;
 use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
@@ -47,35 +47,12 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn many_tenants_stay_within_a_small_budget() {
     let _turn = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     // A guest with 1 MiB of initial memory (16 pages) that lets every request through.
-    let wasm = wat::parse_str(
-        r#"(module (memory (export "memory") 16)
-             (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
-             (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0)))"#,
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let key = PrivateKey::generate();
-    let public = dir.path().join("k.pub");
-    std::fs::write(&public, key.public_key_pem()).unwrap();
-    let cwasm = engine::compile_engine(Target::host()).unwrap().precompile_module(&wasm).unwrap();
-    let module = dir.path().join("m.cwasm");
-    std::fs::write(&module, &cwasm).unwrap();
-    std::fs::write(dir.path().join("m.cwasm.sig"), key.sign(&cwasm)).unwrap();
-    let tenants: Vec<TenantConfig> = (0..40)
-        .map(|i| TenantConfig {
-            id: TenantId::try_from(format!("t{i}").as_str()).unwrap(),
-            module: module.clone(),
-            signature: dir.path().join("m.cwasm.sig"),
-            plugin_config: Vec::new(),
-            vm_config: Vec::new(),
-            root_id: String::new(),
-            instances: InstancePolicy { isolation: Isolation::Pooled, ..InstancePolicy::DEFAULT },
-            snapshot_source: None,
-        })
-        .collect();
+    let guest = common::pass_through_guest(16);
+    let pooled = InstancePolicy { isolation: Isolation::Pooled, ..InstancePolicy::DEFAULT };
+    let tenants: Vec<TenantConfig> = (0..40).map(|i| guest.tenant(&format!("t{i}"), Vec::new(), pooled)).collect();
     let budget_mb = 8;
     let config = Config {
-        trusted_keys: vec![public],
+        trusted_keys: vec![guest.public.clone()],
         tenant_from: TenantSource::Header("x-tenant-id".into()),
         unknown_tenant: Policy::Deny,
         on_error: Policy::Deny,
@@ -110,34 +87,12 @@ fn ten_thousand_tenants_load_and_serve() {
     let _turn = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     // One artifact for all: it is read, verified, loaded and linked once; every tenant gets its
     // own plugin configuration, pool key and crash window.
-    let wasm = wat::parse_str(
-        r#"(module (memory (export "memory") 1)
-             (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
-             (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0)))"#,
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let key = PrivateKey::generate();
-    let public = dir.path().join("k.pub");
-    std::fs::write(&public, key.public_key_pem()).unwrap();
-    let cwasm = engine::compile_engine(Target::host()).unwrap().precompile_module(&wasm).unwrap();
-    let module = dir.path().join("m.cwasm");
-    std::fs::write(&module, &cwasm).unwrap();
-    std::fs::write(dir.path().join("m.cwasm.sig"), key.sign(&cwasm)).unwrap();
-    let tenants: Vec<TenantConfig> = (0..10_000)
-        .map(|i| TenantConfig {
-            id: TenantId::try_from(format!("tenant-{i}").as_str()).unwrap(),
-            module: module.clone(),
-            signature: dir.path().join("m.cwasm.sig"),
-            plugin_config: format!("{{\"n\":{i}}}").into_bytes(),
-            vm_config: Vec::new(),
-            root_id: String::new(),
-            instances: InstancePolicy { isolation: Isolation::Pooled, ..InstancePolicy::DEFAULT },
-            snapshot_source: None,
-        })
-        .collect();
+    let guest = common::pass_through_guest(1);
+    let pooled = InstancePolicy { isolation: Isolation::Pooled, ..InstancePolicy::DEFAULT };
+    let tenants: Vec<TenantConfig> =
+        (0..10_000).map(|i| guest.tenant(&format!("tenant-{i}"), format!("{{\"n\":{i}}}").into_bytes(), pooled)).collect();
     let config = Config {
-        trusted_keys: vec![public],
+        trusted_keys: vec![guest.public.clone()],
         tenant_from: TenantSource::Header("x-tenant-id".into()),
         unknown_tenant: Policy::Deny,
         on_error: Policy::Deny,

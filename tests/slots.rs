@@ -2,10 +2,10 @@
 //! counted refusal answered per `on_error`, never a crash; its own test binary, as the engine and
 //! its slots are process-wide.
 
+mod common;
+
 use std::sync::Arc;
-use thaw::artifact::signature::PrivateKey;
-use thaw::config::{Config, InstancePolicy, Policy, TenantConfig, TenantId, TenantSource, DEFAULT_CRASH_LOOP, DEFAULT_MEMORY_BUDGET_MB};
-use thaw::engine::{self, Target};
+use thaw::config::{Config, InstancePolicy, Policy, TenantId, TenantSource, DEFAULT_CRASH_LOOP, DEFAULT_MEMORY_BUDGET_MB};
 use thaw::filter::{FilterConfig, StreamFilter, Verdict};
 use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
 use thaw::telemetry::{Metric, NoStats, StatsSink};
@@ -42,22 +42,9 @@ impl HttpStream for Stream {
 
 #[test]
 fn running_out_of_instance_slots_is_a_counted_refusal() {
-    let wasm = wat::parse_str(
-        r#"(module (memory (export "memory") 1)
-             (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
-             (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0)))"#,
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let key = PrivateKey::generate();
-    let public = dir.path().join("k.pub");
-    std::fs::write(&public, key.public_key_pem()).unwrap();
-    let cwasm = engine::compile_engine(Target::host()).unwrap().precompile_module(&wasm).unwrap();
-    let module = dir.path().join("m.cwasm");
-    std::fs::write(&module, &cwasm).unwrap();
-    std::fs::write(dir.path().join("m.cwasm.sig"), key.sign(&cwasm)).unwrap();
+    let guest = common::pass_through_guest(1);
     let config = Config {
-        trusted_keys: vec![public],
+        trusted_keys: vec![guest.public.clone()],
         tenant_from: TenantSource::Header("x-tenant-id".into()),
         unknown_tenant: Policy::Deny,
         on_error: Policy::Deny,
@@ -66,16 +53,7 @@ fn running_out_of_instance_slots_is_a_counted_refusal() {
         max_live_instances: 3,
         crash_loop: DEFAULT_CRASH_LOOP,
         snapshots: None,
-        tenants: vec![TenantConfig {
-            id: TenantId::try_from("t").unwrap(),
-            module: module.clone(),
-            signature: dir.path().join("m.cwasm.sig"),
-            plugin_config: Vec::new(),
-            vm_config: Vec::new(),
-            root_id: String::new(),
-            instances: InstancePolicy::DEFAULT,
-            snapshot_source: None,
-        }],
+        tenants: vec![guest.tenant("t", Vec::new(), InstancePolicy::DEFAULT)],
     };
     let config = Arc::new(FilterConfig::load("slots", &config, &mut NoStats).unwrap());
     // Three streams in flight hold the three slots; the fourth finds none.
