@@ -101,6 +101,12 @@ fn run(command: Command) -> Result<()> {
         Command::Sign { key, file, output } => {
             let key = PrivateKey::load(&key)?;
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            // A .wasm is checked before it is signed; a .cwasm's exports are native code that is
+            // never loaded unverified (it came from `thaw compile`, which checks; loading refuses
+            // a module without an ABI version too).
+            if artifact::classify(&bytes).ok() == Some(ArtifactKind::Wasm) {
+                artifact::declared_abi(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            }
             write_atomically(&output, key.sign(&bytes).as_bytes())?;
             eprintln!("signed {} ({}) -> {}", file.display(), ArtifactDigest::of(&bytes), output.display());
             Ok(())
@@ -164,6 +170,7 @@ fn compile(input: &Path, output: &Path, target: Option<&str>) -> Result<()> {
     if artifact::classify(&wasm).ok() != Some(ArtifactKind::Wasm) {
         bail!("{} is not a Wasm binary module", input.display());
     }
+    artifact::declared_abi(&wasm).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
     let engine = engine::compile_engine(target)?;
     let cwasm = engine.precompile_module(&wasm).with_context(|| format!("compiling {}", input.display()))?;
     write_atomically(output, &cwasm)?;

@@ -12,6 +12,7 @@ use crate::snapshot::{self, Binding, Refusal, SealKey};
 use crate::engine;
 use crate::log_at;
 use crate::pool;
+use crate::proxy_wasm::abi::AbiVersion;
 use crate::proxy_wasm::{host, Action, Effect, GuestError, GuestInstance, HttpCallback, Linked, Plugin};
 use crate::proxy_wasm::grpc;
 use crate::stream::{CallResponse, Direction, HeaderKind, HttpStream, LocalReply};
@@ -259,14 +260,59 @@ fn resume_or_snapshot(
     Plugin::resumed(engine, tenant, module, artifact.digest(), host).map(Some)
 }
 
-/// What Envoy should do with the stream after a hook.
+/// What Envoy should do with the stream after a hook. Each variant names the Envoy filter status it
+/// becomes (`envoy::hooks` does the numbering); a variant that does not exist for a phase becomes
+/// that phase's nearest stop, never a continue.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Verdict {
     Continue,
-    /// Stop iterating (headers, trailers), or stop without buffering (body).
+    /// Stop this direction altogether. Headers: StopAllIterationAndWatermark (no body or trailers
+    /// move, not even into this filter, until the stream is continued: what a guest's PAUSE on
+    /// headers becomes in Envoy's host). Body: StopIterationNoBuffer. Trailers: StopIteration.
     Stop,
-    /// Body only: stop and buffer; the guest sees the whole body so far next time.
+    /// Headers: StopAllIterationAndBuffer.
+    StopAllAndBuffer,
+    /// Headers: ContinueAndDontEndStream.
+    ContinueAndDontEndStream,
+    /// Body: StopIterationAndBuffer; the guest sees the whole body so far next time.
     StopAndBuffer,
+    /// Body: StopIterationAndWatermark.
+    StopAndWatermark,
+}
+
+impl Verdict {
+    /// Whether Envoy holds this direction (nothing of it moves on until it is continued).
+    pub fn holds(self) -> bool {
+        !matches!(self, Verdict::Continue | Verdict::ContinueAndDontEndStream)
+    }
+}
+
+/// The status Envoy's Wasm host (proxy-wasm-cpp-host, `convertVmCallResultToFilter*Status`) makes of
+/// what a guest's stream callback returned: a local reply sent during the callback stops the
+/// stream; a headers PAUSE stops everything (body and trailers too) until the guest continues;
+/// values beyond a phase's range are that phase's strongest stop; the rest pass through.
+pub fn verdict_for(callback: HttpCallback, action: Action, replied: bool, abi: AbiVersion) -> Verdict {
+    use HttpCallback as H;
+    match callback {
+        H::RequestHeaders | H::ResponseHeaders => match action.0 {
+            _ if replied => Verdict::Stop,
+            0 => Verdict::Continue,
+            2 => Verdict::ContinueAndDontEndStream,
+            3 if abi != AbiVersion::V0_1_0 => Verdict::StopAllAndBuffer,
+            _ => Verdict::Stop,
+        },
+        H::RequestBody | H::ResponseBody => match action.0 {
+            _ if replied => Verdict::Stop,
+            0 => Verdict::Continue,
+            1 => Verdict::StopAndBuffer,
+            2 => Verdict::StopAndWatermark,
+            _ => Verdict::Stop,
+        },
+        H::RequestTrailers | H::ResponseTrailers => match action.0 {
+            0 if !replied => Verdict::Continue,
+            _ => Verdict::Stop,
+        },
+    }
 }
 
 struct ActiveGuest {
@@ -276,23 +322,85 @@ struct ActiveGuest {
     context: u32,
 }
 
+/// Something that re-enters Envoy, done after the hook's borrow of the stream state is released
+/// (`envoy::hooks`), so that Envoy's synchronous re-entry (a reply's response hooks, a resumed
+/// body) reaches thaw's hooks and the guest instead of a "busy" answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deferred {
+    /// Encode this whole response from the filter (it passes the filter's own response hooks).
+    Respond { headers: Vec<crate::stream::HeaderPair>, body: Vec<u8> },
+    /// Envoy's local reply.
+    LocalReply(LocalReply),
+    /// Resume a direction the filter stopped.
+    Continue(Direction),
+    /// Reset the stream (`proxy_close_stream`).
+    Reset,
+}
+
+/// Performs what a hook deferred, in order.
+pub fn perform<S: HttpStream>(deferred: Vec<Deferred>, stream: &mut S) {
+    for action in deferred {
+        match action {
+            Deferred::Respond { headers, body } => stream.send_response(&headers, &body),
+            Deferred::LocalReply(reply) => stream.send_local_reply(&reply),
+            Deferred::Continue(direction) => stream.continue_stream(direction),
+            Deferred::Reset => {
+                if !stream.reset() {
+                    log_at!(Warn, "thaw: proxy_close_stream: this Envoy cannot reset streams from a module; replying 503");
+                    stream.send_local_reply(&LocalReply::text(503, "thaw: stream closed by the filter\n", "thaw_closed"));
+                }
+            }
+        }
+    }
+}
+
 /// The state of one HTTP stream.
 pub struct StreamFilter {
     config: Arc<FilterConfig>,
     active: Option<ActiveGuest>,
-    /// A local reply was sent: the guest sees nothing of the response.
+    /// A reply was sent (by the guest or by thaw): the request never moves on after it.
     replied: bool,
+    /// The reply is the guest's own and was encoded through this filter: the guest's response
+    /// callbacks run on it, as in Envoy's Wasm filter.
+    guest_sees_reply: bool,
+    /// The request is gRPC (`content-type: application/grpc...`): replies are gRPC replies.
+    grpc_request: bool,
+    /// The response headers reached this filter (a reply now replaces a response in flight).
+    response_started: bool,
     /// The last body verdict per direction was StopAndBuffer: Envoy holds the body so far.
     buffering: [bool; 2],
     /// gRPC calls in flight, by Envoy call-stream id.
     grpc_calls: HashMap<u64, grpc::CallState>,
+    /// What re-enters Envoy, for the hook to perform once it released the stream state.
+    deferred: Vec<Deferred>,
 }
 
 pub use crate::proxy_wasm::grpc::CallStreamEvent;
 
 impl StreamFilter {
     pub fn new(config: Arc<FilterConfig>) -> StreamFilter {
-        StreamFilter { config, active: None, replied: false, buffering: [false; 2], grpc_calls: HashMap::new() }
+        StreamFilter {
+            config,
+            active: None,
+            replied: false,
+            guest_sees_reply: false,
+            grpc_request: false,
+            response_started: false,
+            buffering: [false; 2],
+            grpc_calls: HashMap::new(),
+            deferred: Vec::new(),
+        }
+    }
+
+    /// What the last calls deferred; the caller performs it (`perform`) once it no longer holds
+    /// this filter.
+    pub fn take_deferred(&mut self) -> Vec<Deferred> {
+        std::mem::take(&mut self.deferred)
+    }
+
+    /// Takes and performs what was deferred (for callers that cannot be re-entered, e.g. tests).
+    pub fn flush<S: HttpStream>(&mut self, stream: &mut S) {
+        perform(self.take_deferred(), stream);
     }
 
     /// Whether Envoy holds earlier body data of `direction` because the guest paused on it.
@@ -311,9 +419,21 @@ impl StreamFilter {
         self.config.tenants.contains_key(&tenant).then_some(tenant)
     }
 
-    fn reply<S: HttpStream>(&mut self, stream: &mut S, reply: &LocalReply) -> Verdict {
+    /// Queues a reply (the first one wins). Before the response started, and where this Envoy can,
+    /// it is encoded through this filter so the guest's response callbacks see it (`from_guest`);
+    /// otherwise it is Envoy's local reply. Either way a gRPC request gets the reply's gRPC status.
+    fn reply<S: HttpStream>(&mut self, stream: &S, reply: &LocalReply, from_guest: bool) -> Verdict {
+        if self.replied {
+            return Verdict::Stop;
+        }
         self.replied = true;
-        stream.send_local_reply(reply);
+        if !self.response_started && stream.can_send_response() {
+            let (headers, body) = reply.as_response(self.grpc_request);
+            self.guest_sees_reply = from_guest && self.active.is_some();
+            self.deferred.push(Deferred::Respond { headers, body });
+        } else {
+            self.deferred.push(Deferred::LocalReply(reply.for_envoy(self.grpc_request)));
+        }
         Verdict::Stop
     }
 
@@ -340,30 +460,31 @@ impl StreamFilter {
     fn deny_or_allow<S: HttpStream>(&mut self, stream: &mut S) -> Verdict {
         match self.config.on_error {
             Policy::Allow => Verdict::Continue,
-            Policy::Deny => self.reply(
-                stream,
-                &LocalReply::text(503, "thaw: the tenant's filter failed; request denied\n", "thaw_guest_failure"),
-            ),
+            Policy::Deny => {
+                self.reply(stream, &LocalReply::text(503, "thaw: the tenant's filter failed; request denied\n", "thaw_guest_failure"), false)
+            }
         }
     }
 
-    /// Performs what the guest asked for during a callback of `direction`, and returns the
-    /// verdict: the guest's own (`verdict`), unless it replied locally (Stop) or resumed this
-    /// very direction (Continue).
-    /// `direction` is that of the stream callback running now (`None` outside stream callbacks,
-    /// e.g. an HTTP call response, where resuming means asking Envoy to continue).
-    fn apply_effects<S: HttpStream>(&mut self, stream: &mut S, direction: Option<Direction>, effects: Vec<Effect>, mut verdict: Verdict) -> Verdict {
+    /// Performs (or defers) what the guest asked for during a callback. `running` is the
+    /// direction of the stream callback running now (`None` outside stream callbacks, e.g. an
+    /// HTTP call response, where resuming means asking Envoy to continue). Returns whether the
+    /// guest resumed `running` itself.
+    fn apply_effects<S: HttpStream>(&mut self, stream: &S, running: Option<Direction>, effects: Vec<Effect>) -> bool {
+        let mut resumed_running = false;
         for effect in effects {
             match effect {
-                Effect::LocalReply(reply) if !self.replied => verdict = self.reply(stream, &reply),
-                Effect::LocalReply(_) => {}
-                Effect::Continue(d) if Some(d) == direction && !self.replied => verdict = Verdict::Continue,
-                Effect::Continue(_) if self.replied => {}
+                Effect::LocalReply(reply) => {
+                    self.reply(stream, &reply, true);
+                }
+                // Nothing of a replied request moves on; a replied response may (it is the reply).
+                Effect::Continue(Direction::Request) if self.replied => {}
+                Effect::Continue(d) if Some(d) == running => resumed_running = true,
                 Effect::Continue(d) => {
                     if let Some(active) = self.active.as_mut() {
                         active.instance.set_headers_held(d, false);
                     }
-                    stream.continue_stream(d);
+                    self.deferred.push(Deferred::Continue(d));
                 }
                 Effect::GrpcStarted { id, stream: streaming } => {
                     self.grpc_calls.insert(id, grpc::CallState { streaming, ..Default::default() });
@@ -372,39 +493,51 @@ impl StreamFilter {
                     self.grpc_calls.remove(&id);
                 }
                 Effect::Close => {
-                    if !stream.reset() {
-                        log_at!(Warn, "thaw: proxy_close_stream: this Envoy cannot reset streams from a module; replying 503");
-                        verdict = self.reply(stream, &LocalReply::text(503, "thaw: stream closed by the filter\n", "thaw_closed"));
-                    }
+                    self.replied = true;
+                    self.deferred.push(Deferred::Reset);
                 }
             }
         }
-        verdict
+        resumed_running
     }
 
     /// Runs one guest HTTP callback on the active instance and turns the outcome into a verdict.
     fn run<S: HttpStream + Clone + 'static>(&mut self, mut stream: S, callback: HttpCallback, count: usize, end_of_stream: bool) -> Verdict {
+        let direction = match callback {
+            HttpCallback::RequestHeaders | HttpCallback::RequestBody | HttpCallback::RequestTrailers => Direction::Request,
+            _ => Direction::Response,
+        };
         if self.replied {
-            return Verdict::Continue;
+            // A replied request never moves on. The response is the reply: it passes, through
+            // the guest's response callbacks if the reply was the guest's own.
+            if direction == Direction::Request {
+                return verdict_for(callback, Action::PAUSE, true, AbiVersion::V0_2_1);
+            }
+            if !self.guest_sees_reply {
+                return Verdict::Continue;
+            }
         }
         let Some(active) = self.active.as_mut() else { return Verdict::Continue };
+        let abi = active.instance.abi();
         let result = active.instance.on_http(callback, Box::new(stream.clone()), active.context, count, end_of_stream);
         let effects = active.instance.take_effects();
         let tenant = active.tenant.clone();
-        let (direction, paused) = match callback {
-            HttpCallback::RequestHeaders | HttpCallback::RequestTrailers => (Direction::Request, Verdict::Stop),
-            HttpCallback::RequestBody => (Direction::Request, Verdict::StopAndBuffer),
-            HttpCallback::ResponseHeaders | HttpCallback::ResponseTrailers => (Direction::Response, Verdict::Stop),
-            HttpCallback::ResponseBody => (Direction::Response, Verdict::StopAndBuffer),
-        };
         match result {
             Err(e) => self.guest_failed(&mut stream, &tenant, &e),
             Ok(action) => {
-                let verdict = if action == Action::Pause { paused } else { Verdict::Continue };
-                let verdict = self.apply_effects(&mut stream, Some(direction), effects, verdict);
+                let replied_before = self.replied;
+                let resumed = self.apply_effects(&stream, Some(direction), effects);
+                let replied_now = self.replied && !replied_before;
+                let mut verdict = verdict_for(callback, action, replied_now, abi);
+                if resumed && !replied_now {
+                    verdict = Verdict::Continue;
+                }
+                if self.replied && direction == Direction::Request {
+                    verdict = verdict_for(callback, Action::PAUSE, true, abi);
+                }
                 if matches!(callback, HttpCallback::RequestHeaders | HttpCallback::ResponseHeaders) {
                     if let Some(active) = self.active.as_mut() {
-                        active.instance.set_headers_held(direction, verdict != Verdict::Continue);
+                        active.instance.set_headers_held(direction, verdict.holds());
                     }
                 }
                 verdict
@@ -415,51 +548,61 @@ impl StreamFilter {
     /// An event of a call stream a gRPC call or stream started (see `grpc::advance`).
     pub fn on_call_stream<S: HttpStream + Clone + 'static>(&mut self, stream: S, id: u64, event: CallStreamEvent) {
         let Some(state) = self.grpc_calls.get_mut(&id) else { return };
-        let Ok(token) = u32::try_from(id) else { return };
         let (deliveries, finished) = grpc::advance(state, event);
         if finished {
             self.grpc_calls.remove(&id);
         }
         for delivery in deliveries {
-            self.deliver(stream.clone(), |instance, s| instance.on_grpc(Some(s), None, token, delivery));
+            self.deliver(stream.clone(), |instance, s| instance.on_grpc(Some(s), None, id, delivery));
         }
     }
 
     /// Runs a guest callback that is not one of the stream's own (a call's or a gRPC stream's
-    /// event) and performs its effects; a failure answers per `on_error`.
+    /// event) and performs its effects; a failure answers per `on_error` (and, failing open,
+    /// resumes what the guest was holding).
     fn deliver<S: HttpStream + Clone + 'static>(
         &mut self,
         mut stream: S,
         call: impl FnOnce(&mut GuestInstance, Box<dyn HttpStream>) -> Result<(), GuestError>,
     ) {
-        if self.replied {
+        if self.replied && !self.guest_sees_reply {
             return;
         }
         let Some(active) = self.active.as_mut() else { return };
+        let held = active.instance.held_headers();
         let result = call(&mut active.instance, Box::new(stream.clone()));
         let effects = active.instance.take_effects();
         let tenant = active.tenant.clone();
         match result {
             Err(e) => {
-                self.guest_failed(&mut stream, &tenant, &e);
+                if self.guest_failed(&mut stream, &tenant, &e) == Verdict::Continue {
+                    for d in [Direction::Request, Direction::Response] {
+                        if held[d as usize] {
+                            self.deferred.push(Deferred::Continue(d));
+                        }
+                    }
+                }
             }
             Ok(()) => {
-                self.apply_effects(&mut stream, None, effects, Verdict::Continue);
+                self.apply_effects(&stream, None, effects);
             }
         }
     }
 
     /// The response (or failure: `None`) of an HTTP call the guest started with `proxy_http_call`.
     pub fn on_http_call_response<S: HttpStream + Clone + 'static>(&mut self, stream: S, callout_id: u64, response: Option<CallResponse>) {
-        let Ok(token) = u32::try_from(callout_id) else { return };
-        self.deliver(stream, |instance, s| instance.on_http_call_response(Some(s), None, token, response));
+        self.deliver(stream, |instance, s| instance.on_http_call_response(Some(s), None, callout_id, response));
     }
 
     pub fn on_request_headers<S: HttpStream + Clone + 'static>(&mut self, mut stream: S, end_of_stream: bool) -> Verdict {
+        self.grpc_request = stream
+            .header_values(HeaderKind::RequestHeaders, b"content-type")
+            .and_then(|v| v.into_iter().next())
+            .is_some_and(|v| crate::stream::is_grpc_content_type(&v));
         let Some(tenant) = self.resolve_tenant(&stream) else {
             return match self.config.unknown_tenant {
                 Policy::Allow => Verdict::Continue,
-                Policy::Deny => self.reply(&mut stream, &LocalReply::text(403, "thaw: unknown tenant\n", "thaw_unknown_tenant")),
+                Policy::Deny => self.reply(&stream, &LocalReply::text(403, "thaw: unknown tenant\n", "thaw_unknown_tenant"), false),
             };
         };
         let config = Arc::clone(&self.config);
@@ -504,12 +647,14 @@ impl StreamFilter {
     }
 
     pub fn on_response_headers<S: HttpStream + Clone + 'static>(&mut self, stream: S, end_of_stream: bool) -> Verdict {
+        self.response_started = true;
         let count = stream.header_count(HeaderKind::ResponseHeaders);
         self.run(stream, HttpCallback::ResponseHeaders, count, end_of_stream)
     }
 
     /// The stream is done: end the guest's context; the instance goes back to the pool (pooled)
-    /// or is dropped (per_request).
+    /// or is dropped (per_request). Calls still out are forgotten (Envoy cancels them with the
+    /// stream), so a pooled instance never hears of them again.
     pub fn on_stream_complete<S: HttpStream + Clone + 'static>(&mut self, mut stream: S) {
         let Some(mut active) = self.active.take() else { return };
         match active.instance.finish_http_context(Some(Box::new(stream.clone())), active.context) {

@@ -128,14 +128,12 @@ impl RootContexts {
     /// The response of an HTTP call a root instance started (main thread); `None`: it failed.
     pub fn on_http_call_response(&self, callout_id: u64, response: Option<CallResponse>, stats: &mut dyn StatsSink, host: Box<dyn RootHost>) {
         let Some(index) = self.pending_calls.borrow_mut().remove(&callout_id) else { return };
-        let Ok(token) = u32::try_from(callout_id) else { return };
-        self.with_root(index, stats, host, |instance, host| instance.on_http_call_response(None, Some(host), token, response));
+        self.with_root(index, stats, host, |instance, host| instance.on_http_call_response(None, Some(host), callout_id, response));
     }
 
     /// An event of a call stream a root instance's gRPC call or stream started (main thread).
     /// `host` makes what each delivery may ask of Envoy.
     pub fn on_call_stream(&self, id: u64, event: grpc::CallStreamEvent, stats: &mut dyn StatsSink, host: &dyn Fn() -> Box<dyn RootHost>) {
-        let Ok(token) = u32::try_from(id) else { return };
         let (index, deliveries) = {
             let mut pending = self.pending_grpc.borrow_mut();
             let Some((index, state)) = pending.get_mut(&id) else { return };
@@ -147,7 +145,7 @@ impl RootContexts {
             (index, deliveries)
         };
         for delivery in deliveries {
-            self.with_root(index, stats, host(), |instance, h| instance.on_grpc(None, Some(h), token, delivery));
+            self.with_root(index, stats, host(), |instance, h| instance.on_grpc(None, Some(h), id, delivery));
         }
     }
 

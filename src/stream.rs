@@ -94,6 +94,8 @@ pub struct LocalReply {
     pub body: Vec<u8>,
     /// Envoy's response code details (shows in access logs as `%RESPONSE_CODE_DETAILS%`).
     pub details: Vec<u8>,
+    /// The gRPC status a gRPC client sees (`None`: derived from `status`, as Envoy does).
+    pub grpc_status: Option<u32>,
 }
 
 /// An Envoy stream is also where the request's metrics are recorded.
@@ -110,7 +112,18 @@ pub trait HttpStream: crate::telemetry::StatsSink {
     fn set_header(&mut self, kind: HeaderKind, key: &[u8], value: Option<&[u8]>) -> bool;
     /// Adds a value to `key`, keeping existing ones.
     fn add_header(&mut self, kind: HeaderKind, key: &[u8], value: &[u8]) -> bool;
+    /// Envoy's local reply (`sendLocalReply`): Envoy skips this filter's response hooks for it.
+    /// For a gRPC request Envoy's dynamic-module ABI always passes gRPC status 0 (OK): callers
+    /// put the real one in a `grpc-status` header (`LocalReply::for_envoy`).
     fn send_local_reply(&mut self, reply: &LocalReply);
+    /// Whether `send_response` works here (Envoy exports the callbacks to encode a response).
+    fn can_send_response(&self) -> bool {
+        false
+    }
+    /// Encodes a whole response from this filter (headers with `:status`, then the body, if any):
+    /// unlike a local reply it passes this filter's own response hooks, as a proxy-wasm guest's
+    /// local reply does in Envoy's Wasm filter.
+    fn send_response(&mut self, _headers: &[HeaderPair], _body: &[u8]) {}
     /// The tenant named by the matched route's per-route config, if any.
     fn route_tenant(&self) -> Option<TenantId>;
 
@@ -166,11 +179,89 @@ impl LocalReply {
             headers: vec![(b"content-type".to_vec(), b"text/plain".to_vec())],
             body: body.as_bytes().to_vec(),
             details: details.as_bytes().to_vec(),
+            grpc_status: None,
         }
+    }
+
+    /// The gRPC status a gRPC client gets: the reply's own, or the one Envoy derives from the HTTP
+    /// status (`Grpc::Utility::httpToGrpcStatus`).
+    pub fn effective_grpc_status(&self) -> u32 {
+        self.grpc_status.unwrap_or(match self.status {
+            400 => 13, // INTERNAL
+            401 => 16, // UNAUTHENTICATED
+            403 => 7,  // PERMISSION_DENIED
+            404 => 12, // UNIMPLEMENTED
+            429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+            _ => 2,    // UNKNOWN
+        })
+    }
+
+    /// The reply as Envoy's `sendLocalReply` would encode it, for `send_response`: the guest's
+    /// headers, then `:status`; a body with `content-type: text/plain` unless the guest set one.
+    /// For a gRPC request (`grpc`), a trailers-only response: HTTP 200, `application/grpc`, the
+    /// gRPC status and the body (percent-encoded, without a final newline) as `grpc-message`.
+    pub fn as_response(&self, grpc: bool) -> (Vec<HeaderPair>, Vec<u8>) {
+        let mut headers: Vec<HeaderPair> = self.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
+        let set = |headers: &mut Vec<HeaderPair>, key: &[u8], value: Vec<u8>| {
+            headers.retain(|(k, _)| k != key);
+            headers.push((key.to_vec(), value));
+        };
+        if grpc {
+            set(&mut headers, b":status", b"200".to_vec());
+            set(&mut headers, b"content-type", b"application/grpc".to_vec());
+            if !headers.iter().any(|(k, _)| k == b"grpc-status") {
+                headers.push((b"grpc-status".to_vec(), self.effective_grpc_status().to_string().into_bytes()));
+            }
+            let message = self.body.strip_suffix(b"\n").unwrap_or(&self.body);
+            if !message.is_empty() {
+                set(&mut headers, b"grpc-message", percent_encode(message));
+            }
+            headers.retain(|(k, _)| k != b"content-length");
+            return (headers, Vec::new());
+        }
+        set(&mut headers, b":status", self.status.to_string().into_bytes());
+        if !self.body.is_empty() {
+            set(&mut headers, b"content-length", self.body.len().to_string().into_bytes());
+            if !headers.iter().any(|(k, _)| k == b"content-type") {
+                headers.push((b"content-type".to_vec(), b"text/plain".to_vec()));
+            }
+        }
+        (headers, self.body.clone())
+    }
+
+    /// The reply for Envoy's `sendLocalReply`: for a gRPC request, its gRPC status as a header
+    /// (Envoy keeps a `grpc-status` the filter set, and otherwise writes the 0 the ABI passes).
+    pub fn for_envoy(&self, grpc: bool) -> LocalReply {
+        let mut reply = self.clone();
+        if grpc && !reply.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(b"grpc-status")) {
+            reply.headers.push((b"grpc-status".to_vec(), self.effective_grpc_status().to_string().into_bytes()));
+        }
+        reply
     }
 
     /// What a request gets when thaw itself fails (a host bug), always fail-closed.
     pub fn internal_error() -> LocalReply {
         LocalReply::text(503, "thaw: internal error; request denied\n", "thaw_internal_error")
     }
+}
+
+/// Percent-encodes a `grpc-message` as gRPC (and Envoy's `PercentEncoding::encode`) do: bytes
+/// outside printable ASCII, and `%`, become `%XX`.
+fn percent_encode(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len());
+    for &b in message {
+        if (b' '..=b'~').contains(&b) && b != b'%' {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out
+}
+
+/// Whether request headers make a gRPC request (Envoy's `Grpc::Common::isGrpcRequestHeaders`:
+/// `content-type` is `application/grpc`, optionally with a `+suffix` or `;parameters`).
+pub fn is_grpc_content_type(content_type: &[u8]) -> bool {
+    let Some(rest) = content_type.strip_prefix(b"application/grpc") else { return false };
+    rest.is_empty() || rest[0] == b'+' || rest[0] == b';'
 }

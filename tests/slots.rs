@@ -66,6 +66,7 @@ fn running_out_of_instance_slots_is_a_counted_refusal() {
     }
     let mut fourth = StreamFilter::new(Arc::clone(&config));
     assert_eq!(fourth.on_request_headers(stream.clone(), true), Verdict::Stop);
+    fourth.flush(&mut stream.clone());
     assert_eq!(stream.0.borrow().1, vec![503]);
     assert!(stream.0.borrow().0.contains(&Metric::InstanceRefused));
     // Slots come back when streams end: the next request is served.

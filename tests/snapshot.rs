@@ -136,6 +136,7 @@ fn ask(config: &Arc<FilterConfig>, tenant: &str) -> String {
     stream.0.borrow_mut().2 = vec![(b"x-tenant-id".to_vec(), tenant.as_bytes().to_vec())];
     let mut filter = StreamFilter::new(Arc::clone(config));
     filter.on_request_headers(stream.clone(), true);
+    filter.flush(&mut stream.clone());
     filter.on_stream_complete(stream.clone());
     let replies = stream.0.borrow().1.clone();
     assert_eq!(replies.len(), 1, "tenant {tenant}: {replies:?}");
@@ -254,7 +255,7 @@ fn a_forbidden_hostcall_during_init_falls_back_to_per_worker_init() {
     let wasm = wat::parse_str(
         r#"(module
           (import "env" "proxy_send_local_response" (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
-          (memory (export "memory") 1)
+          (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1"))
           (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
           (func (export "proxy_on_configure") (param i32 i32) (result i32)
             (drop (call $reply (i32.const 200) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)))

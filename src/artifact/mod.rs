@@ -105,6 +105,29 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The proxy-wasm ABI version a `.wasm` declares (an exported function named
+/// `proxy_abi_version_<x>_<y>_<z>`), read from its export section without compiling it. A module
+/// that declares none is refused with Envoy's own words: Envoy's Wasm filter will not run it.
+pub fn declared_abi(wasm: &[u8]) -> Result<crate::proxy_wasm::abi::AbiVersion, String> {
+    use crate::proxy_wasm::abi::{AbiVersion, MISSING_ABI_VERSION};
+    let mut functions = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        match payload.map_err(|e| format!("not a valid Wasm module: {e}"))? {
+            wasmparser::Payload::ExportSection(exports) => {
+                for export in exports {
+                    let export = export.map_err(|e| format!("not a valid Wasm module: {e}"))?;
+                    if export.kind == wasmparser::ExternalKind::Func {
+                        functions.push(export.name);
+                    }
+                }
+            }
+            wasmparser::Payload::CodeSectionStart { .. } => break,
+            _ => {}
+        }
+    }
+    AbiVersion::declared(functions.into_iter()).ok_or_else(|| MISSING_ABI_VERSION.to_string())
+}
+
 pub fn classify(bytes: &[u8]) -> Result<ArtifactKind, String> {
     if bytes.starts_with(b"\0asm") {
         return Ok(ArtifactKind::Wasm);

@@ -68,12 +68,15 @@ pub const METRICS_SUCCESS: u32 = 0;
 
 pub mod headers_status {
     pub const CONTINUE: u32 = 0;
-    pub const STOP_ITERATION: u32 = 1;
+    pub const CONTINUE_AND_DONT_END_STREAM: u32 = 2;
+    pub const STOP_ALL_ITERATION_AND_BUFFER: u32 = 3;
+    pub const STOP_ALL_ITERATION_AND_WATERMARK: u32 = 4;
 }
 
 pub mod body_status {
     pub const CONTINUE: u32 = 0;
     pub const STOP_ITERATION_AND_BUFFER: u32 = 1;
+    pub const STOP_ITERATION_AND_WATERMARK: u32 = 2;
     pub const STOP_ITERATION_NO_BUFFER: u32 = 3;
 }
 
@@ -192,5 +195,11 @@ callbacks! {
     http_filter_config_start_http_stream: fn(ConfigEnvoyPtr, *mut u64, ModuleBuffer, *mut HttpHeader, usize, ModuleBuffer, bool, u64) -> u32;
     http_filter_config_stream_send_data: fn(ConfigEnvoyPtr, u64, ModuleBuffer, bool) -> bool;
     http_filter_config_reset_http_stream: fn(ConfigEnvoyPtr, u64);
+    http_send_response_headers: fn(FilterEnvoyPtr, *mut HttpHeader, usize, bool);
+    http_send_response_data: fn(FilterEnvoyPtr, ModuleBuffer, bool);
+    http_get_metadata_string: fn(FilterEnvoyPtr, u32, ModuleBuffer, ModuleBuffer, *mut EnvoyBuffer) -> bool;
+    http_get_metadata_number: fn(FilterEnvoyPtr, u32, ModuleBuffer, ModuleBuffer, *mut f64) -> bool;
+    http_get_metadata_bool: fn(FilterEnvoyPtr, u32, ModuleBuffer, ModuleBuffer, *mut bool) -> bool;
+    http_get_filter_state_bytes: fn(FilterEnvoyPtr, ModuleBuffer, *mut EnvoyBuffer) -> bool;
   }
 }

@@ -167,7 +167,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(fm: FilterModulePt
 }
 
 /// Runs a stream hook with the stream's state and a handle to the Envoy stream. Panics fail closed
-/// with a 503 local reply; a re-entrant call (state busy) gets `busy`.
+/// with a 503 local reply; a re-entrant call (state busy) gets `busy`. What the filter deferred
+/// (replies, resumes, resets: they re-enter Envoy, which may call thaw's hooks back at once) is
+/// performed after the state is released, before the hook returns.
 fn with_stream<R>(
     hook: &'static str,
     fe: FilterEnvoyPtr,
@@ -189,38 +191,50 @@ fn with_stream<R>(
             fail
         },
         || {
-            match state.filter.try_borrow_mut() {
-                Ok(mut filter) => f(&mut filter, stream),
-                Err(_) => busy,
-            }
+            let (result, deferred) = match state.filter.try_borrow_mut() {
+                Ok(mut filter) => {
+                    let result = f(&mut filter, stream);
+                    (result, filter.take_deferred())
+                }
+                Err(_) => return busy,
+            };
+            let mut stream = stream;
+            crate::filter::perform(deferred, &mut stream);
+            result
         },
     )
 }
 
+/// Envoy's status numbers for a verdict, per phase (`Verdict` documents the mapping).
 fn headers_status(v: Verdict) -> u32 {
+    use abi::headers_status::*;
     match v {
-        Verdict::Continue => abi::headers_status::CONTINUE,
-        Verdict::Stop | Verdict::StopAndBuffer => abi::headers_status::STOP_ITERATION,
+        Verdict::Continue => CONTINUE,
+        Verdict::ContinueAndDontEndStream => CONTINUE_AND_DONT_END_STREAM,
+        Verdict::StopAllAndBuffer => STOP_ALL_ITERATION_AND_BUFFER,
+        Verdict::Stop | Verdict::StopAndBuffer | Verdict::StopAndWatermark => STOP_ALL_ITERATION_AND_WATERMARK,
     }
 }
 
 fn body_status(v: Verdict) -> u32 {
+    use abi::body_status::*;
     match v {
-        Verdict::Continue => abi::body_status::CONTINUE,
-        Verdict::StopAndBuffer => abi::body_status::STOP_ITERATION_AND_BUFFER,
-        Verdict::Stop => abi::body_status::STOP_ITERATION_NO_BUFFER,
+        Verdict::Continue | Verdict::ContinueAndDontEndStream => CONTINUE,
+        Verdict::StopAndBuffer => STOP_ITERATION_AND_BUFFER,
+        Verdict::StopAndWatermark => STOP_ITERATION_AND_WATERMARK,
+        Verdict::Stop | Verdict::StopAllAndBuffer => STOP_ITERATION_NO_BUFFER,
     }
 }
 
 fn trailers_status(v: Verdict) -> u32 {
     match v {
-        Verdict::Continue => abi::trailers_status::CONTINUE,
-        Verdict::Stop | Verdict::StopAndBuffer => abi::trailers_status::STOP_ITERATION,
+        Verdict::Continue | Verdict::ContinueAndDontEndStream => abi::trailers_status::CONTINUE,
+        _ => abi::trailers_status::STOP_ITERATION,
     }
 }
 
 const CONTINUE: u32 = abi::headers_status::CONTINUE;
-const STOP: u32 = abi::headers_status::STOP_ITERATION;
+const STOP: u32 = abi::headers_status::STOP_ALL_ITERATION_AND_WATERMARK;
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(fe: FilterEnvoyPtr, fm: FilterModulePtr, end_of_stream: bool) -> u32 {

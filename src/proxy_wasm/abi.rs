@@ -22,28 +22,56 @@ pub enum Status {
 pub mod errno {
     pub const SUCCESS: i32 = 0;
     pub const BADF: i32 = 8;
+    pub const NOENT: i32 = 44;
+    pub const NOTSUP: i32 = 58;
     pub const FAULT: i32 = 21;
     pub const INVAL: i32 = 28;
     pub const NOSYS: i32 = 52;
 }
 
-/// `proxy_action_t` returned by stream callbacks.
+/// What a stream callback returned (`proxy_action_t`: CONTINUE 0, PAUSE 1), kept as the raw number:
+/// Envoy's host passes other values through as filter statuses (see `filter::verdict_for`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Action {
-    Continue,
-    Pause,
+pub struct Action(pub u32);
+
+impl Action {
+    pub const CONTINUE: Action = Action(0);
+    pub const PAUSE: Action = Action(1);
 }
 
 impl From<i32> for Action {
     fn from(v: i32) -> Action {
-        // Envoy's host treats anything but PAUSE (1) as CONTINUE; so does thaw.
-        if v == 1 {
-            Action::Pause
-        } else {
-            Action::Continue
-        }
+        Action(v as u32)
     }
 }
+
+/// The proxy-wasm ABI a guest declares by exporting `proxy_abi_version_<x>_<y>_<z>`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AbiVersion {
+    /// 0.1.0: headers callbacks take no `end_of_stream`; StopAllIterationAndBuffer means Watermark.
+    V0_1_0,
+    V0_2_0,
+    V0_2_1,
+}
+
+impl AbiVersion {
+    /// The export names that declare each version, newest first.
+    pub const MARKERS: [(&'static str, AbiVersion); 3] = [
+        ("proxy_abi_version_0_2_1", AbiVersion::V0_2_1),
+        ("proxy_abi_version_0_2_0", AbiVersion::V0_2_0),
+        ("proxy_abi_version_0_1_0", AbiVersion::V0_1_0),
+    ];
+
+    /// The version a module declares, from its export names; `None`: it declares none (Envoy's
+    /// Wasm filter refuses such a module).
+    pub fn declared<'a>(mut exports: impl Iterator<Item = &'a str>) -> Option<AbiVersion> {
+        let names: Vec<&str> = exports.by_ref().collect();
+        AbiVersion::MARKERS.iter().find(|(name, _)| names.contains(name)).map(|(_, v)| *v)
+    }
+}
+
+/// Envoy's words when a module declares no ABI version it knows.
+pub const MISSING_ABI_VERSION: &str = "Missing or unknown Proxy-Wasm ABI version";
 
 /// `proxy_map_type_t`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -123,7 +151,5 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 pub const MAX_LOCAL_REPLY_BODY_BYTES: usize = 1024 * 1024;
 /// Largest `random_get` request (Envoy's host: 64 KiB).
 pub const MAX_RANDOM_GET_BYTES: usize = 64 * 1024;
-/// Most iovecs in one `fd_write`.
-pub const MAX_IOVECS: usize = 1024;
 /// Most table elements an instance may grow to (a bound on indirect-call tables).
 pub const MAX_TABLE_ELEMENTS: usize = 100_000;

@@ -33,6 +33,12 @@ pub enum DecodeError {
     TrailingData,
 }
 
+/// A map a guest sends, read as Envoy's host reads it (`PairsUtil::toPairs`): a malformed,
+/// oversized or overlong map is no map at all (empty), not an error status.
+pub fn decode_lenient(bytes: &[u8]) -> Vec<HeaderPair> {
+    decode(bytes).unwrap_or_default()
+}
+
 pub fn decode(bytes: &[u8]) -> Result<Vec<HeaderPair>, DecodeError> {
     if bytes.len() > MAX_HEADER_MAP_BYTES {
         return Err(DecodeError::TooLarge);

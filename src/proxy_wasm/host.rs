@@ -124,6 +124,60 @@ pub struct HostState {
     /// Request / response headers the filter is holding (their callback paused and the stream
     /// has not been continued): they stay readable and writable, as in Envoy's host.
     pub held_headers: [bool; 2],
+    /// The HTTP and gRPC calls this instance has out, by the token the guest holds.
+    pub calls: Calls,
+    /// The ABI the guest declares (a few answers differ for ABI 0.1.0 guests, as in Envoy).
+    pub abi: super::abi::AbiVersion,
+}
+
+/// The calls an instance has out. Tokens are numbered per instance (Envoy's host numbers them per
+/// VM) and never repeat while the instance lives: a pooled instance whose earlier call was
+/// abandoned (the guest answered without waiting, or its stream ended) never sees that token
+/// again, so an SDK that still remembers it cannot mistake a new call for it.
+#[derive(Default, Debug)]
+pub struct Calls {
+    /// The last token handed out (0: none yet; 0 is never a token).
+    last_token: u32,
+    /// Token -> Envoy's id of the callout or call stream that carries it.
+    by_token: HashMap<u32, u64>,
+}
+
+impl Calls {
+    /// Registers a call Envoy started as `envoy_id`; returns the guest's token for it.
+    pub fn add(&mut self, envoy_id: u64) -> u32 {
+        loop {
+            self.last_token = self.last_token.wrapping_add(1).max(1);
+            if !self.by_token.contains_key(&self.last_token) {
+                break;
+            }
+        }
+        self.by_token.insert(self.last_token, envoy_id);
+        self.last_token
+    }
+
+    /// Envoy's id of the call with `token`, if it is out.
+    pub fn envoy_id(&self, token: u32) -> Option<u64> {
+        self.by_token.get(&token).copied()
+    }
+
+    /// The token of Envoy's call `envoy_id`, if it is out.
+    pub fn token(&self, envoy_id: u64) -> Option<u32> {
+        self.by_token.iter().find(|(_, id)| **id == envoy_id).map(|(t, _)| *t)
+    }
+
+    /// Forgets the call with `token` (answered or cancelled).
+    pub fn remove(&mut self, token: u32) {
+        self.by_token.remove(&token);
+    }
+
+    /// Envoy ids of every call still out, forgetting them all (keeps the token counter).
+    pub fn abandon_all(&mut self) -> Vec<u64> {
+        self.by_token.drain().map(|(_, id)| id).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_token.is_empty()
+    }
 }
 
 /// What the guest is being called for.
@@ -131,6 +185,9 @@ pub struct HostState {
 pub enum Phase {
     /// Init, context creation, `proxy_on_done` / `proxy_on_delete`: no header map is available.
     Other,
+    /// `proxy_on_configure`: no header map either; ABI 0.1.0's `proxy_get_configuration` reads
+    /// the plugin configuration here (the VM configuration elsewhere).
+    Configure,
     /// An HTTP stream callback.
     Http(super::HttpCallback),
     /// `proxy_on_log`: every map of the stream is readable.
@@ -149,7 +206,7 @@ impl Phase {
         use crate::stream::HeaderKind as K;
         match self {
             Phase::Log => true,
-            Phase::Other | Phase::HttpCallResponse | Phase::GrpcResponse => false,
+            Phase::Other | Phase::Configure | Phase::HttpCallResponse | Phase::GrpcResponse => false,
             Phase::Http(cb) => matches!(
                 (cb, kind),
                 (H::RequestHeaders, K::RequestHeaders)
@@ -181,6 +238,8 @@ impl HostState {
             call_response: None,
             grpc_status: None,
             held_headers: [false; 2],
+            calls: Calls::default(),
+            abi: super::abi::AbiVersion::V0_2_1,
         }
     }
 
@@ -193,6 +252,8 @@ impl HostState {
         self.call_response = None;
         self.grpc_status = None;
         self.held_headers = [false; 2];
+        // Calls still out belong to the finished stream: Envoy cancels them with it.
+        self.calls.abandon_all();
     }
 
     /// Whether header map `kind` is available in the current callback.
@@ -203,6 +264,6 @@ impl HostState {
             K::ResponseHeaders => self.held_headers[Direction::Response as usize],
             _ => false,
         };
-        self.phase.has_map(kind) || (held && self.phase != Phase::Other)
+        self.phase.has_map(kind) || (held && !matches!(self.phase, Phase::Other | Phase::Configure))
     }
 }

@@ -102,6 +102,11 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         status(proxy_get_status(c, code_out, ptr_out, len_out))
     })?;
     linker.func_wrap(env, "proxy_done", |_: C| Ok(Status::NotFound as i32))?;
+    // ABI 0.1.0 only (Envoy's host links them for 0.1.0 guests).
+    linker.func_wrap(env, "proxy_get_configuration", |c: C, ptr_out: i32, len_out: i32| status(proxy_get_configuration(c, ptr_out, len_out)))?;
+    linker.func_wrap(env, "proxy_continue_request", |c: C| status(stream_effect(c, 0, false)))?;
+    linker.func_wrap(env, "proxy_continue_response", |c: C| status(stream_effect(c, 1, false)))?;
+    linker.func_wrap(env, "proxy_clear_route_cache", |_: C| Ok(Status::Ok as i32))?;
     linker.func_wrap(
         env,
         "proxy_http_call",
@@ -121,13 +126,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     })?;
     linker.func_wrap(env, "proxy_grpc_send", |c: C, token: i32, mp: i32, ml: i32, end: i32| status(proxy_grpc_send(c, token, mp, ml, end)))?;
     linker.func_wrap(env, "proxy_grpc_close", |c: C, token: i32| status(proxy_grpc_close(c, token)))?;
-    linker.func_wrap(env, "proxy_grpc_cancel", |mut c: C, token: i32| {
-        if !on_call_stream(&mut c, token as u32 as u64, &[], true, true) {
-            return Ok(Status::NotFound as i32);
-        }
-        c.data_mut().effects.push(Effect::GrpcCancelled(token as u32 as u64));
-        Ok(Status::Ok as i32)
-    })?;
+    linker.func_wrap(env, "proxy_grpc_cancel", |c: C, token: i32| status(proxy_grpc_cancel(c, token)))?;
     linker.func_wrap(env, "proxy_get_property", |c: C, pp: i32, pl: i32, ptr_out: i32, len_out: i32| {
         status(proxy_get_property(c, pp, pl, ptr_out, len_out))
     })?;
@@ -152,22 +151,49 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |c: C, np: i32, nl: i32, _ap: i32, _al: i32, _rp: i32, _rl: i32| -> wasmtime::Result<i32> {
             // thaw registers no foreign functions: every name is NOT_FOUND (after checking the name
             // is readable), as Envoy answers for names it does not know.
-            status(memory::read(&c, np, nl, abi::MAX_GUEST_STRING_BYTES).and_then(|_| Err(Status::NotFound.into())))
+            status(memory::read(&c, np, nl).and_then(|_| Err(Status::NotFound.into())))
         },
     )?;
 
-    let w = "wasi_snapshot_preview1";
-    linker.func_wrap(w, "fd_write", |c: C, fd: i32, iovs: i32, n: i32, out: i32| fd_write(c, fd, iovs, n, out))?;
-    linker.func_wrap(w, "clock_time_get", |c: C, id: i32, _precision: i64, out: i32| wasi(clock_time_get(c, id, out)))?;
-    linker.func_wrap(w, "random_get", |c: C, ptr: i32, len: i32| wasi(random_get(c, ptr, len)))?;
-    linker.func_wrap(w, "environ_sizes_get", |c: C, count: i32, size: i32| wasi(zero_sizes(c, count, size)))?;
-    linker.func_wrap(w, "environ_get", |_: C, _: i32, _: i32| Ok(errno::SUCCESS))?;
-    linker.func_wrap(w, "args_sizes_get", |c: C, count: i32, size: i32| wasi(zero_sizes(c, count, size)))?;
-    linker.func_wrap(w, "args_get", |_: C, _: i32, _: i32| Ok(errno::SUCCESS))?;
-    linker.func_wrap(w, "proc_exit", |_: C, code: i32| -> wasmtime::Result<()> {
-        Err(wasmtime::Error::msg(format!("guest called proc_exit({code})")))
-    })?;
+    // Envoy's host serves the same WASI functions under both names: older toolchains (TinyGo,
+    // Emscripten) import `wasi_unstable`, whose signatures for these functions are the same.
+    for w in WASI_MODULES {
+        linker.func_wrap(w, "fd_write", |c: C, fd: i32, iovs: i32, n: i32, out: i32| fd_write(c, fd, iovs, n, out))?;
+        linker.func_wrap(w, "fd_read", |_: C, _: i32, _: i32, _: i32, _: i32| Ok(errno::NOSYS))?;
+        linker.func_wrap(w, "fd_seek", |_: C, _: i32, _: i64, _: i32, _: i32| Ok(errno::SUCCESS))?;
+        linker.func_wrap(w, "fd_close", |_: C, _: i32| Ok(errno::SUCCESS))?;
+        linker.func_wrap(w, "fd_fdstat_get", |c: C, fd: i32, out: i32| fd_fdstat_get(c, fd, out))?;
+        linker.func_wrap(w, "fd_prestat_get", |_: C, _: i32, _: i32| Ok(errno::BADF))?;
+        linker.func_wrap(w, "fd_prestat_dir_name", |_: C, _: i32, _: i32, _: i32| Ok(errno::NOSYS))?;
+        linker.func_wrap(w, "path_open", |_: C, _: i32, _: i32, _: i32, _: i32, _: i32, _: i64, _: i64, _: i32, _: i32| Ok(errno::NOENT))?;
+        linker.func_wrap(w, "clock_time_get", |c: C, id: i32, _precision: i64, out: i32| clock_time_get(c, id, out))?;
+        linker.func_wrap(w, "random_get", |c: C, ptr: i32, len: i32| wasi(random_get(c, ptr, len)))?;
+        linker.func_wrap(w, "environ_sizes_get", |c: C, count: i32, size: i32| wasi(zero_sizes(c, count, size)))?;
+        linker.func_wrap(w, "environ_get", |_: C, _: i32, _: i32| Ok(errno::SUCCESS))?;
+        linker.func_wrap(w, "args_sizes_get", |c: C, count: i32, size: i32| wasi(zero_sizes(c, count, size)))?;
+        linker.func_wrap(w, "args_get", |_: C, _: i32, _: i32| Ok(errno::SUCCESS))?;
+        linker.func_wrap(w, "proc_exit", |_: C, code: i32| -> wasmtime::Result<()> {
+            Err(wasmtime::Error::msg(format!("guest called proc_exit({code})")))
+        })?;
+    }
     Ok(())
+}
+
+/// The module names WASI preview 1 is imported from.
+pub const WASI_MODULES: [&str; 2] = ["wasi_snapshot_preview1", "wasi_unstable"];
+
+/// `fd_fdstat_get` for stdout and stderr (a character device that may be written), as Envoy's
+/// host answers; any other descriptor EBADF.
+fn fd_fdstat_get(mut c: C, fd: i32, out: i32) -> wasmtime::Result<i32> {
+    if fd != 1 && fd != 2 {
+        return Ok(errno::BADF);
+    }
+    // filetype u8 (2: character device), flags u16, rights_base u64 (fd_write = 64), inheriting u64.
+    let mut stat = [0u8; 24];
+    stat[0] = 2;
+    stat[8..16].copy_from_slice(&64u64.to_le_bytes());
+    let _ = memory::write(&mut c, out, &stat);
+    Ok(errno::SUCCESS)
 }
 
 /// Hostcalls a guest's init may make while it is being snapshotted: what leaves no state outside
@@ -179,6 +205,7 @@ pub const SNAPSHOT_INIT_ALLOWLIST: &[&str] = &[
     "proxy_get_current_time_nanoseconds",
     "proxy_get_buffer_bytes",
     "proxy_get_buffer_status",
+    "proxy_get_configuration",
     "proxy_set_effective_context",
     "proxy_set_tick_period_milliseconds",
     "proxy_define_metric",
@@ -216,8 +243,8 @@ pub fn add_stubs_for_unknown_imports(linker: &mut Linker<HostState>, module: &Mo
         };
         let unimplemented = match module_name {
             "env" => Status::Unimplemented as i32,
-            "wasi_snapshot_preview1" => errno::NOSYS,
-            other => return Err(format!("imports {other}.{name}; only `env` and `wasi_snapshot_preview1` are provided")),
+            m if WASI_MODULES.contains(&m) => errno::NOSYS,
+            other => return Err(format!("imports {other}.{name}; only `env`, `wasi_snapshot_preview1` and `wasi_unstable` are provided")),
         };
         let name_owned = format!("{module_name}.{name}");
         let results: Vec<ValType> = ty.results().collect();
@@ -248,7 +275,7 @@ fn log_unimplemented_once(tenant: &str, name: &str) {
 
 fn proxy_log(c: C, level: i32, ptr: i32, len: i32) -> HostResult {
     let level = LogLevel::try_from(level)?;
-    let message = memory::read(&c, ptr, len, abi::MAX_GUEST_STRING_BYTES)?;
+    let message = memory::read(&c, ptr, len)?;
     crate::telemetry::log(level, &format!("wasm [{}]: {}", c.data().tenant, String::from_utf8_lossy(&message)));
     Ok(())
 }
@@ -283,6 +310,13 @@ fn buffer(c: &C, buffer_type: i32) -> HostResult<std::sync::Arc<[u8]>> {
     }
 }
 
+/// ABI 0.1.0's `proxy_get_configuration`: the plugin configuration during `proxy_on_configure`,
+/// the VM configuration otherwise (Envoy's host).
+fn proxy_get_configuration(mut c: C, ptr_out: i32, len_out: i32) -> HostResult {
+    let config = if c.data().phase == super::host::Phase::Configure { c.data().plugin_config.clone() } else { c.data().vm_config.clone() };
+    memory::return_bytes(&mut c, &config, ptr_out, len_out)
+}
+
 fn body(c: &C, direction: Direction) -> HostResult<std::sync::Arc<[u8]>> {
     let stream = c.data().stream.as_ref().ok_or(Status::NotFound)?;
     stream.body(direction).map(Into::into).ok_or_else(|| Status::NotFound.into())
@@ -296,7 +330,7 @@ fn proxy_set_buffer_bytes(mut c: C, t: i32, start: i32, size: i32, ptr: i32, len
         BufferType::HttpResponseBody => Direction::Response,
         _ => return Err(Status::BadArgument.into()),
     };
-    let data = memory::read(&c, ptr, len, abi::MAX_BODY_BYTES)?;
+    let data = memory::read(&c, ptr, len)?;
     let stream = c.data_mut().stream.as_mut().ok_or(Status::NotFound)?;
     let current = stream.body(direction).ok_or(Status::NotFound)?;
     let (start, size) = (start as u32 as usize, size as u32 as usize);
@@ -339,18 +373,18 @@ fn proxy_get_status(mut c: C, code_out: i32, ptr_out: i32, len_out: i32) -> Host
 }
 
 /// `proxy_grpc_call` from an HTTP context: one gRPC message over Envoy's HTTP/2 stream callouts to
-/// the cluster named `upstream`; the token is Envoy's stream id.
+/// the cluster named `upstream`; the token is numbered per instance (`host::Calls`).
 fn proxy_grpc_call(mut c: C, args: [i32; 10], timeout: i32, token_out: i32) -> HostResult {
     let [up, ul, sp, sl, mp, ml, hp, hl, bp, bl] = args;
-    let cluster = memory::read(&c, up, ul, abi::MAX_GUEST_STRING_BYTES)?;
-    let service = memory::read(&c, sp, sl, abi::MAX_GUEST_STRING_BYTES)?;
-    let method = memory::read(&c, mp, ml, abi::MAX_GUEST_STRING_BYTES)?;
-    let metadata = header_map::decode(&memory::read(&c, hp, hl, abi::MAX_HEADER_MAP_BYTES)?).map_err(|_| Status::BadArgument)?;
-    let message = memory::read(&c, bp, bl, abi::MAX_BODY_BYTES)?;
+    let cluster = memory::read(&c, up, ul)?;
+    let service = memory::read(&c, sp, sl)?;
+    let method = memory::read(&c, mp, ml)?;
+    let metadata = header_map::decode_lenient(&memory::read(&c, hp, hl)?);
+    let message = memory::read(&c, bp, bl)?;
     memory::check_writable(&c, token_out, 4)?;
     let (headers, body) = super::grpc::request(&service, &method, &metadata, &message, &cluster);
     let id = start_call_stream(&mut c, &cluster, &headers, &body, true, timeout as u32 as u64)?;
-    let token = u32::try_from(id).map_err(|_| Status::InternalFailure)?;
+    let token = c.data_mut().calls.add(id);
     c.data_mut().effects.push(Effect::GrpcStarted { id, stream: false });
     memory::write_u32(&mut c, token_out, token)
 }
@@ -396,22 +430,28 @@ fn call_status(e: crate::stream::CallError) -> Status {
 /// the headers only; messages follow with `proxy_grpc_send`.
 fn proxy_grpc_stream(mut c: C, args: [i32; 8], token_out: i32) -> HostResult {
     let [up, ul, sp, sl, mp, ml, hp, hl] = args;
-    let cluster = memory::read(&c, up, ul, abi::MAX_GUEST_STRING_BYTES)?;
-    let service = memory::read(&c, sp, sl, abi::MAX_GUEST_STRING_BYTES)?;
-    let method = memory::read(&c, mp, ml, abi::MAX_GUEST_STRING_BYTES)?;
-    let metadata = header_map::decode(&memory::read(&c, hp, hl, abi::MAX_HEADER_MAP_BYTES)?).map_err(|_| Status::BadArgument)?;
+    let cluster = memory::read(&c, up, ul)?;
+    let service = memory::read(&c, sp, sl)?;
+    let method = memory::read(&c, mp, ml)?;
+    let metadata = header_map::decode_lenient(&memory::read(&c, hp, hl)?);
     memory::check_writable(&c, token_out, 4)?;
     let (headers, _) = super::grpc::request(&service, &method, &metadata, &[], &cluster);
     let id = start_call_stream(&mut c, &cluster, &headers, &[], false, 0)?;
-    let token = u32::try_from(id).map_err(|_| Status::InternalFailure)?;
+    let token = c.data_mut().calls.add(id);
     c.data_mut().effects.push(Effect::GrpcStarted { id, stream: true });
     memory::write_u32(&mut c, token_out, token)
 }
 
+/// Envoy's id of the call the guest's `token` names; NOT_FOUND for a token that is not out.
+fn call_of(c: &C, token: i32) -> HostResult<u64> {
+    c.data().calls.envoy_id(token as u32).ok_or_else(|| Status::NotFound.into())
+}
+
 /// `proxy_grpc_send`: one framed message on a gRPC stream, optionally closing the sending side.
 fn proxy_grpc_send(mut c: C, token: i32, mp: i32, ml: i32, end_stream: i32) -> HostResult {
-    let message = memory::read(&c, mp, ml, abi::MAX_BODY_BYTES)?;
-    if on_call_stream(&mut c, token as u32 as u64, &super::grpc::frame(&message), end_stream != 0, false) {
+    let message = memory::read(&c, mp, ml)?;
+    let id = call_of(&c, token)?;
+    if on_call_stream(&mut c, id, &super::grpc::frame(&message), end_stream != 0, false) {
         Ok(())
     } else {
         Err(Status::NotFound.into())
@@ -420,15 +460,27 @@ fn proxy_grpc_send(mut c: C, token: i32, mp: i32, ml: i32, end_stream: i32) -> H
 
 /// `proxy_grpc_close`: closes the sending side of a gRPC stream (the response may still come).
 fn proxy_grpc_close(mut c: C, token: i32) -> HostResult {
-    if on_call_stream(&mut c, token as u32 as u64, &[], true, false) {
+    let id = call_of(&c, token)?;
+    if on_call_stream(&mut c, id, &[], true, false) {
         Ok(())
     } else {
         Err(Status::NotFound.into())
     }
 }
 
+/// `proxy_grpc_cancel`: resets the call's stream; the guest hears nothing more of it.
+fn proxy_grpc_cancel(mut c: C, token: i32) -> HostResult {
+    let id = call_of(&c, token)?;
+    if !on_call_stream(&mut c, id, &[], true, true) {
+        return Err(Status::NotFound.into());
+    }
+    c.data_mut().calls.remove(token as u32);
+    c.data_mut().effects.push(Effect::GrpcCancelled(id));
+    Ok(())
+}
+
 fn proxy_get_property(mut c: C, pp: i32, pl: i32, ptr_out: i32, len_out: i32) -> HostResult {
-    let raw = memory::read(&c, pp, pl, properties::MAX_PATH_BYTES)?;
+    let raw = memory::read(&c, pp, pl)?;
     if let Some(value) = c.data().properties.get(&raw).cloned() {
         return memory::return_bytes(&mut c, &value, ptr_out, len_out);
     }
@@ -449,14 +501,14 @@ fn proxy_get_property(mut c: C, pp: i32, pl: i32, ptr_out: i32, len_out: i32) ->
 }
 
 fn proxy_set_property(mut c: C, pp: i32, pl: i32, vp: i32, vl: i32) -> HostResult {
-    let path = memory::read(&c, pp, pl, properties::MAX_PATH_BYTES)?;
-    let value = memory::read(&c, vp, vl, abi::MAX_GUEST_STRING_BYTES)?;
+    let path = memory::read(&c, pp, pl)?;
+    let value = memory::read(&c, vp, vl)?;
     c.data_mut().properties.insert(path, value);
     Ok(())
 }
 
 fn proxy_get_shared_data(mut c: C, kp: i32, kl: i32, ptr_out: i32, len_out: i32, cas_out: i32) -> HostResult {
-    let key = memory::read(&c, kp, kl, abi::MAX_GUEST_STRING_BYTES)?;
+    let key = memory::read(&c, kp, kl)?;
     memory::check_writable(&c, cas_out, 4)?;
     let (value, cas) = shared::get(c.data().tenant.as_str(), &key)?;
     memory::return_bytes(&mut c, &value, ptr_out, len_out)?;
@@ -464,13 +516,13 @@ fn proxy_get_shared_data(mut c: C, kp: i32, kl: i32, ptr_out: i32, len_out: i32,
 }
 
 fn proxy_set_shared_data(c: C, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32) -> HostResult {
-    let key = memory::read(&c, kp, kl, abi::MAX_GUEST_STRING_BYTES)?;
-    let value = memory::read(&c, vp, vl, abi::MAX_GUEST_STRING_BYTES)?;
+    let key = memory::read(&c, kp, kl)?;
+    let value = memory::read(&c, vp, vl)?;
     Ok(shared::set(c.data().tenant.as_str(), &key, &value, cas as u32)?)
 }
 
 fn proxy_register_shared_queue(mut c: C, np: i32, nl: i32, out: i32) -> HostResult {
-    let name = memory::read(&c, np, nl, abi::MAX_GUEST_STRING_BYTES)?;
+    let name = memory::read(&c, np, nl)?;
     memory::check_writable(&c, out, 4)?;
     let from_root = c.data().stream.is_none();
     let id = shared::register_queue(c.data().tenant.as_str(), &name, from_root);
@@ -478,14 +530,14 @@ fn proxy_register_shared_queue(mut c: C, np: i32, nl: i32, out: i32) -> HostResu
 }
 
 fn proxy_resolve_shared_queue(mut c: C, vp: i32, vl: i32, np: i32, nl: i32, out: i32) -> HostResult {
-    let vm_id = memory::read(&c, vp, vl, abi::MAX_GUEST_STRING_BYTES)?;
-    let name = memory::read(&c, np, nl, abi::MAX_GUEST_STRING_BYTES)?;
+    let vm_id = memory::read(&c, vp, vl)?;
+    let name = memory::read(&c, np, nl)?;
     let id = shared::resolve_queue(c.data().tenant.as_str(), &vm_id, &name)?;
     memory::write_u32(&mut c, out, id)
 }
 
 fn proxy_enqueue_shared_queue(c: C, id: i32, vp: i32, vl: i32) -> HostResult {
-    let value = memory::read(&c, vp, vl, abi::MAX_GUEST_STRING_BYTES)?;
+    let value = memory::read(&c, vp, vl)?;
     Ok(shared::enqueue(c.data().tenant.as_str(), id as u32, &value)?)
 }
 
@@ -510,55 +562,64 @@ fn proxy_get_buffer_status(mut c: C, t: i32, len_out: i32, flags_out: i32) -> Ho
     memory::write_u32(&mut c, flags_out, 0)
 }
 
-/// The HTTP header map a guest names, if it is available in this callback (Envoy's host answers
+/// The HTTP header map `kind` if it is available in this callback (Envoy's host answers
 /// BAD_ARGUMENT for a map that is not, and for HTTP/gRPC call maps outside their callbacks).
-fn http_map_now(c: &C, map: i32) -> HostResult<HeaderKind> {
-    match MapType::try_from(map)? {
+/// Callers decode the map type first and read guest memory next, as Envoy's host does.
+fn http_map_now(c: &C, map: MapType) -> HostResult<HeaderKind> {
+    match map {
         MapType::Http(kind) if c.data().has_map(kind) => Ok(kind),
         _ => Err(Status::BadArgument.into()),
     }
 }
 
-/// The pairs of map `map` now: a stream map, or an HTTP call response map in its callback.
-fn map_pairs(c: &C, map: i32) -> HostResult<Vec<crate::stream::HeaderPair>> {
-    match MapType::try_from(map)? {
-        kind @ (MapType::HttpCallResponseHeaders
-        | MapType::HttpCallResponseTrailers
-        | MapType::GrpcReceiveInitialMetadata
-        | MapType::GrpcReceiveTrailingMetadata) => {
+/// The pairs of map `map` now: a stream map, or a call response map in its callback; `None` when
+/// the map is not available now.
+fn map_pairs(c: &C, map: MapType) -> Option<Vec<crate::stream::HeaderPair>> {
+    match map {
+        MapType::Http(_) => {
+            let kind = http_map_now(c, map).ok()?;
+            c.data().stream.as_ref().and_then(|s| s.headers(kind))
+        }
+        kind => {
             let phase = if matches!(kind, MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers) {
                 super::host::Phase::HttpCallResponse
             } else {
                 super::host::Phase::GrpcResponse
             };
-            let response = c.data().call_response.as_ref().filter(|_| c.data().phase == phase);
-            let response = response.ok_or(Status::BadArgument)?;
+            let response = c.data().call_response.as_ref().filter(|_| c.data().phase == phase)?;
             let headers = matches!(kind, MapType::HttpCallResponseHeaders | MapType::GrpcReceiveInitialMetadata);
-            Ok(if headers { response.headers.clone() } else { response.trailers.clone() })
-        }
-        _ => {
-            let kind = http_map_now(c, map)?;
-            c.data().stream.as_ref().and_then(|s| s.headers(kind)).ok_or_else(|| Status::NotFound.into())
+            Some(if headers { response.headers.clone() } else { response.trailers.clone() })
         }
     }
 }
 
+/// The map's size as Envoy reports it: the bytes of its keys and values (`HeaderMap::byteSize`),
+/// for the stream's own maps only.
 fn proxy_get_header_map_size(mut c: C, map: i32, out: i32) -> HostResult {
-    let pairs = map_pairs(&c, map)?;
-    memory::write_u32(&mut c, out, header_map::encode(&pairs).len() as u32)
+    let map = MapType::try_from(map)?;
+    if !matches!(map, MapType::Http(_)) {
+        return Err(Status::BadArgument.into());
+    }
+    let pairs = map_pairs(&c, map).ok_or(Status::BadArgument)?;
+    let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+    memory::write_u32(&mut c, out, bytes as u32)
 }
 
+/// Every pair of the map; a map that is not available now reads as empty, as in Envoy's host.
 fn proxy_get_header_map_pairs(mut c: C, map: i32, ptr_out: i32, len_out: i32) -> HostResult {
-    let pairs = map_pairs(&c, map)?;
-    memory::return_bytes(&mut c, &header_map::encode(&pairs), ptr_out, len_out)
+    let map = MapType::try_from(map)?;
+    let pairs = map_pairs(&c, map).unwrap_or_default();
+    let bytes = if pairs.is_empty() { Vec::new() } else { header_map::encode(&pairs) };
+    memory::return_bytes(&mut c, &bytes, ptr_out, len_out)
 }
 
+/// Replaces the whole map. A malformed map reads as empty (Envoy's host: the map is cleared).
 fn proxy_set_header_map_pairs(mut c: C, map: i32, ptr: i32, len: i32) -> HostResult {
+    let map = MapType::try_from(map)?;
+    let new_pairs = header_map::decode_lenient(&memory::read(&c, ptr, len)?);
     let kind = http_map_now(&c, map)?;
-    let bytes = memory::read(&c, ptr, len, abi::MAX_HEADER_MAP_BYTES)?;
-    let new_pairs = header_map::decode(&bytes).map_err(|_| Status::BadArgument)?;
-    let stream = c.data_mut().stream.as_mut().ok_or(Status::NotFound)?;
-    let old = stream.headers(kind).ok_or(Status::NotFound)?;
+    let stream = c.data_mut().stream.as_mut().ok_or(Status::BadArgument)?;
+    let old = stream.headers(kind).ok_or(Status::BadArgument)?;
     // Replace the whole map: remove every key not kept, then set the new values in order.
     for (key, _) in &old {
         if !new_pairs.iter().any(|(k, _)| k.eq_ignore_ascii_case(key)) {
@@ -578,19 +639,24 @@ fn proxy_set_header_map_pairs(mut c: C, map: i32, ptr: i32, len: i32) -> HostRes
 }
 
 fn proxy_get_header_map_value(mut c: C, map: i32, kp: i32, kl: i32, ptr_out: i32, len_out: i32) -> HostResult {
-    let key = memory::read(&c, kp, kl, abi::MAX_GUEST_STRING_BYTES)?;
-    let values: Vec<Vec<u8>> = match MapType::try_from(map)? {
+    let map = MapType::try_from(map)?;
+    let key = memory::read(&c, kp, kl)?;
+    let values: Vec<Vec<u8>> = match map {
         MapType::Http(_) => {
             let kind = http_map_now(&c, map)?;
-            c.data().stream.as_ref().and_then(|s| s.header_values(kind, &key)).ok_or(Status::NotFound)?
+            c.data().stream.as_ref().and_then(|s| s.header_values(kind, &key)).ok_or(Status::BadArgument)?
         }
-        _ => map_pairs(&c, map)?.into_iter().filter(|(k, _)| k.eq_ignore_ascii_case(&key)).map(|(_, v)| v).collect(),
+        _ => map_pairs(&c, map).ok_or(Status::BadArgument)?.into_iter().filter(|(k, _)| k.eq_ignore_ascii_case(&key)).map(|(_, v)| v).collect(),
     };
-    // Several values of one key read as one, joined by commas (as Envoy's host does).
-    let value = values.join(&b","[..]);
     if values.is_empty() {
+        // ABI 0.1.0 guests read a missing header as an empty value (Envoy's host).
+        if c.data().abi == super::abi::AbiVersion::V0_1_0 {
+            return memory::return_bytes(&mut c, &[], ptr_out, len_out);
+        }
         return Err(Status::NotFound.into());
     }
+    // Several values of one key read as one, joined by commas (as Envoy's host does).
+    let value = values.join(&b","[..]);
     memory::return_bytes(&mut c, &value, ptr_out, len_out)
 }
 
@@ -601,13 +667,14 @@ enum Change {
 }
 
 fn change_header(mut c: C, map: i32, kp: i32, kl: i32, change: Change) -> HostResult {
-    let kind = http_map_now(&c, map)?;
-    let key = memory::read(&c, kp, kl, abi::MAX_GUEST_STRING_BYTES)?;
+    let map = MapType::try_from(map)?;
+    let key = memory::read(&c, kp, kl)?;
     let value = match change {
-        Change::Add(vp, vl) | Change::Replace(vp, vl) => Some(memory::read(&c, vp, vl, abi::MAX_GUEST_STRING_BYTES)?),
+        Change::Add(vp, vl) | Change::Replace(vp, vl) => Some(memory::read(&c, vp, vl)?),
         Change::Remove => None,
     };
-    let stream = c.data_mut().stream.as_mut().ok_or(Status::NotFound)?;
+    let kind = http_map_now(&c, map)?;
+    let stream = c.data_mut().stream.as_mut().ok_or(Status::BadArgument)?;
     let done = match (change, value) {
         (Change::Add(..), Some(v)) => stream.add_header(kind, &key, &v),
         (Change::Replace(..), Some(v)) => stream.set_header(kind, &key, Some(&v)),
@@ -616,42 +683,45 @@ fn change_header(mut c: C, map: i32, kp: i32, kl: i32, change: Change) -> HostRe
     if done {
         Ok(())
     } else {
-        Err(Status::NotFound.into())
+        Err(Status::BadArgument.into())
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn proxy_send_local_response(c: C, code: i32, dp: i32, dl: i32, bp: i32, bl: i32, hp: i32, hl: i32, _grpc: i32) -> HostResult {
+fn proxy_send_local_response(c: C, code: i32, dp: i32, dl: i32, bp: i32, bl: i32, hp: i32, hl: i32, grpc: i32) -> HostResult {
     let status = u32::try_from(code).ok().filter(|s| (200..600).contains(s)).ok_or(Status::BadArgument)?;
-    let details = memory::read(&c, dp, dl, abi::MAX_GUEST_STRING_BYTES)?;
-    let body = memory::read(&c, bp, bl, abi::MAX_LOCAL_REPLY_BODY_BYTES)?;
-    let headers = header_map::decode(&memory::read(&c, hp, hl, abi::MAX_HEADER_MAP_BYTES)?).map_err(|_| Status::BadArgument)?;
+    let details = memory::read(&c, dp, dl)?;
+    let body = memory::read(&c, bp, bl)?;
+    let headers = header_map::decode_lenient(&memory::read(&c, hp, hl)?);
     let mut c = c;
     if c.data().stream.is_none() {
         return Err(Status::BadArgument.into());
     }
-    c.data_mut().effects.push(Effect::LocalReply(LocalReply { status, headers, body, details }));
+    // -1 (and anything outside gRPC's codes) means "no gRPC status": Envoy then derives one.
+    let grpc_status = u32::try_from(grpc).ok().filter(|g| *g <= 16);
+    c.data_mut().effects.push(Effect::LocalReply(LocalReply { status, headers, body, details, grpc_status }));
     Ok(())
 }
 
+/// `fd_write` as Envoy's host serves it: only stdout and stderr (anything else EBADF, before any
+/// memory is read), one log line per written line, the count of bytes written.
 fn fd_write(mut c: C, fd: i32, iovs: i32, count: i32, out: i32) -> wasmtime::Result<i32> {
+    let level = match fd {
+        1 => LogLevel::Info,
+        2 => LogLevel::Error,
+        _ => return Ok(errno::BADF),
+    };
     let result = (|| -> HostResult<usize> {
-        let count = count as u32 as usize;
-        if count > abi::MAX_IOVECS {
-            return Err(Status::BadArgument.into());
-        }
-        let table = memory::read(&c, iovs, (count * 8) as i32, abi::MAX_IOVECS * 8)?;
         let mut text = Vec::new();
-        for iov in table.chunks_exact(8) {
+        // Each iovec is read where it lies; the loop ends at the first one outside memory, so it
+        // is bounded by the guest's memory size.
+        for i in 0..count as u32 {
+            let at = (iovs as u32).checked_add(i.checked_mul(8).ok_or(Status::InvalidMemoryAccess)?).ok_or(Status::InvalidMemoryAccess)?;
+            let iov = memory::read(&c, at as i32, 8)?;
             let ptr = i32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
             let len = i32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
-            text.extend(memory::read(&c, ptr, len, abi::MAX_GUEST_STRING_BYTES)?);
+            text.extend(memory::read(&c, ptr, len)?);
         }
-        let level = match fd {
-            1 => LogLevel::Info,
-            2 => LogLevel::Error,
-            _ => return Err(Status::NotFound.into()),
-        };
         let tenant = c.data().tenant.clone();
         for line in String::from_utf8_lossy(&text).lines().filter(|l| !l.is_empty()) {
             crate::telemetry::log(level, &format!("wasm [{tenant}] {}: {line}", if fd == 1 { "stdout" } else { "stderr" }));
@@ -659,23 +729,20 @@ fn fd_write(mut c: C, fd: i32, iovs: i32, count: i32, out: i32) -> wasmtime::Res
         memory::write_u32(&mut c, out, text.len() as u32)?;
         Ok(text.len())
     })();
-    match result {
-        Ok(_) => Ok(errno::SUCCESS),
-        Err(HostError::Status(Status::NotFound)) => Ok(errno::BADF),
-        Err(e) => wasi(Err(e)),
-    }
+    wasi(result.map(drop))
 }
 
-fn clock_time_get(mut c: C, id: i32, out: i32) -> HostResult {
+/// `clock_time_get`: realtime (0) and monotonic (1); other clocks ENOTSUP, as Envoy's host.
+fn clock_time_get(mut c: C, id: i32, out: i32) -> wasmtime::Result<i32> {
     let nanos = match id {
         0 => now_nanos(),
         1 => {
             static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
             START.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
         }
-        _ => return Err(Status::BadArgument.into()),
+        _ => return Ok(errno::NOTSUP),
     };
-    memory::write_u64(&mut c, out, nanos)
+    wasi(memory::write_u64(&mut c, out, nanos))
 }
 
 fn random_get(mut c: C, ptr: i32, len: i32) -> HostResult {
@@ -704,7 +771,7 @@ fn proxy_define_metric(mut c: C, metric_type: i32, np: i32, nl: i32, out: i32) -
     if !(0..=2).contains(&metric_type) {
         return Err(Status::BadArgument.into());
     }
-    let name = String::from_utf8(memory::read(&c, np, nl, abi::MAX_GUEST_STRING_BYTES)?).map_err(|_| Status::BadArgument)?;
+    let name = String::from_utf8(memory::read(&c, np, nl)?).map_err(|_| Status::BadArgument)?;
     let metrics = &mut c.data_mut().metrics;
     let id = match metrics.iter().position(|(_, n)| *n == name) {
         Some(i) => i + 1,
@@ -758,13 +825,13 @@ fn guest_metric(mut c: C, id: i32, op: MetricOp) -> HostResult {
 }
 
 /// `proxy_http_call`: from an HTTP context through the stream's HTTP callouts, from a root context
-/// (tick, queue notification) through the filter config's; the token is Envoy's callout id.
+/// (tick, queue notification) through the filter config's; the token is numbered per instance.
 fn proxy_http_call(mut c: C, args: [i32; 8], timeout: i32, token_out: i32) -> HostResult {
     let [up, ul, hp, hl, bp, bl, tp, tl] = args;
-    let cluster = memory::read(&c, up, ul, abi::MAX_GUEST_STRING_BYTES)?;
-    let headers = header_map::decode(&memory::read(&c, hp, hl, abi::MAX_HEADER_MAP_BYTES)?).map_err(|_| Status::BadArgument)?;
-    let body = memory::read(&c, bp, bl, abi::MAX_BODY_BYTES)?;
-    let trailers = header_map::decode(&memory::read(&c, tp, tl, abi::MAX_HEADER_MAP_BYTES)?).map_err(|_| Status::BadArgument)?;
+    let cluster = memory::read(&c, up, ul)?;
+    let headers = header_map::decode_lenient(&memory::read(&c, hp, hl)?);
+    let body = memory::read(&c, bp, bl)?;
+    let trailers = header_map::decode_lenient(&memory::read(&c, tp, tl)?);
     memory::check_writable(&c, token_out, 4)?;
     if !trailers.is_empty() {
         // Envoy's HTTP callouts carry no request trailers.
@@ -782,6 +849,6 @@ fn proxy_http_call(mut c: C, args: [i32; 8], timeout: i32, token_out: i32) -> Ho
         crate::stream::CallError::BadRequest => Status::BadArgument,
         crate::stream::CallError::Unavailable => Status::InternalFailure,
     })?;
-    let token = u32::try_from(id).map_err(|_| Status::InternalFailure)?;
+    let token = c.data_mut().calls.add(id);
     memory::write_u32(&mut c, token_out, token)
 }

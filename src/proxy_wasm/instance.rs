@@ -3,7 +3,7 @@
 //! proxy-wasm callback run under a CPU deadline. A trap, a deadline overrun or a memory-cap hit
 //! marks the instance failed; the driver then drops it and answers per `on_error`.
 
-use super::abi::Action;
+use super::abi::{self, AbiVersion, Action};
 use super::host::{Effect, HostState, Phase};
 use super::hostcalls;
 use super::memory::GuestMemory;
@@ -35,6 +35,8 @@ pub struct Plugin {
     pub initial_memory_bytes: usize,
     /// Set when the module is a post-init snapshot: instances resume it instead of running init.
     resume: Option<HostSnapshot>,
+    /// The ABI the guest declares.
+    pub abi: AbiVersion,
 }
 
 /// A module linked against the host functions, ready to instantiate (shared by every tenant of
@@ -44,6 +46,8 @@ pub struct Linked {
     pre: InstancePre<HostState>,
     /// Linear memory a fresh instance starts with.
     initial_memory_bytes: usize,
+    /// The ABI the module declares.
+    abi: AbiVersion,
 }
 
 impl Linked {
@@ -51,6 +55,7 @@ impl Linked {
     /// every proxy-wasm guest has. `snapshot_allowlist`: hostcalls outside the snapshot allowlist
     /// trap, naming themselves.
     pub fn link(engine: &Engine, module: &Module, snapshot_allowlist: bool) -> Result<Linked, String> {
+        let abi = AbiVersion::declared(module.exports().map(|e| e.name())).ok_or_else(|| abi::MISSING_ABI_VERSION.to_string())?;
         if module.get_export("proxy_on_memory_allocate").is_none() && module.get_export("malloc").is_none() {
             return Err("the module exports neither `proxy_on_memory_allocate` nor `malloc`".into());
         }
@@ -66,7 +71,7 @@ impl Linked {
             hostcalls::forbid_outside_snapshot_allowlist(&mut linker, module).map_err(|e| format!("{e:#}"))?;
         }
         let pre = linker.instantiate_pre(module).map_err(|e| format!("cannot link the module: {e:#}"))?;
-        Ok(Linked { pre, initial_memory_bytes })
+        Ok(Linked { pre, initial_memory_bytes, abi })
     }
 }
 
@@ -183,6 +188,7 @@ impl Plugin {
             policy: tenant.instances,
             initial_memory_bytes: linked.initial_memory_bytes,
             resume,
+            abi: linked.abi,
         }
     }
 
@@ -192,6 +198,7 @@ impl Plugin {
         let cap = (self.policy.memory_limit_mb as usize) << 20;
         let mut state = HostState::new(self.tenant.clone(), self.plugin_config.clone(), self.vm_config.clone(), cap);
         state.root_id = self.root_id.clone();
+        state.abi = self.abi;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         // With epoch interruption, the deadline must be set before instantiation runs any code.
@@ -222,6 +229,7 @@ impl Plugin {
             store,
             instance,
             exports,
+            abi: self.abi,
             tenant: self.tenant.clone(),
             deadline_ticks: self.deadline_ticks,
             root_context_id: ROOT_CONTEXT_ID,
@@ -289,10 +297,10 @@ struct Exports {
     on_vm_start: Option<TypedFunc<(i32, i32), i32>>,
     on_configure: Option<TypedFunc<(i32, i32), i32>>,
     start: Option<TypedFunc<(), ()>>,
-    on_request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_request_headers: Option<HeadersCallback>,
     on_request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     on_request_trailers: Option<TypedFunc<(i32, i32), i32>>,
-    on_response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_response_headers: Option<HeadersCallback>,
     on_response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     on_response_trailers: Option<TypedFunc<(i32, i32), i32>>,
     on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
@@ -329,10 +337,10 @@ impl Exports {
             on_vm_start: optional!("proxy_on_vm_start"),
             on_configure: optional!("proxy_on_configure"),
             start: optional!("_start"),
-            on_request_headers: optional!("proxy_on_request_headers"),
+            on_request_headers: HeadersCallback::find(store, instance, "proxy_on_request_headers")?,
             on_request_body: optional!("proxy_on_request_body"),
             on_request_trailers: optional!("proxy_on_request_trailers"),
-            on_response_headers: optional!("proxy_on_response_headers"),
+            on_response_headers: HeadersCallback::find(store, instance, "proxy_on_response_headers")?,
             on_response_body: optional!("proxy_on_response_body"),
             on_response_trailers: optional!("proxy_on_response_trailers"),
             on_http_call_response: optional!("proxy_on_http_call_response"),
@@ -349,11 +357,36 @@ impl Exports {
     }
 }
 
+/// A headers callback: ABI 0.2.x passes `(context, headers, end_of_stream)`; ABI 0.1.0 guests
+/// export `(context, headers)` (no end of stream), as Envoy's host calls them.
+enum HeadersCallback {
+    WithEndOfStream(TypedFunc<(i32, i32, i32), i32>),
+    Abi010(TypedFunc<(i32, i32), i32>),
+}
+
+impl HeadersCallback {
+    fn find(store: &mut Store<HostState>, instance: &Instance, name: &'static str) -> wasmtime::Result<Option<HeadersCallback>> {
+        let Some(f) = instance.get_func(&mut *store, name) else { return Ok(None) };
+        if f.ty(&*store).params().len() == 2 {
+            return Ok(Some(HeadersCallback::Abi010(f.typed(&*store).map_err(|e| e.context(format!("export `{name}`")))?)));
+        }
+        Ok(Some(HeadersCallback::WithEndOfStream(f.typed(&*store).map_err(|e| e.context(format!("export `{name}`")))?)))
+    }
+
+    fn call(&self, store: &mut Store<HostState>, context: i32, headers: i32, end_of_stream: i32) -> wasmtime::Result<i32> {
+        match self {
+            HeadersCallback::WithEndOfStream(f) => f.call(store, (context, headers, end_of_stream)),
+            HeadersCallback::Abi010(f) => f.call(store, (context, headers)),
+        }
+    }
+}
+
 /// One live instance of a tenant's guest. Serves one stream at a time.
 pub struct GuestInstance {
     store: Store<HostState>,
     instance: Instance,
     exports: Exports,
+    abi: AbiVersion,
     tenant: TenantId,
     deadline_ticks: u64,
     root_context_id: u32,
@@ -435,7 +468,7 @@ impl GuestInstance {
             return Err(GuestError::Rejected { tenant: self.tenant.clone(), hook: "proxy_on_vm_start" });
         }
         let configured =
-            self.call("proxy_on_configure", None, Phase::Other, |e, s| e.on_configure.as_ref().map_or(Ok(1), |f| f.call(s, (root, plugin_len))))?;
+            self.call("proxy_on_configure", None, Phase::Configure, |e, s| e.on_configure.as_ref().map_or(Ok(1), |f| f.call(s, (root, plugin_len))))?;
         if configured == 0 {
             self.failed = true;
             return Err(GuestError::Rejected { tenant: self.tenant.clone(), hook: "proxy_on_configure" });
@@ -500,11 +533,12 @@ impl GuestInstance {
         let (id, n, eos) = (context as i32, count as i32, end_of_stream as i32);
         let three = |f: &Option<TypedFunc<(i32, i32, i32), i32>>, s: &mut Store<HostState>| f.as_ref().map_or(Ok(0), |f| f.call(s, (id, n, eos)));
         let two = |f: &Option<TypedFunc<(i32, i32), i32>>, s: &mut Store<HostState>| f.as_ref().map_or(Ok(0), |f| f.call(s, (id, n)));
+        let headers = |f: &Option<HeadersCallback>, s: &mut Store<HostState>| f.as_ref().map_or(Ok(0), |f| f.call(s, id, n, eos));
         self.call(callback.export_name(), Some(stream), Phase::Http(callback), |e, s| match callback {
-            HttpCallback::RequestHeaders => three(&e.on_request_headers, s),
+            HttpCallback::RequestHeaders => headers(&e.on_request_headers, s),
             HttpCallback::RequestBody => three(&e.on_request_body, s),
             HttpCallback::RequestTrailers => two(&e.on_request_trailers, s),
-            HttpCallback::ResponseHeaders => three(&e.on_response_headers, s),
+            HttpCallback::ResponseHeaders => headers(&e.on_response_headers, s),
             HttpCallback::ResponseBody => three(&e.on_response_body, s),
             HttpCallback::ResponseTrailers => two(&e.on_response_trailers, s),
         })
@@ -514,13 +548,17 @@ impl GuestInstance {
     /// `proxy_on_http_call_response` for the call `token` (on the root context, as Envoy's host:
     /// the SDK routes it to the HTTP context that made the call). `None`: the call failed.
     /// `stream` is the calling request's (`None` for a root context's call, which gets `root`).
+    /// `envoy_id` is Envoy's callout id; a call the instance no longer has out (abandoned with an
+    /// earlier stream) is not reported.
     pub fn on_http_call_response(
         &mut self,
         stream: Option<Box<dyn HttpStream>>,
         root: Option<Box<dyn crate::stream::RootHost>>,
-        token: u32,
+        envoy_id: u64,
         response: Option<crate::stream::CallResponse>,
     ) -> Result<(), GuestError> {
+        let Some(token) = self.store.data().calls.token(envoy_id) else { return Ok(()) };
+        self.store.data_mut().calls.remove(token);
         let counts = response.as_ref().map_or((0, 0, 0), |r| (r.headers.len(), r.body.len(), r.trailers.len()));
         let args = (self.root_context_id as i32, token as i32, counts.0 as i32, counts.1 as i32, counts.2 as i32);
         self.store.data_mut().call_response = response;
@@ -541,11 +579,15 @@ impl GuestInstance {
         &mut self,
         stream: Option<Box<dyn HttpStream>>,
         root: Option<Box<dyn crate::stream::RootHost>>,
-        token: u32,
+        envoy_id: u64,
         delivery: super::grpc::Delivery,
     ) -> Result<(), GuestError> {
         use super::grpc::Delivery as D;
         use crate::stream::CallResponse;
+        let Some(token) = self.store.data().calls.token(envoy_id) else { return Ok(()) };
+        if matches!(delivery, D::CallDone(..) | D::Close(..)) {
+            self.store.data_mut().calls.remove(token);
+        }
         let (root_id, token) = (self.root_context_id as i32, token as i32);
         let (export, response, status, n): (&'static str, CallResponse, Option<(u32, Vec<u8>)>, i32) = match delivery {
             D::CallDone((0, message), response) => {
@@ -603,6 +645,16 @@ impl GuestInstance {
         self.store.data_mut().root_host = None;
         self.store.data_mut().effects.clear();
         result
+    }
+
+    /// The ABI the guest declares.
+    pub fn abi(&self) -> AbiVersion {
+        self.abi
+    }
+
+    /// Whether the filter holds the request's and the response's headers (paused, not continued).
+    pub fn held_headers(&self) -> [bool; 2] {
+        self.store.data().held_headers
     }
 
     /// Records whether the filter holds `direction`'s headers (paused, not yet continued).

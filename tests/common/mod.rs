@@ -17,7 +17,7 @@ pub struct SignedGuest {
 /// A guest with `pages` pages of initial memory that lets every request through.
 pub fn pass_through_guest(pages: u32) -> SignedGuest {
     let wasm = wat::parse_str(format!(
-        r#"(module (memory (export "memory") {pages})
+        r#"(module (memory (export "memory") {pages}) (func (export "proxy_abi_version_0_2_1"))
              (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
              (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0)))"#
     ))
