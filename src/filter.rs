@@ -15,6 +15,7 @@ use crate::pool;
 use crate::proxy_wasm::abi::AbiVersion;
 use crate::proxy_wasm::{host, Action, Effect, GuestError, GuestInstance, HttpCallback, Linked, Plugin};
 use crate::proxy_wasm::grpc;
+use crate::reply_view::ReplyView;
 use crate::stream::{CallResponse, Direction, HeaderKind, HttpStream, LocalReply};
 use crate::telemetry::{Metric, StatsSink};
 use std::collections::{HashMap, VecDeque};
@@ -327,8 +328,6 @@ struct ActiveGuest {
 /// body) reaches thaw's hooks and the guest instead of a "busy" answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Deferred {
-    /// Encode this whole response from the filter (it passes the filter's own response hooks).
-    Respond { headers: Vec<crate::stream::HeaderPair>, body: Vec<u8> },
     /// Envoy's local reply.
     LocalReply(LocalReply),
     /// Resume a direction the filter stopped.
@@ -341,7 +340,6 @@ pub enum Deferred {
 pub fn perform<S: HttpStream>(deferred: Vec<Deferred>, stream: &mut S) {
     for action in deferred {
         match action {
-            Deferred::Respond { headers, body } => stream.send_response(&headers, &body),
             Deferred::LocalReply(reply) => stream.send_local_reply(&reply),
             Deferred::Continue(direction) => stream.continue_stream(direction),
             Deferred::Reset => {
@@ -360,9 +358,6 @@ pub struct StreamFilter {
     active: Option<ActiveGuest>,
     /// A reply was sent (by the guest or by thaw): the request never moves on after it.
     replied: bool,
-    /// The reply is the guest's own and was encoded through this filter: the guest's response
-    /// callbacks run on it, as in Envoy's Wasm filter.
-    guest_sees_reply: bool,
     /// The request is gRPC (`content-type: application/grpc...`): replies are gRPC replies.
     grpc_request: bool,
     /// The response headers reached this filter (a reply now replaces a response in flight).
@@ -383,7 +378,6 @@ impl StreamFilter {
             config,
             active: None,
             replied: false,
-            guest_sees_reply: false,
             grpc_request: false,
             response_started: false,
             buffering: [false; 2],
@@ -419,26 +413,47 @@ impl StreamFilter {
         self.config.tenants.contains_key(&tenant).then_some(tenant)
     }
 
-    /// Queues a reply (the first one wins). Before the response started, and where this Envoy can,
-    /// it is encoded through this filter so the guest's response callbacks see it (`from_guest`);
-    /// otherwise it is Envoy's local reply. Either way a gRPC request gets the reply's gRPC status.
-    fn reply<S: HttpStream>(&mut self, stream: &S, reply: &LocalReply, from_guest: bool) -> Verdict {
+    /// Queues a reply (the first one wins) as Envoy's local reply; a gRPC request gets the reply's
+    /// gRPC status. A guest's own reply sent before the response started first passes the
+    /// guest's response callbacks, as in Envoy's Wasm filter (`reply_view`).
+    fn reply<S: HttpStream + Clone + 'static>(&mut self, stream: &S, reply: &LocalReply, from_guest: bool) -> Verdict {
         if self.replied {
             return Verdict::Stop;
         }
         self.replied = true;
-        if !self.response_started && stream.can_send_response() {
-            let (headers, body) = reply.as_response(self.grpc_request);
-            self.guest_sees_reply = from_guest && self.active.is_some();
-            self.deferred.push(Deferred::Respond { headers, body });
-        } else {
-            self.deferred.push(Deferred::LocalReply(reply.for_envoy(self.grpc_request)));
-        }
+        let reply = if from_guest && !self.response_started { self.through_response_callbacks(stream, reply) } else { reply.clone() };
+        self.deferred.push(Deferred::LocalReply(reply.for_envoy(self.grpc_request)));
         Verdict::Stop
     }
 
+    /// Runs the guest's response callbacks on the response Envoy will make of `reply`; returns the
+    /// reply as they left it. A guest failing there is counted and its instance dropped; the
+    /// reply goes out as it was.
+    fn through_response_callbacks<S: HttpStream + Clone + 'static>(&mut self, stream: &S, reply: &LocalReply) -> LocalReply {
+        let Some(active) = self.active.as_mut() else { return reply.clone() };
+        let (headers, body) = reply.as_response(self.grpc_request);
+        let view = ReplyView::new(stream.clone(), headers, body);
+        let body_len = view.body_len();
+        let mut outcome = active.instance.on_http(HttpCallback::ResponseHeaders, Box::new(view.clone()), active.context, view.header_count(), body_len == 0);
+        if outcome.is_ok() && body_len > 0 {
+            outcome = active.instance.on_http(HttpCallback::ResponseBody, Box::new(view.clone()), active.context, body_len, true);
+        }
+        // A second reply, a resume or a reset from here is moot: the reply is the stream's answer.
+        active.instance.take_effects();
+        if let Err(e) = outcome {
+            let tenant = active.tenant.clone();
+            log_at!(Error, "thaw: {e}");
+            let mut sink = stream.clone();
+            sink.record(e.kind().metric(), &tenant, 1);
+            self.active = None;
+            return reply.clone();
+        }
+        let (headers, body) = view.into_response();
+        reply.with_response(&headers, body, self.grpc_request)
+    }
+
     /// A guest failed: drop its instance (never reused), count it, and answer per `on_error`.
-    fn guest_failed<S: HttpStream>(&mut self, stream: &mut S, tenant: &TenantId, error: &GuestError) -> Verdict {
+    fn guest_failed<S: HttpStream + Clone + 'static>(&mut self, stream: &mut S, tenant: &TenantId, error: &GuestError) -> Verdict {
         log_at!(Error, "thaw: {error}");
         self.active = None;
         stream.record(error.kind().metric(), tenant, 1);
@@ -457,7 +472,7 @@ impl StreamFilter {
         self.deny_or_allow(stream)
     }
 
-    fn deny_or_allow<S: HttpStream>(&mut self, stream: &mut S) -> Verdict {
+    fn deny_or_allow<S: HttpStream + Clone + 'static>(&mut self, stream: &mut S) -> Verdict {
         match self.config.on_error {
             Policy::Allow => Verdict::Continue,
             Policy::Deny => {
@@ -470,7 +485,7 @@ impl StreamFilter {
     /// direction of the stream callback running now (`None` outside stream callbacks, e.g. an
     /// HTTP call response, where resuming means asking Envoy to continue). Returns whether the
     /// guest resumed `running` itself.
-    fn apply_effects<S: HttpStream>(&mut self, stream: &S, running: Option<Direction>, effects: Vec<Effect>) -> bool {
+    fn apply_effects<S: HttpStream + Clone + 'static>(&mut self, stream: &S, running: Option<Direction>, effects: Vec<Effect>) -> bool {
         let mut resumed_running = false;
         for effect in effects {
             match effect {
@@ -508,14 +523,12 @@ impl StreamFilter {
             _ => Direction::Response,
         };
         if self.replied {
-            // A replied request never moves on. The response is the reply: it passes, through
-            // the guest's response callbacks if the reply was the guest's own.
+            // A replied request never moves on; the response is the reply (Envoy does not pass
+            // it through this filter; a guest's own reply already passed its response callbacks).
             if direction == Direction::Request {
                 return verdict_for(callback, Action::PAUSE, true, AbiVersion::V0_2_1);
             }
-            if !self.guest_sees_reply {
-                return Verdict::Continue;
-            }
+            return Verdict::Continue;
         }
         let Some(active) = self.active.as_mut() else { return Verdict::Continue };
         let abi = active.instance.abi();
@@ -565,7 +578,7 @@ impl StreamFilter {
         mut stream: S,
         call: impl FnOnce(&mut GuestInstance, Box<dyn HttpStream>) -> Result<(), GuestError>,
     ) {
-        if self.replied && !self.guest_sees_reply {
+        if self.replied {
             return;
         }
         let Some(active) = self.active.as_mut() else { return };

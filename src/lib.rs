@@ -14,6 +14,7 @@ pub mod envoy;
 pub mod filter;
 pub mod pool;
 pub mod proxy_wasm;
+pub mod reply_view;
 pub mod snapshot;
 pub mod stream;
 pub mod telemetry;

@@ -116,14 +116,7 @@ pub trait HttpStream: crate::telemetry::StatsSink {
     /// For a gRPC request Envoy's dynamic-module ABI always passes gRPC status 0 (OK): callers
     /// put the real one in a `grpc-status` header (`LocalReply::for_envoy`).
     fn send_local_reply(&mut self, reply: &LocalReply);
-    /// Whether `send_response` works here (Envoy exports the callbacks to encode a response).
-    fn can_send_response(&self) -> bool {
-        false
-    }
-    /// Encodes a whole response from this filter (headers with `:status`, then the body, if any):
-    /// unlike a local reply it passes this filter's own response hooks, as a proxy-wasm guest's
-    /// local reply does in Envoy's Wasm filter.
-    fn send_response(&mut self, _headers: &[HeaderPair], _body: &[u8]) {}
+
     /// The tenant named by the matched route's per-route config, if any.
     fn route_tenant(&self) -> Option<TenantId>;
 
@@ -196,8 +189,10 @@ impl LocalReply {
         })
     }
 
-    /// The reply as Envoy's `sendLocalReply` would encode it, for `send_response`: the guest's
-    /// headers, then `:status`; a body with `content-type: text/plain` unless the guest set one.
+    /// The response Envoy's `sendLocalReply` makes of this reply (what a guest's response
+    /// callbacks see of its own local reply in Envoy's Wasm filter): `:status`, the reply's
+    /// headers, and a body with its `content-length` and `content-type: text/plain` unless the
+    /// reply set one.
     /// For a gRPC request (`grpc`), a trailers-only response: HTTP 200, `application/grpc`, the
     /// gRPC status and the body (percent-encoded, without a final newline) as `grpc-message`.
     pub fn as_response(&self, grpc: bool) -> (Vec<HeaderPair>, Vec<u8>) {
@@ -227,6 +222,28 @@ impl LocalReply {
             }
         }
         (headers, self.body.clone())
+    }
+
+    /// This reply after a guest's response callbacks changed its response (`as_response`): the
+    /// status and headers they left (what Envoy sets itself is left to Envoy), and the body.
+    pub fn with_response(&self, headers: &[HeaderPair], body: Vec<u8>, grpc: bool) -> LocalReply {
+        let status = headers
+            .iter()
+            .find(|(k, _)| k == b":status")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
+            .filter(|s| (200..600).contains(s));
+        let envoys: &[&[u8]] = if grpc {
+            &[b":status", b"content-type", b"content-length", b"grpc-message"]
+        } else {
+            &[b":status", b"content-length"]
+        };
+        let mut reply = self.clone();
+        if !grpc {
+            reply.status = status.unwrap_or(self.status);
+            reply.body = body;
+        }
+        reply.headers = headers.iter().filter(|(k, _)| !envoys.contains(&k.as_slice())).cloned().collect();
+        reply
     }
 
     /// The reply for Envoy's `sendLocalReply`: for a gRPC request, its gRPC status as a header

@@ -195,8 +195,6 @@ callbacks! {
     http_filter_config_start_http_stream: fn(ConfigEnvoyPtr, *mut u64, ModuleBuffer, *mut HttpHeader, usize, ModuleBuffer, bool, u64) -> u32;
     http_filter_config_stream_send_data: fn(ConfigEnvoyPtr, u64, ModuleBuffer, bool) -> bool;
     http_filter_config_reset_http_stream: fn(ConfigEnvoyPtr, u64);
-    http_send_response_headers: fn(FilterEnvoyPtr, *mut HttpHeader, usize, bool);
-    http_send_response_data: fn(FilterEnvoyPtr, ModuleBuffer, bool);
     http_get_metadata_string: fn(FilterEnvoyPtr, u32, ModuleBuffer, ModuleBuffer, *mut EnvoyBuffer) -> bool;
     http_get_metadata_number: fn(FilterEnvoyPtr, u32, ModuleBuffer, ModuleBuffer, *mut f64) -> bool;
     http_get_metadata_bool: fn(FilterEnvoyPtr, u32, ModuleBuffer, ModuleBuffer, *mut bool) -> bool;

@@ -348,20 +348,19 @@ impl HttpStream for EnvoyStream {
     }
 
     fn set_header(&mut self, kind: HeaderKind, key: &[u8], value: Option<&[u8]>) -> bool {
-        // An empty value must still be a non-NULL buffer (NULL removes the header).
-        let value = value.map_or(ModuleBuffer::NULL, |v| if v.is_empty() { ModuleBuffer { ptr: b"".as_ptr(), length: 0 } } else { ModuleBuffer::of(v) });
+        // NULL removes the header; so does an empty value in Envoy 1.40 (see `add_header`).
+        let value = value.map_or(ModuleBuffer::NULL, ModuleBuffer::of);
         // SAFETY: live stream; buffers borrowed for the call; a NULL value removes the header.
         unsafe { (self.cb.http_set_header)(self.fe, header_type(kind), ModuleBuffer::of(key), value) }
     }
 
     fn add_header(&mut self, kind: HeaderKind, key: &[u8], value: &[u8]) -> bool {
         if value.is_empty() {
-            // Envoy's `http_add_header` refuses an empty value (Envoy's Wasm host adds it). Set
-            // it instead, and put back the values the key had before: every value is kept, the
-            // empty one first rather than last.
-            let existing = self.header_values(kind, key).unwrap_or_default();
-            return self.set_header(kind, key, Some(b""))
-                && existing.iter().all(|v| v.is_empty() || self.add_header(kind, key, v));
+            // Envoy 1.40's dynamic-module ABI cannot hold an empty header value: `http_add_header`
+            // refuses one and `http_set_header` removes the header. Envoy's Wasm host adds it and
+            // answers OK; thaw answers OK too (a guest SDK treats a failure as fatal) and the
+            // header is not added (CONFORMANCE.md, documented differences).
+            return true;
         }
         // SAFETY: live stream; buffers borrowed for the call.
         unsafe { (self.cb.http_add_header)(self.fe, header_type(kind), ModuleBuffer::of(key), ModuleBuffer::of(value)) }
@@ -381,26 +380,6 @@ impl HttpStream for EnvoyStream {
                 ModuleBuffer::of(&reply.body),
                 ModuleBuffer::of(&reply.details),
             )
-        }
-    }
-
-    fn can_send_response(&self) -> bool {
-        self.cb.http_send_response_headers.is_some() && self.cb.http_send_response_data.is_some()
-    }
-
-    fn send_response(&mut self, headers: &[HeaderPair], body: &[u8]) {
-        let (Some(send_headers), Some(send_data)) = (self.cb.http_send_response_headers, self.cb.http_send_response_data) else {
-            return;
-        };
-        let mut raw = raw_headers(headers);
-        // SAFETY: live stream; `raw` points into `headers`, and `body` is borrowed, both for the
-        // call. Envoy runs the response through the filter chain (this filter's response hooks
-        // included) before returning; no borrow of stream state is held (see hooks.rs).
-        unsafe {
-            send_headers(self.fe, raw.as_mut_ptr(), raw.len(), body.is_empty());
-            if !body.is_empty() {
-                send_data(self.fe, ModuleBuffer::of(body), true);
-            }
         }
     }
 

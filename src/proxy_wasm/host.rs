@@ -104,8 +104,8 @@ pub struct HostState {
     /// During root-context calls (ticks, queue notifications): what the root may ask of Envoy.
     pub root_host: Option<Box<dyn crate::stream::RootHost>>,
     pub effects: Vec<Effect>,
-    /// The context the guest last made effective (`proxy_set_effective_context`).
-    pub effective_context: u32,
+    /// The guest's live context ids (its root and the stream's), for `proxy_set_effective_context`.
+    pub contexts: Vec<u32>,
     /// `proxy_set_tick_period_milliseconds` (0: no ticks).
     pub tick_period_ms: u64,
     /// Metrics the guest defined, in order; a metric's id is its index + 1: (type, name).
@@ -130,29 +130,48 @@ pub struct HostState {
     pub abi: super::abi::AbiVersion,
 }
 
-/// The calls an instance has out. Tokens are numbered per instance (Envoy's host numbers them per
-/// VM) and never repeat while the instance lives: a pooled instance whose earlier call was
+/// The calls an instance has out. Tokens are numbered per instance as Envoy's host numbers them
+/// per VM (the low two bits name the kind: HTTP call 0, gRPC call 1, gRPC stream 2; the rest
+/// counts) and never repeat while the instance lives: a pooled instance whose earlier call was
 /// abandoned (the guest answered without waiting, or its stream ended) never sees that token
 /// again, so an SDK that still remembers it cannot mistake a new call for it.
 #[derive(Default, Debug)]
 pub struct Calls {
-    /// The last token handed out (0: none yet; 0 is never a token).
-    last_token: u32,
+    /// Calls of each kind made so far.
+    made: [u32; 3],
     /// Token -> Envoy's id of the callout or call stream that carries it.
     by_token: HashMap<u32, u64>,
 }
 
+/// What a call token is for (its low two bits).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CallKind {
+    Http = 0,
+    GrpcCall = 1,
+    GrpcStream = 2,
+}
+
+impl CallKind {
+    /// The kind a token names; `None` for the fourth pattern, which names no call.
+    pub fn of(token: u32) -> Option<CallKind> {
+        [CallKind::Http, CallKind::GrpcCall, CallKind::GrpcStream].get((token & 3) as usize).copied()
+    }
+}
+
 impl Calls {
-    /// Registers a call Envoy started as `envoy_id`; returns the guest's token for it.
-    pub fn add(&mut self, envoy_id: u64) -> u32 {
-        loop {
-            self.last_token = self.last_token.wrapping_add(1).max(1);
-            if !self.by_token.contains_key(&self.last_token) {
-                break;
+    /// Registers a call of `kind` Envoy started as `envoy_id`; returns the guest's token for it.
+    pub fn add(&mut self, kind: CallKind, envoy_id: u64) -> u32 {
+        // The count wraps after 2^30 - 1 calls of one kind; a token still out is skipped.
+        let token = loop {
+            let made = &mut self.made[kind as usize];
+            *made = if *made >= 0x3FFF_FFFF { 1 } else { *made + 1 };
+            let token = (*made << 2) | kind as u32;
+            if !self.by_token.contains_key(&token) {
+                break token;
             }
-        }
-        self.by_token.insert(self.last_token, envoy_id);
-        self.last_token
+        };
+        self.by_token.insert(token, envoy_id);
+        token
     }
 
     /// Envoy's id of the call with `token`, if it is out.
@@ -229,7 +248,7 @@ impl HostState {
             stream: None,
             root_host: None,
             effects: Vec::new(),
-            effective_context: 0,
+            contexts: Vec::new(),
             tick_period_ms: 0,
             metrics: Vec::new(),
             properties: HashMap::new(),
@@ -247,7 +266,6 @@ impl HostState {
     pub fn reset_request_state(&mut self) {
         self.stream = None;
         self.effects.clear();
-        self.effective_context = 0;
         self.properties.clear();
         self.call_response = None;
         self.grpc_status = None;

@@ -9,7 +9,7 @@
 
 use super::abi::{self, errno, BufferType, MapType, Status};
 use super::header_map;
-use super::host::{Effect, HostState};
+use super::host::{CallKind, Effect, HostState};
 use super::memory::{self, HostError, HostResult};
 use crate::log_at;
 use crate::stream::{Direction, HeaderKind, LocalReply, LogLevel};
@@ -47,9 +47,10 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(env, "proxy_log", |c: C, level: i32, ptr: i32, len: i32| status(proxy_log(c, level, ptr, len)))?;
     linker.func_wrap(env, "proxy_get_log_level", |c: C, out: i32| status(proxy_get_log_level(c, out)))?;
     linker.func_wrap(env, "proxy_get_current_time_nanoseconds", |c: C, out: i32| status(proxy_get_current_time(c, out)))?;
-    linker.func_wrap(env, "proxy_set_effective_context", |mut c: C, id: i32| {
-        c.data_mut().effective_context = id as u32;
-        Ok(Status::Ok as i32)
+    linker.func_wrap(env, "proxy_set_effective_context", |c: C, id: i32| {
+        // Only a context that exists (the root, or the stream's): BAD_ARGUMENT otherwise, as Envoy.
+        let known = c.data().contexts.contains(&(id as u32));
+        Ok(if known { Status::Ok } else { Status::BadArgument } as i32)
     })?;
     linker.func_wrap(env, "proxy_get_buffer_bytes", |c: C, t: i32, start: i32, max: i32, ptr_out: i32, len_out: i32| {
         status(proxy_get_buffer_bytes(c, t, start, max, ptr_out, len_out))
@@ -89,8 +90,8 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         Ok(Status::Ok as i32)
     })?;
     linker.func_wrap(env, "proxy_define_metric", |c: C, t: i32, np: i32, nl: i32, out: i32| status(proxy_define_metric(c, t, np, nl, out)))?;
-    linker.func_wrap(env, "proxy_increment_metric", |c: C, id: i32, delta: i64| status(guest_metric(c, id, MetricOp::Add(delta))))?;
-    linker.func_wrap(env, "proxy_record_metric", |c: C, id: i32, value: i64| status(guest_metric(c, id, MetricOp::Set(value))))?;
+    linker.func_wrap(env, "proxy_increment_metric", |c: C, id: i32, delta: i64| status(guest_metric(c, id, MetricOp::Increment(delta))))?;
+    linker.func_wrap(env, "proxy_record_metric", |c: C, id: i32, value: i64| status(guest_metric(c, id, MetricOp::Record(value))))?;
     linker.func_wrap(env, "proxy_get_metric", |c: C, id: i32, out: i32| status(guest_metric(c, id, MetricOp::Get(out))))?;
 
     linker.func_wrap(env, "proxy_set_buffer_bytes", |c: C, t: i32, start: i32, size: i32, ptr: i32, len: i32| {
@@ -148,10 +149,10 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         env,
         "proxy_call_foreign_function",
-        |c: C, np: i32, nl: i32, _ap: i32, _al: i32, _rp: i32, _rl: i32| -> wasmtime::Result<i32> {
-            // thaw registers no foreign functions: every name is NOT_FOUND (after checking the name
-            // is readable), as Envoy answers for names it does not know.
-            status(memory::read(&c, np, nl).and_then(|_| Err(Status::NotFound.into())))
+        |c: C, np: i32, nl: i32, ap: i32, al: i32, _rp: i32, _rl: i32| -> wasmtime::Result<i32> {
+            // thaw registers no foreign functions: every name is NOT_FOUND (once name and arguments
+            // are readable), as Envoy answers for names it does not know.
+            status(memory::read(&c, np, nl).and_then(|_| memory::read(&c, ap, al)).and_then(|_| Err(Status::NotFound.into())))
         },
     )?;
 
@@ -295,7 +296,8 @@ fn proxy_get_current_time(mut c: C, out: i32) -> HostResult {
 /// The bytes of a buffer the guest can read, or the status that says why not.
 fn buffer(c: &C, buffer_type: i32) -> HostResult<std::sync::Arc<[u8]>> {
     match BufferType::try_from(buffer_type)? {
-        BufferType::PluginConfiguration => Ok(c.data().plugin_config.clone()),
+        // As Envoy's host: the plugin configuration only while configuring.
+        BufferType::PluginConfiguration if c.data().phase == super::host::Phase::Configure => Ok(c.data().plugin_config.clone()),
         BufferType::VmConfiguration => Ok(c.data().vm_config.clone()),
         BufferType::HttpRequestBody => body(c, Direction::Request),
         BufferType::HttpResponseBody => body(c, Direction::Response),
@@ -317,22 +319,28 @@ fn proxy_get_configuration(mut c: C, ptr_out: i32, len_out: i32) -> HostResult {
     memory::return_bytes(&mut c, &config, ptr_out, len_out)
 }
 
+/// A stream body as the guest reads it: what this callback sees of it, or empty (Envoy's host
+/// always has a body buffer for an HTTP context, empty until body data arrives).
 fn body(c: &C, direction: Direction) -> HostResult<std::sync::Arc<[u8]>> {
-    let stream = c.data().stream.as_ref().ok_or(Status::NotFound)?;
-    stream.body(direction).map(Into::into).ok_or_else(|| Status::NotFound.into())
+    let body = c.data().stream.as_ref().and_then(|s| s.body(direction)).unwrap_or_default();
+    Ok(body.into())
 }
 
 /// Envoy's semantics: start 0 drains `size` bytes and prepends the data (so (0, 0) prepends and
 /// (0, length) replaces); start >= length appends; any other start is BAD_ARGUMENT.
 fn proxy_set_buffer_bytes(mut c: C, t: i32, start: i32, size: i32, ptr: i32, len: i32) -> HostResult {
-    let direction = match BufferType::try_from(t)? {
+    let buffer_type = BufferType::try_from(t)?;
+    buffer(&c, t)?;
+    let data = memory::read(&c, ptr, len)?;
+    let direction = match buffer_type {
         BufferType::HttpRequestBody => Direction::Request,
         BufferType::HttpResponseBody => Direction::Response,
+        // Configurations and call responses are read-only.
         _ => return Err(Status::BadArgument.into()),
     };
-    let data = memory::read(&c, ptr, len)?;
-    let stream = c.data_mut().stream.as_mut().ok_or(Status::NotFound)?;
-    let current = stream.body(direction).ok_or(Status::NotFound)?;
+    let stream = c.data_mut().stream.as_mut().ok_or(Status::BadArgument)?;
+    // No body here (e.g. the request headers callback): nothing to change, as Envoy answers.
+    let current = stream.body(direction).ok_or(Status::BadArgument)?;
     let (start, size) = (start as u32 as usize, size as u32 as usize);
     let mut body = Vec::with_capacity(current.len() + data.len());
     if start == 0 {
@@ -347,29 +355,33 @@ fn proxy_set_buffer_bytes(mut c: C, t: i32, start: i32, size: i32, ptr: i32, len
     if stream.set_body(direction, &body) {
         Ok(())
     } else {
-        Err(Status::NotFound.into())
+        Err(Status::BadArgument.into())
     }
 }
 
+/// `proxy_continue_stream` / `proxy_close_stream`. For an HTTP filter, as Envoy's host answers:
+/// request and response act (on this stream; nothing without one); downstream is accepted;
+/// continuing upstream is UNIMPLEMENTED; other types BAD_ARGUMENT.
 fn stream_effect(mut c: C, stream_type: i32, close: bool) -> HostResult {
-    let direction = match stream_type {
-        0 => Direction::Request,
-        1 => Direction::Response,
+    let direction = match (stream_type, close) {
+        (0, _) => Direction::Request,
+        (1, _) => Direction::Response,
+        (2, _) | (3, true) => return Ok(()),
+        (3, false) => return Err(Status::Unimplemented.into()),
         _ => return Err(Status::BadArgument.into()),
     };
-    if c.data().stream.is_none() {
-        return Err(Status::NotFound.into());
+    if c.data().stream.is_some() {
+        c.data_mut().effects.push(if close { Effect::Close } else { Effect::Continue(direction) });
     }
-    c.data_mut().effects.push(if close { Effect::Close } else { Effect::Continue(direction) });
     Ok(())
 }
 
-/// The status and message of the gRPC call being reported (`proxy_on_grpc_close` and friends).
+/// The status and message of the gRPC call being reported (`proxy_on_grpc_close` and friends);
+/// outside those callbacks, OK and no message (Envoy's host keeps them on the root context).
 fn proxy_get_status(mut c: C, code_out: i32, ptr_out: i32, len_out: i32) -> HostResult {
-    memory::check_writable(&c, code_out, 4)?;
-    let (code, message) = c.data().grpc_status.clone().ok_or(Status::NotFound)?;
-    memory::return_bytes(&mut c, &message, ptr_out, len_out)?;
-    memory::write_u32(&mut c, code_out, code)
+    let (code, message) = c.data().grpc_status.clone().unwrap_or_default();
+    memory::write_u32(&mut c, code_out, code)?;
+    memory::return_bytes(&mut c, &message, ptr_out, len_out)
 }
 
 /// `proxy_grpc_call` from an HTTP context: one gRPC message over Envoy's HTTP/2 stream callouts to
@@ -384,7 +396,7 @@ fn proxy_grpc_call(mut c: C, args: [i32; 10], timeout: i32, token_out: i32) -> H
     memory::check_writable(&c, token_out, 4)?;
     let (headers, body) = super::grpc::request(&service, &method, &metadata, &message, &cluster);
     let id = start_call_stream(&mut c, &cluster, &headers, &body, true, timeout as u32 as u64)?;
-    let token = c.data_mut().calls.add(id);
+    let token = c.data_mut().calls.add(CallKind::GrpcCall, id);
     c.data_mut().effects.push(Effect::GrpcStarted { id, stream: false });
     memory::write_u32(&mut c, token_out, token)
 }
@@ -437,20 +449,25 @@ fn proxy_grpc_stream(mut c: C, args: [i32; 8], token_out: i32) -> HostResult {
     memory::check_writable(&c, token_out, 4)?;
     let (headers, _) = super::grpc::request(&service, &method, &metadata, &[], &cluster);
     let id = start_call_stream(&mut c, &cluster, &headers, &[], false, 0)?;
-    let token = c.data_mut().calls.add(id);
+    let token = c.data_mut().calls.add(CallKind::GrpcStream, id);
     c.data_mut().effects.push(Effect::GrpcStarted { id, stream: true });
     memory::write_u32(&mut c, token_out, token)
 }
 
-/// Envoy's id of the call the guest's `token` names; NOT_FOUND for a token that is not out.
-fn call_of(c: &C, token: i32) -> HostResult<u64> {
-    c.data().calls.envoy_id(token as u32).ok_or_else(|| Status::NotFound.into())
+/// Envoy's id of the gRPC call or stream the guest's `token` names, if the token is of one of
+/// `kinds`: BAD_ARGUMENT for a token of another kind, NOT_FOUND for one that is not out (Envoy).
+fn call_of(c: &C, token: i32, kinds: &[CallKind]) -> HostResult<u64> {
+    let token = token as u32;
+    if !CallKind::of(token).is_some_and(|k| kinds.contains(&k)) {
+        return Err(Status::BadArgument.into());
+    }
+    c.data().calls.envoy_id(token).ok_or_else(|| Status::NotFound.into())
 }
 
 /// `proxy_grpc_send`: one framed message on a gRPC stream, optionally closing the sending side.
 fn proxy_grpc_send(mut c: C, token: i32, mp: i32, ml: i32, end_stream: i32) -> HostResult {
     let message = memory::read(&c, mp, ml)?;
-    let id = call_of(&c, token)?;
+    let id = call_of(&c, token, &[CallKind::GrpcStream])?;
     if on_call_stream(&mut c, id, &super::grpc::frame(&message), end_stream != 0, false) {
         Ok(())
     } else {
@@ -458,9 +475,13 @@ fn proxy_grpc_send(mut c: C, token: i32, mp: i32, ml: i32, end_stream: i32) -> H
     }
 }
 
-/// `proxy_grpc_close`: closes the sending side of a gRPC stream (the response may still come).
+/// `proxy_grpc_close`: closes the sending side of a gRPC stream (the response may still come);
+/// a unary call is cancelled.
 fn proxy_grpc_close(mut c: C, token: i32) -> HostResult {
-    let id = call_of(&c, token)?;
+    let id = call_of(&c, token, &[CallKind::GrpcCall, CallKind::GrpcStream])?;
+    if CallKind::of(token as u32) == Some(CallKind::GrpcCall) {
+        return proxy_grpc_cancel(c, token);
+    }
     if on_call_stream(&mut c, id, &[], true, false) {
         Ok(())
     } else {
@@ -470,7 +491,7 @@ fn proxy_grpc_close(mut c: C, token: i32) -> HostResult {
 
 /// `proxy_grpc_cancel`: resets the call's stream; the guest hears nothing more of it.
 fn proxy_grpc_cancel(mut c: C, token: i32) -> HostResult {
-    let id = call_of(&c, token)?;
+    let id = call_of(&c, token, &[CallKind::GrpcCall, CallKind::GrpcStream])?;
     if !on_call_stream(&mut c, id, &[], true, true) {
         return Err(Status::NotFound.into());
     }
@@ -481,6 +502,10 @@ fn proxy_grpc_cancel(mut c: C, token: i32) -> HostResult {
 
 fn proxy_get_property(mut c: C, pp: i32, pl: i32, ptr_out: i32, len_out: i32) -> HostResult {
     let raw = memory::read(&c, pp, pl)?;
+    if raw.is_empty() {
+        // Envoy's host evaluates an empty path to no value, which it cannot serialize.
+        return Err(Status::SerializationFailure.into());
+    }
     if let Some(value) = c.data().properties.get(&raw).cloned() {
         return memory::return_bytes(&mut c, &value, ptr_out, len_out);
     }
@@ -550,9 +575,7 @@ fn proxy_get_buffer_bytes(mut c: C, t: i32, start: i32, max: i32, ptr_out: i32, 
     let bytes = buffer(&c, t)?;
     let start = (start as u32 as usize).min(bytes.len());
     let end = start.saturating_add(max as u32 as usize).min(bytes.len());
-    if bytes.is_empty() {
-        return Err(Status::NotFound.into());
-    }
+    // Nothing to hand over is (NULL, 0), as Envoy's host writes it.
     memory::return_bytes(&mut c, &bytes[start..end], ptr_out, len_out)
 }
 
@@ -767,49 +790,80 @@ fn metric_values() -> &'static Mutex<std::collections::HashMap<(String, String),
     VALUES.get_or_init(Default::default)
 }
 
+/// Metric ids as Envoy's host makes them: the low two bits are the type (counter 0, gauge 1,
+/// histogram 2), the rest counts the metrics of that type (1, 2, ...), in definition order.
+fn metric_id(metrics: &[(u32, String)], index: usize) -> u32 {
+    let metric_type = metrics[index].0;
+    let nth = metrics[..=index].iter().filter(|(t, _)| *t == metric_type).count() as u32;
+    (nth << 2) | metric_type
+}
+
+/// The metric an id names: (type, name), if defined.
+fn metric_by_id(metrics: &[(u32, String)], id: u32) -> Option<(u32, String)> {
+    let (metric_type, nth) = (id & 3, (id >> 2) as usize);
+    metrics.iter().filter(|(t, _)| *t == metric_type).nth(nth.checked_sub(1)?).cloned()
+}
+
 fn proxy_define_metric(mut c: C, metric_type: i32, np: i32, nl: i32, out: i32) -> HostResult {
+    let name = memory::read(&c, np, nl)?;
     if !(0..=2).contains(&metric_type) {
         return Err(Status::BadArgument.into());
     }
-    let name = String::from_utf8(memory::read(&c, np, nl)?).map_err(|_| Status::BadArgument)?;
+    let name = String::from_utf8(name).map_err(|_| Status::BadArgument)?;
     let metrics = &mut c.data_mut().metrics;
-    let id = match metrics.iter().position(|(_, n)| *n == name) {
-        Some(i) => i + 1,
+    let index = match metrics.iter().position(|(_, n)| *n == name) {
+        Some(i) => i,
         None => {
             metrics.push((metric_type as u32, name));
-            metrics.len()
+            metrics.len() - 1
         }
     };
-    memory::write_u32(&mut c, out, id as u32)
+    let id = metric_id(metrics, index);
+    memory::write_u32(&mut c, out, id)
 }
 
+#[derive(Clone, Copy)]
 enum MetricOp {
-    Add(i64),
-    Set(i64),
+    /// `proxy_increment_metric`.
+    Increment(i64),
+    /// `proxy_record_metric`: a counter adds, a gauge is set, a histogram records.
+    Record(i64),
     Get(i32),
 }
 
-/// An unknown metric id is BAD_ARGUMENT, as Envoy's host answers.
+/// Moves or reads a guest metric with Envoy's answers: an unknown counter or gauge is NOT_FOUND;
+/// incrementing a histogram, or a counter by less than 1, and reading a histogram are
+/// BAD_ARGUMENT; recording an unknown metric of any type is NOT_FOUND.
 fn guest_metric(mut c: C, id: i32, op: MetricOp) -> HostResult {
-    let index = usize::try_from(id).ok().and_then(|i| i.checked_sub(1)).ok_or(Status::BadArgument)?;
-    let (metric_type, name) = c.data().metrics.get(index).cloned().ok_or(Status::BadArgument)?;
+    const COUNTER: u32 = 0;
+    const HISTOGRAM: u32 = 2;
+    let id = id as u32;
+    let type_bits = id & 3;
+    match op {
+        MetricOp::Increment(_) | MetricOp::Get(_) if type_bits > 2 || type_bits == HISTOGRAM => return Err(Status::BadArgument.into()),
+        MetricOp::Increment(delta) if type_bits == COUNTER && delta <= 0 && metric_by_id(&c.data().metrics, id).is_some() => {
+            return Err(Status::BadArgument.into())
+        }
+        _ => {}
+    }
+    let (metric_type, name) = metric_by_id(&c.data().metrics, id).ok_or(Status::NotFound)?;
     let key = (c.data().tenant.to_string(), name.clone());
     let value = {
         let mut values = metric_values().lock().unwrap_or_else(|p| p.into_inner());
         let value = values.entry(key).or_insert(0);
-        match op {
-            MetricOp::Add(delta) => *value = value.saturating_add(delta),
-            MetricOp::Set(v) => *value = v,
-            MetricOp::Get(_) => {}
+        match (op, metric_type) {
+            (MetricOp::Increment(delta), _) | (MetricOp::Record(delta), COUNTER) => *value = value.saturating_add(delta),
+            (MetricOp::Record(v), _) => *value = v,
+            (MetricOp::Get(_), _) => {}
         }
         *value
     };
     // Export to Envoy's stats when a stream is at hand: a counter by its delta, a gauge by its
     // new value, a histogram by the recorded sample.
-    let exported = match (Metric::for_guest_type(metric_type), &op) {
-        (Some(m @ Metric::GuestCounter), MetricOp::Add(delta)) => Some((m, *delta)),
-        (Some(m @ Metric::GuestGauge), MetricOp::Add(_) | MetricOp::Set(_)) => Some((m, value)),
-        (Some(m @ Metric::GuestHistogram), MetricOp::Set(sample)) => Some((m, *sample)),
+    let exported = match (Metric::for_guest_type(metric_type), op) {
+        (Some(m @ Metric::GuestCounter), MetricOp::Increment(delta) | MetricOp::Record(delta)) => Some((m, delta)),
+        (Some(m @ Metric::GuestGauge), MetricOp::Increment(_) | MetricOp::Record(_)) => Some((m, value)),
+        (Some(m @ Metric::GuestHistogram), MetricOp::Record(sample)) => Some((m, sample)),
         _ => None,
     };
     if let Some((metric, amount)) = exported {
@@ -849,6 +903,6 @@ fn proxy_http_call(mut c: C, args: [i32; 8], timeout: i32, token_out: i32) -> Ho
         crate::stream::CallError::BadRequest => Status::BadArgument,
         crate::stream::CallError::Unavailable => Status::InternalFailure,
     })?;
-    let token = c.data_mut().calls.add(id);
+    let token = c.data_mut().calls.add(CallKind::Http, id);
     memory::write_u32(&mut c, token_out, token)
 }

@@ -454,6 +454,7 @@ impl GuestInstance {
 
     fn start(&mut self) -> Result<(), GuestError> {
         let root = self.root_context_id as i32;
+        self.store.data_mut().contexts = vec![self.root_context_id];
         let vm_len = self.store.data().vm_config.len() as i32;
         let plugin_len = self.store.data().plugin_config.len() as i32;
         // Reactor guests export `_initialize`; command-style guests `_start` (as Envoy's host).
@@ -483,6 +484,7 @@ impl GuestInstance {
         self.root_context_id = host.root_context_id;
         self.next_context_id = host.root_context_id + 1;
         let state = self.store.data_mut();
+        state.contexts = vec![host.root_context_id];
         state.tick_period_ms = host.tick_period_ms;
         state.metrics = host.metrics.clone();
     }
@@ -514,6 +516,7 @@ impl GuestInstance {
         let id = self.next_context_id;
         self.next_context_id = self.next_context_id.checked_add(1).unwrap_or(ROOT_CONTEXT_ID + 1);
         let root = self.root_context_id as i32;
+        self.store.data_mut().contexts.push(id);
         self.call("proxy_on_context_create", None, Phase::Other, |e, s| {
             e.on_context_create.as_ref().map_or(Ok(()), |f| f.call(s, (id as i32, root)))
         })?;
@@ -678,6 +681,7 @@ impl GuestInstance {
         self.call("proxy_on_done", None, Phase::Other, |e, s| e.on_done.as_ref().map_or(Ok(1), |f| f.call(s, id)))?;
         self.call("proxy_on_log", stream, Phase::Log, |e, s| e.on_log.as_ref().map_or(Ok(()), |f| f.call(s, id)))?;
         self.call("proxy_on_delete", None, Phase::Other, |e, s| e.on_delete.as_ref().map_or(Ok(()), |f| f.call(s, id)))?;
+        self.store.data_mut().contexts.retain(|c| *c != context);
         self.store.data_mut().effects.clear();
         Ok(())
     }
