@@ -1,8 +1,10 @@
 """Differential conformance: the conformance guest (proxy-wasm Rust SDK) runs under Envoy's own
 `envoy.filters.http.wasm` (V8) and under thaw, in the same Envoy 1.40.0 process (one listener
-each, same upstream), driven by the same requests. What the client and the upstream observe
-(status, headers both ways, bodies) must be identical, except for differences listed, with their
-reason, in CONFORMANCE.md (and in KNOWN_DIFFERENCES below)."""
+each, same upstream), driven by the same requests. thaw serves the guest as two tenants, one
+`pooled` and one `per_request`, and every area runs on both. What the client and the upstream
+observe (status, headers both ways, bodies) must be identical, except for differences listed, with
+their reason, in CONFORMANCE.md (and in KNOWN_DIFFERENCES below). Earlier filters leave dynamic
+metadata and filter state, and the route carries metadata, for the `metadata` area."""
 
 import copy
 import json
@@ -36,6 +38,7 @@ REQUESTS = [
     ("local-request-body", "POST", "/l2", {"content-type": "text/plain"}, b"x" * 1000),
     ("local-response-headers", "GET", "/l3", {}, None),
     ("properties", "GET", "/p/x?q=1", {}, None),
+    ("metadata", "GET", "/md", {}, None),
     ("shared-data", "GET", "/s", {}, None),
     ("shared-data", "GET", "/s", {}, None),
     ("queue", "GET", "/q", {}, None),
@@ -112,19 +115,37 @@ def v8_filter(wasm, configuration="{}"):
                    "vm_config": {"vm_id": "conf", "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(wasm)}}}}}}
 
 
+# thaw's tenants of the conformance guest: one per isolation mode; every area runs on both.
+THAW_TENANTS = {"conf": "pooled", "conf-fresh": "per_request"}
+
+
 def thaw_filter(artifacts, module, configuration="{}"):
     return h.thaw_filter({
         "trusted_keys": [str(artifacts.public_key)],
         "tenant_from": {"header": "x-tenant-id"},
-        "tenants": {"conf": {"module": str(module), "plugin_config": configuration, "isolation": "pooled"}},
+        "tenants": {name: {"module": str(module), "plugin_config": configuration, "isolation": isolation}
+                    for name, isolation in THAW_TENANTS.items()},
     })
+
+
+# Filters ahead of the guest's in both listeners: what the `metadata` area reads.
+METADATA_FILTERS = [
+    {"name": "envoy.filters.http.set_metadata", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.set_metadata.v3.Config",
+        "metadata": [{"metadata_namespace": "conf.meta", "value": {"user": "alice", "level": 3, "admin": True}}]}},
+    {"name": "envoy.filters.http.set_filter_state", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config",
+        "on_request_headers": [{"object_key": "conf.state", "factory_key": "envoy.string", "format_string": {"text_format_source": {"inline_string": "from-an-earlier-filter"}}}]}},
+]
+ROUTE_METADATA = {"filter_metadata": {"conf.route": {"owner": "team-a"}}}
 
 
 def two_listener_config(upstream, v8, thaw, grpc_port=None):
     """One Envoy, two listeners: V8 on the first, thaw on the second (and a gRPC cluster). HTTP/1.1
     trailers are enabled both ways, for the trailer area."""
     v8_port, thaw_port, admin = h.free_port(), h.free_port(), h.free_port()
-    config = h.envoy_config([v8], upstream.port, v8_port, admin)
+    routes = [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}, "metadata": ROUTE_METADATA}]
+    config = h.envoy_config(METADATA_FILTERS + [v8], upstream.port, v8_port, admin, routes)
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     hcm["http_protocol_options"] = {"enable_trailers": True}
     config["static_resources"]["clusters"][0]["typed_extension_protocol_options"] = {
@@ -139,7 +160,7 @@ def two_listener_config(upstream, v8, thaw, grpc_port=None):
     second["name"] = "thaw"
     second["address"]["socket_address"]["port_value"] = thaw_port
     hcm = second["filter_chains"][0]["filters"][0]["typed_config"]
-    hcm["http_filters"] = [thaw] + hcm["http_filters"][1:]
+    hcm["http_filters"] = METADATA_FILTERS + [thaw] + hcm["http_filters"][len(METADATA_FILTERS) + 1:]
     config["static_resources"]["listeners"].append(second)
     return config, v8_port, thaw_port, admin
 
@@ -165,10 +186,10 @@ class Conformance(unittest.TestCase):
         cls.grpc.close()
         h.cleanup(cls.dir)
 
-    def observe(self, port, area, method, path, headers, body):
+    def observe(self, port, area, method, path, headers, body, tenant="conf"):
         before = len(self.upstream.seen)
         conn = h.http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request(method, path, body=body, headers={"x-conf": area, "x-tenant-id": "conf", **headers})
+        conn.request(method, path, body=body, headers={"x-conf": area, "x-tenant-id": tenant, **headers})
         r = conn.getresponse()
         response_body = r.read()
         conn.close()
@@ -192,25 +213,32 @@ class Conformance(unittest.TestCase):
                 time.sleep(0.3)  # delivery is asynchronous in both hosts
             if area == "root-call-check":
                 self.wait_for_root_calls()
-            v8 = self.observe(self.v8_port, area, method, path, headers, body)
-            thaw = self.observe(self.thaw_port, area, method, path, headers, body)
+            v8 = json.loads(json.dumps(self.observe(self.v8_port, area, method, path, headers, body)))
             if area in V8_NORMALISE:
                 old, new = V8_NORMALISE[area]
                 v8 = json.loads(json.dumps(v8).replace(old, new))
-                thaw = json.loads(json.dumps(thaw))
             if area in UPSTREAM_RACE:
                 v8.pop("upstream")
-                thaw.pop("upstream")
-            if v8 != thaw and area not in KNOWN_DIFFERENCES:
-                differences.append(f"{area}:\n  v8:   {v8}\n  thaw: {thaw}")
+            for tenant, isolation in THAW_TENANTS.items():
+                thaw = json.loads(json.dumps(self.observe(self.thaw_port, area, method, path, headers, body, tenant)))
+                if area in UPSTREAM_RACE:
+                    thaw.pop("upstream")
+                if v8 != thaw and area not in KNOWN_DIFFERENCES:
+                    differences.append(f"{area} ({isolation}):\n  v8:   {v8}\n  thaw: {thaw}")
         self.assertEqual(differences, [], "\n".join(differences))
 
-    def observe_trailers(self, port):
+    def test_metadata_other_filters_left_is_read_as_in_v8(self):
+        """The test has teeth: V8 reads the values (so thaw's equal answer above means something)."""
+        body = self.observe(self.v8_port, "metadata", "GET", "/md", {}, None)["body"]
+        self.assertIn("metadata.filter_metadata.conf.meta.user=616c696365", body)  # "alice"
+        self.assertIn("xds.route_metadata.filter_metadata.conf.route.owner=7465616d2d61", body)  # "team-a"
+
+    def observe_trailers(self, port, tenant="conf"):
         """A chunked request with a trailer, asking the upstream for a chunked response with one;
         raw HTTP/1.1, since http.client carries no trailers. Returns what both sides saw."""
         import socket
         before = len(self.upstream.seen)
-        request = (b"POST /trailers HTTP/1.1\r\nhost: x\r\nx-conf: trailers\r\nx-tenant-id: conf\r\nx-want-trailers: 1\r\n"
+        request = (b"POST /trailers HTTP/1.1\r\nhost: x\r\nx-conf: trailers\r\nx-tenant-id: " + tenant.encode() + b"\r\nx-want-trailers: 1\r\n"
                    b"transfer-encoding: chunked\r\ntrailer: x-client-trailer\r\n\r\n5\r\nhello\r\n0\r\nx-client-trailer: c1\r\n\r\n")
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(request)
@@ -231,8 +259,10 @@ class Conformance(unittest.TestCase):
         }
 
     def test_trailers_are_observed_identically(self):
-        v8, thaw = self.observe_trailers(self.v8_port), self.observe_trailers(self.thaw_port)
-        self.assertEqual(v8, thaw)
+        v8 = self.observe_trailers(self.v8_port)
+        for tenant in THAW_TENANTS:
+            thaw = self.observe_trailers(self.thaw_port, tenant)
+            self.assertEqual(v8, thaw, tenant)
         # The test has teeth: the guest's trailer edits are there.
         self.assertIn(("x-conf-req-trailer", "added"), thaw["upstream_trailers"][0])
         self.assertIn("x-conf-resp-trailer: t1-seen", thaw["response_trailers"])
@@ -241,7 +271,8 @@ class Conformance(unittest.TestCase):
         """The calls a tick makes finish asynchronously: wait (bounded) until both hosts saw both."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            bodies = [self.observe(p, "root-call-check", "GET", "/rc", {}, None)["body"] for p in (self.v8_port, self.thaw_port)]
+            targets = [(self.v8_port, "conf")] + [(self.thaw_port, tenant) for tenant in THAW_TENANTS]
+            bodies = [self.observe(p, "root-call-check", "GET", "/rc", {}, None, t)["body"] for p, t in targets]
             if all("status=200" in b and "root_grpc=status=0" in b for b in bodies):
                 return
             time.sleep(0.2)

@@ -5,7 +5,7 @@
 //! send (`LocalReply::as_response`), lets the guest's response callbacks read and change it here,
 //! and sends what they leave.
 
-use crate::stream::{AttributeKind, AttributeValue, CallError, Direction, HeaderKind, HeaderPair, HttpStream};
+use crate::stream::{AttributeKind, AttributeValue, CallError, Direction, HeaderKind, HeaderPair, HttpStream, MetadataSource, MetadataValue};
 use crate::config::TenantId;
 use crate::telemetry::{Metric, StatsSink};
 use std::cell::RefCell;
@@ -124,6 +124,14 @@ impl<S: HttpStream> HttpStream for ReplyView<S> {
 
     fn attribute(&self, id: u32, kind: AttributeKind) -> Option<AttributeValue> {
         self.inner.attribute(id, kind)
+    }
+
+    fn metadata(&self, source: MetadataSource, namespace: &[u8], key: &[u8]) -> Option<MetadataValue> {
+        self.inner.metadata(source, namespace, key)
+    }
+
+    fn filter_state(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.inner.filter_state(key)
     }
 
     fn http_call(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], timeout_ms: u64) -> Result<u64, CallError> {

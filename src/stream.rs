@@ -4,6 +4,7 @@
 //! with a fake. Nothing behind this trait touches raw pointers.
 
 use crate::config::TenantId;
+pub use crate::proxy_wasm::properties::{MetadataSource, MetadataValue};
 
 /// The four header maps of an HTTP stream.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -160,6 +161,14 @@ pub trait HttpStream: crate::telemetry::StatsSink {
     fn reset_call_stream(&mut self, _id: u64) {}
     /// An Envoy attribute (`request.path`, `source.address`, ...) by its dynamic-module id.
     fn attribute(&self, _id: u32, _kind: AttributeKind) -> Option<AttributeValue> {
+        None
+    }
+    /// One metadata value: `key` in namespace `namespace` of `source`'s metadata.
+    fn metadata(&self, _source: MetadataSource, _namespace: &[u8], _key: &[u8]) -> Option<MetadataValue> {
+        None
+    }
+    /// A filter-state object's bytes.
+    fn filter_state(&self, _key: &[u8]) -> Option<Vec<u8>> {
         None
     }
 }

@@ -3,7 +3,10 @@
 
 use super::abi::{self, Callbacks, ConfigEnvoyPtr, EnvoyBuffer, FilterEnvoyPtr, HttpHeader, ModuleBuffer};
 use crate::config::{RouteConfig, TenantId};
-use crate::stream::{AttributeKind, AttributeValue, CallError, Direction, HeaderKind, HeaderPair, HttpStream, LocalReply, LogLevel, RootHost};
+use crate::stream::{
+    AttributeKind, AttributeValue, CallError, Direction, HeaderKind, HeaderPair, HttpStream, LocalReply, LogLevel, MetadataSource, MetadataValue,
+    RootHost,
+};
 use crate::telemetry::{Metric, MetricKind, StatsSink};
 use std::sync::OnceLock;
 
@@ -472,6 +475,42 @@ impl HttpStream for EnvoyStream {
                 unsafe { (self.cb.http_filter_get_attribute_bool)(self.fe, id, &mut out) }.then_some(AttributeValue::Bool(out))
             }
         }
+    }
+
+    fn metadata(&self, source: MetadataSource, namespace: &[u8], key: &[u8]) -> Option<MetadataValue> {
+        let (ns, key, source) = (ModuleBuffer::of(namespace), ModuleBuffer::of(key), source as u32);
+        if let Some(get) = self.cb.http_get_metadata_string {
+            let mut out = EnvoyBuffer { ptr: std::ptr::null(), length: 0 };
+            // SAFETY: live stream; buffers borrowed for the call; Envoy's answer is valid until
+            // the hook returns and copied at once.
+            if unsafe { get(self.fe, source, ns, key, &mut out) } {
+                // SAFETY: as above.
+                return Some(MetadataValue::String(unsafe { copy(out.ptr, out.length) }));
+            }
+        }
+        if let Some(get) = self.cb.http_get_metadata_number {
+            let mut out = 0f64;
+            // SAFETY: live stream; buffers borrowed for the call; `out` is a valid local.
+            if unsafe { get(self.fe, source, ns, key, &mut out) } {
+                return Some(MetadataValue::Number(out));
+            }
+        }
+        if let Some(get) = self.cb.http_get_metadata_bool {
+            let mut out = false;
+            // SAFETY: as above.
+            if unsafe { get(self.fe, source, ns, key, &mut out) } {
+                return Some(MetadataValue::Bool(out));
+            }
+        }
+        None
+    }
+
+    fn filter_state(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let get = self.cb.http_get_filter_state_bytes?;
+        let mut out = EnvoyBuffer { ptr: std::ptr::null(), length: 0 };
+        // SAFETY: live stream; the key is borrowed for the call; Envoy's buffer is valid until the
+        // hook returns and copied at once.
+        unsafe { get(self.fe, ModuleBuffer::of(key), &mut out) }.then(|| unsafe { copy(out.ptr, out.length) })
     }
 
     fn route_tenant(&self) -> Option<TenantId> {

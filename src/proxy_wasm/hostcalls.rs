@@ -509,8 +509,11 @@ fn proxy_get_property(mut c: C, pp: i32, pl: i32, ptr_out: i32, len_out: i32) ->
     if let Some(value) = c.data().properties.get(&raw).cloned() {
         return memory::return_bytes(&mut c, &value, ptr_out, len_out);
     }
-    let name = properties::dotted(&raw).ok_or(Status::BadArgument)?;
-    let value = match properties::lookup(&name).ok_or(Status::NotFound)? {
+    let source = match properties::structured(&properties::segments(&raw)) {
+        Some(source) => source,
+        None => properties::lookup(&properties::dotted(&raw).ok_or(Status::BadArgument)?).ok_or(Status::NotFound)?,
+    };
+    let value = match source {
         properties::Source::Tenant => c.data().tenant.as_str().as_bytes().to_vec(),
         properties::Source::RootId => c.data().root_id.as_bytes().to_vec(),
         properties::Source::Headers(kind) => {
@@ -520,6 +523,14 @@ fn proxy_get_property(mut c: C, pp: i32, pl: i32, ptr_out: i32, len_out: i32) ->
         properties::Source::Attribute(id, kind) => {
             let stream = c.data().stream.as_ref().ok_or(Status::NotFound)?;
             properties::encode(stream.attribute(id, kind).ok_or(Status::NotFound)?)
+        }
+        properties::Source::Metadata { source, namespace, key } => {
+            let stream = c.data().stream.as_ref().ok_or(Status::NotFound)?;
+            stream.metadata(source, &namespace, &key).ok_or(Status::NotFound)?.encode()
+        }
+        properties::Source::FilterState(key) => {
+            let stream = c.data().stream.as_ref().ok_or(Status::NotFound)?;
+            stream.filter_state(&key).ok_or(Status::NotFound)?
         }
     };
     memory::return_bytes(&mut c, &value, ptr_out, len_out)

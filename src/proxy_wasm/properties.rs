@@ -7,7 +7,7 @@
 use crate::stream::{AttributeKind, AttributeValue, HeaderKind};
 
 /// Where a property's value comes from.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Source {
     /// An Envoy attribute, by its dynamic-module id.
     Attribute(u32, AttributeKind),
@@ -17,6 +17,63 @@ pub enum Source {
     Tenant,
     /// `plugin_root_id`: the tenant's configured root id.
     RootId,
+    /// One value of Envoy metadata: `metadata.filter_metadata.<ns>.<key>` (the stream's dynamic
+    /// metadata), `xds.route_metadata...`, `xds.cluster_metadata...`,
+    /// `xds.upstream_host_metadata...`. A namespace is one path segment (it may hold dots).
+    Metadata { source: MetadataSource, namespace: Vec<u8>, key: Vec<u8> },
+    /// `filter_state.<key>`: a filter-state object's bytes.
+    FilterState(Vec<u8>),
+}
+
+/// Whose metadata (`envoy_dynamic_module_type_metadata_source`, Envoy's `abi.h` order).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MetadataSource {
+    Dynamic = 0,
+    Route = 1,
+    Cluster = 2,
+    Host = 3,
+}
+
+/// A metadata value, typed as Envoy holds it (`google.protobuf.Value`).
+#[derive(Clone, PartialEq, Debug)]
+pub enum MetadataValue {
+    String(Vec<u8>),
+    Number(f64),
+    Bool(bool),
+}
+
+impl MetadataValue {
+    /// As Envoy's Wasm host serializes it: a string raw, a number as an 8-byte little-endian
+    /// double (always a double, as protobuf holds it), a bool as one byte.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            MetadataValue::String(s) => s.clone(),
+            MetadataValue::Number(n) => n.to_le_bytes().to_vec(),
+            MetadataValue::Bool(b) => vec![*b as u8],
+        }
+    }
+}
+
+/// The path's NUL-separated segments (a trailing NUL allowed).
+pub fn segments(path: &[u8]) -> Vec<&[u8]> {
+    path.strip_suffix(&[0]).unwrap_or(path).split(|b| *b == 0).collect()
+}
+
+/// A path whose meaning depends on its segments (metadata, filter state); `None` for the others,
+/// which `lookup` resolves by their dotted name.
+pub fn structured(segments: &[&[u8]]) -> Option<Source> {
+    let metadata = |source, rest: &[&[u8]]| match rest {
+        [b"filter_metadata", namespace, key] => Some(Source::Metadata { source, namespace: namespace.to_vec(), key: key.to_vec() }),
+        _ => None,
+    };
+    match segments {
+        [b"metadata", rest @ ..] => metadata(MetadataSource::Dynamic, rest),
+        [b"xds", b"route_metadata", rest @ ..] => metadata(MetadataSource::Route, rest),
+        [b"xds", b"cluster_metadata", rest @ ..] => metadata(MetadataSource::Cluster, rest),
+        [b"xds", b"upstream_host_metadata", rest @ ..] => metadata(MetadataSource::Host, rest),
+        [b"filter_state", key] => Some(Source::FilterState(key.to_vec())),
+        _ => None,
+    }
 }
 
 /// Envoy attribute paths and their dynamic-module attribute ids (Envoy's `abi.h` order).
@@ -86,9 +143,6 @@ const ATTRIBUTES: &[(&str, u32, AttributeKind)] = {
     ]
 };
 
-/// Largest property path a guest may pass.
-pub const MAX_PATH_BYTES: usize = 1024;
-
 /// The dotted name of a path the guest sends as NUL-separated segments (a trailing NUL allowed).
 pub fn dotted(path: &[u8]) -> Option<String> {
     let path = path.strip_suffix(&[0]).unwrap_or(path);
@@ -129,5 +183,19 @@ mod tests {
         assert_eq!(lookup("plugin_vm_id"), Some(Source::Tenant));
         assert_eq!(lookup("no.such.thing"), None);
         assert_eq!(encode(AttributeValue::Int(200)), 200u64.to_le_bytes());
+    }
+
+    #[test]
+    fn metadata_paths_keep_dotted_namespaces_whole() {
+        let path = b"metadata\0filter_metadata\0envoy.filters.http.lua\0user\0";
+        assert_eq!(
+            structured(&segments(path)),
+            Some(Source::Metadata { source: MetadataSource::Dynamic, namespace: b"envoy.filters.http.lua".to_vec(), key: b"user".to_vec() })
+        );
+        let route = segments(b"xds\0route_metadata\0filter_metadata\0ns\0k");
+        assert!(matches!(structured(&route), Some(Source::Metadata { source: MetadataSource::Route, .. })));
+        assert_eq!(structured(&segments(b"filter_state\0wasm.x")), Some(Source::FilterState(b"wasm.x".to_vec())));
+        assert_eq!(structured(&segments(b"request\0path")), None);
+        assert_eq!(MetadataValue::Number(2.0).encode(), 2.0f64.to_le_bytes());
     }
 }

@@ -213,6 +213,31 @@ impl HttpContext for Conf {
                 Action::Continue
             }
             "local-request-headers" => reply(self, 418, "teapot from request headers".into()),
+            "metadata" => {
+                // Values other filters left: dynamic metadata (set_metadata filter), route metadata,
+                // filter state; raw bytes in hex, so a number's 8-byte double and a bool's byte show.
+                let paths: [&[&str]; 7] = [
+                    &["metadata", "filter_metadata", "conf.meta", "user"],
+                    &["metadata", "filter_metadata", "conf.meta", "level"],
+                    &["metadata", "filter_metadata", "conf.meta", "admin"],
+                    &["metadata", "filter_metadata", "conf.meta", "missing"],
+                    &["metadata", "filter_metadata", "no.such.namespace", "user"],
+                    &["xds", "route_metadata", "filter_metadata", "conf.route", "owner"],
+                    &["filter_state", "conf.state"],
+                ];
+                let body = paths
+                    .iter()
+                    .map(|p| {
+                        let value = match self.get_property(p.to_vec()) {
+                            None => "-".to_string(),
+                            Some(bytes) => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+                        };
+                        format!("{}={value}", p.join("."))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                reply(self, 200, body)
+            }
             "properties" => {
                 let body = ["request.path", "request.url_path", "request.method", "request.scheme", "request.protocol", "request.query", "plugin_root_id", "source.port", "response.code", "no.such.property"]
                     .iter()
