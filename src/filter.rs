@@ -33,6 +33,14 @@ pub struct Tenant {
     pub tick_period_ms: u64,
 }
 
+impl Tenant {
+    /// Whether requests can be served: false while the answers to its init's HTTP calls are
+    /// outstanding (`proxy_wasm::init_calls`).
+    pub fn is_ready(&self) -> bool {
+        self.plugin.readiness.as_ref().is_none_or(|ready| ready.get().is_some())
+    }
+}
+
 /// Counts a tenant's guest failures; too many within the window quarantines it.
 struct CrashTracker {
     policy: CrashLoop,
@@ -109,8 +117,8 @@ impl FilterConfig {
         let mut modules: HashMap<(PathBuf, PathBuf), (ArtifactDigest, Module)> = HashMap::new();
         let mut by_digest: HashMap<ArtifactDigest, Module> = HashMap::new();
         let mut linked: HashMap<ArtifactDigest, Linked> = HashMap::new();
-        // Init-check results: the tick period the guest's init set.
-        let mut init_checked: HashMap<(ArtifactDigest, Vec<u8>, Vec<u8>), u64> = HashMap::new();
+        // Init-check results: the tick period the guest's init set, and whether init made calls.
+        let mut init_checked: HashMap<(ArtifactDigest, Vec<u8>, Vec<u8>), (u64, bool)> = HashMap::new();
         let seal_key = match &config.snapshots {
             Some(settings) => Some(SealKey::load(&settings.key).map_err(|e| format!("invalid filter_config field `snapshots.key`: {e}"))?),
             None => None,
@@ -168,18 +176,24 @@ impl FilterConfig {
                             l
                         }
                     };
-                    let plugin = Plugin::from_linked(engine, tenant, &link, digest, None);
+                    let mut plugin = Plugin::from_linked(engine, tenant, &link, digest, None);
                     // Run the guest's init once now, so a guest that rejects its configuration
                     // rejects the config at load, not at the first request.
                     let init_key = (digest, tenant.plugin_config.clone(), tenant.vm_config.clone());
-                    let tick = match init_checked.get(&init_key) {
-                        Some(tick) => *tick,
+                    let (tick, init_calls) = match init_checked.get(&init_key) {
+                        Some(checked) => *checked,
                         None => {
-                            let tick = plugin.instantiate().map_err(|e| e.to_string())?.host_snapshot().tick_period_ms;
-                            init_checked.insert(init_key, tick);
-                            tick
+                            let (instance, calls) = plugin.instantiate_noting_calls().map_err(|e| e.to_string())?;
+                            let checked = (instance.host_snapshot().tick_period_ms, calls > 0);
+                            init_checked.insert(init_key, checked);
+                            checked
                         }
                     };
+                    if init_calls {
+                        // Ready once the root instance's init calls are answered (`init_calls`).
+                        log_at!(Info, "thaw: tenant `{}`: its init makes HTTP calls; ready once they are answered", tenant.id);
+                        plugin.readiness = Some(Default::default());
+                    }
                     (plugin, tick)
                 }
             };
@@ -473,11 +487,14 @@ impl StreamFilter {
     }
 
     fn deny_or_allow<S: HttpStream + Clone + 'static>(&mut self, stream: &mut S) -> Verdict {
+        self.per_on_error(stream, "thaw: the tenant's filter failed; request denied\n", "thaw_guest_failure")
+    }
+
+    /// Lets the request through or denies it (503, `body`, `details`) per `on_error`.
+    fn per_on_error<S: HttpStream + Clone + 'static>(&mut self, stream: &mut S, body: &str, details: &str) -> Verdict {
         match self.config.on_error {
             Policy::Allow => Verdict::Continue,
-            Policy::Deny => {
-                self.reply(stream, &LocalReply::text(503, "thaw: the tenant's filter failed; request denied\n", "thaw_guest_failure"), false)
-            }
+            Policy::Deny => self.reply(stream, &LocalReply::text(503, body, details), false),
         }
     }
 
@@ -623,6 +640,10 @@ impl StreamFilter {
         if entry.crashes.is_quarantined() {
             stream.record(Metric::QuarantinedRequest, &tenant, 1);
             return self.deny_or_allow(&mut stream);
+        }
+        if !entry.is_ready() {
+            stream.record(Metric::TenantNotReady, &tenant, 1);
+            return self.per_on_error(&mut stream, "thaw: the tenant is initializing (its init calls are unanswered); request denied\n", "thaw_tenant_not_ready");
         }
         let plugin = Arc::clone(&entry.plugin);
         let started = pool::take(&plugin, &mut stream).and_then(|mut instance| {

@@ -7,12 +7,18 @@
 //! worker (Envoy's Wasm filter ticks each worker's VM): what they build reaches request instances
 //! through shared data and queues. A failing root call discards the root instance (the next event
 //! makes a new one) and is counted.
+//!
+//! Root instances run their init with the filter config's callouts at hand, so HTTP calls made
+//! during init are sent and answered here. For a tenant whose init makes calls, thaw makes its
+//! root instance right after the config is created and records those calls and their answers:
+//! once none is outstanding, the transcript is the tenant's readiness (`proxy_wasm::init_calls`).
 
 use crate::config::TenantId;
 use crate::filter::FilterConfig;
 use crate::log_at;
 use crate::proxy_wasm::{GuestInstance, Plugin};
 use crate::telemetry::StatsSink;
+use crate::proxy_wasm::init_calls::{CallRequest, Readiness, Transcript};
 use crate::proxy_wasm::{grpc, shared};
 use crate::stream::{CallError, CallResponse, HeaderPair, RootHost};
 use std::cell::RefCell;
@@ -36,7 +42,21 @@ struct RootTenant {
     period_ms: Arc<AtomicU64>,
     /// Registered with `shared` for this tenant's queues (kept alive here).
     _queue_notifier: shared::Notifier,
+    /// While the tenant's init calls are being answered: what is recorded so far.
+    init: RefCell<Option<InitRecording>>,
 }
+
+/// The calls a tenant's root instance made during init and the answers so far.
+struct InitRecording {
+    readiness: Readiness,
+    transcript: Transcript,
+    /// Envoy callout id -> index in `transcript.calls`, for calls not answered yet.
+    outstanding: HashMap<u64, usize>,
+}
+
+/// The event that makes a tenant's root instance (and so runs its init calls): queue ids count up
+/// from 1 and 0 is a tick.
+const INIT_EVENT: u32 = u32::MAX;
 
 pub struct RootContexts {
     tenants: Vec<RootTenant>,
@@ -76,12 +96,18 @@ impl RootContexts {
                     }
                 });
                 shared::watch_queues(id.as_str(), &notifier);
+                let init = t.plugin.readiness.as_ref().filter(|r| r.get().is_none()).map(|readiness| InitRecording {
+                    readiness: Arc::clone(readiness),
+                    transcript: Transcript::default(),
+                    outstanding: HashMap::new(),
+                });
                 RootTenant {
                     id: id.clone(),
                     plugin: Arc::clone(&t.plugin),
                     root: RefCell::new(None),
                     period_ms: Arc::new(AtomicU64::new(t.tick_period_ms)),
                     _queue_notifier: notifier,
+                    init: RefCell::new(init),
                 }
             })
             .collect();
@@ -90,6 +116,7 @@ impl RootContexts {
         let thread = (ticking > 0).then(|| {
             let periods: Vec<Arc<AtomicU64>> = tenants.iter().map(|t| Arc::clone(&t.period_ms)).collect();
             let stop = Arc::clone(&stop);
+            let commit = Arc::clone(&commit);
             std::thread::Builder::new()
                 .name("thaw-ticker".into())
                 .spawn(move || ticker(&periods, &stop, commit))
@@ -97,6 +124,11 @@ impl RootContexts {
         });
         if ticking > 0 {
             log_at!(Info, "thaw: ticking {ticking} tenants on the main thread");
+        }
+        for (index, tenant) in tenants.iter().enumerate() {
+            if tenant.init.borrow().is_some() {
+                commit(event(index, INIT_EVENT));
+            }
         }
         RootContexts {
             tenants,
@@ -108,12 +140,15 @@ impl RootContexts {
         }
     }
 
-    /// Runs an event on the main thread: a tick, or a queue notification. `host` is what the root
-    /// instance may ask of Envoy (HTTP calls) during it.
-    pub fn run(&self, event: u64, stats: &mut dyn StatsSink, host: Box<dyn RootHost>) {
+    /// Runs an event on the main thread: a tick, a queue notification, or making a tenant's root
+    /// instance (its init's calls). `host` makes what the root instance may ask of Envoy (HTTP
+    /// calls) during it.
+    pub fn run(&self, event: u64, stats: &mut dyn StatsSink, host: &dyn Fn() -> Box<dyn RootHost>) {
         let (index, queue) = ((event >> 32) as usize, event as u32);
         self.with_root(index, stats, host, |instance, host| {
-            if queue == 0 {
+            if queue == INIT_EVENT {
+                Ok(())
+            } else if queue == 0 {
                 instance.on_tick(host).map(|period| {
                     if let Some(t) = self.tenants.get(index) {
                         t.period_ms.store(period, Ordering::Relaxed)
@@ -126,8 +161,13 @@ impl RootContexts {
     }
 
     /// The response of an HTTP call a root instance started (main thread); `None`: it failed.
-    pub fn on_http_call_response(&self, callout_id: u64, response: Option<CallResponse>, stats: &mut dyn StatsSink, host: Box<dyn RootHost>) {
+    pub fn on_http_call_response(&self, callout_id: u64, response: Option<CallResponse>, stats: &mut dyn StatsSink, host: &dyn Fn() -> Box<dyn RootHost>) {
         let Some(index) = self.pending_calls.borrow_mut().remove(&callout_id) else { return };
+        if let Some(tenant) = self.tenants.get(index) {
+            if let Some(init) = tenant.init.borrow_mut().as_mut() {
+                init.answered(callout_id, &response);
+            }
+        }
         self.with_root(index, stats, host, |instance, host| instance.on_http_call_response(None, Some(host), callout_id, response));
     }
 
@@ -145,36 +185,55 @@ impl RootContexts {
             (index, deliveries)
         };
         for delivery in deliveries {
-            self.with_root(index, stats, host(), |instance, h| instance.on_grpc(None, Some(h), id, delivery));
+            self.with_root(index, stats, host, |instance, h| instance.on_grpc(None, Some(h), id, delivery));
         }
     }
 
-    /// Runs `call` on tenant `index`'s root instance (made first if needed), remembering the HTTP
-    /// calls it starts; a failure discards the instance and is counted.
+    /// Runs `call` on tenant `index`'s root instance (made first if needed, its init calls sent
+    /// through `host`), remembering the HTTP calls it starts; a failure discards the instance and
+    /// is counted.
     fn with_root(
         &self,
         index: usize,
         stats: &mut dyn StatsSink,
-        host: Box<dyn RootHost>,
+        host: &dyn Fn() -> Box<dyn RootHost>,
         call: impl FnOnce(&mut GuestInstance, Box<dyn RootHost>) -> Result<(), crate::proxy_wasm::GuestError>,
     ) {
         let Some(tenant) = self.tenants.get(index) else { return };
         let mut root = tenant.root.borrow_mut();
+        let started = Rc::new(RefCell::new(Started::default()));
+        let recording = || Box::new(Recording { inner: host(), started: Rc::clone(&started) }) as Box<dyn RootHost>;
         if root.is_none() {
-            match tenant.plugin.instantiate() {
+            if let Some(init) = tenant.init.borrow_mut().as_mut() {
+                // A new root instance runs init afresh: record its calls, not an earlier one's.
+                init.restart();
+            }
+            match tenant.plugin.instantiate_as_root(recording()) {
                 Ok(instance) => *root = Some(instance),
                 Err(e) => {
-                    log_at!(Error, "thaw: tenant `{}`: cannot create its root instance for ticks: {e}", tenant.id);
+                    log_at!(Error, "thaw: tenant `{}`: cannot create its root instance: {e}", tenant.id);
                     stats.record(e.kind().metric(), &tenant.id, 1);
                     return;
                 }
             }
         }
         let instance = root.as_mut().expect("created above");
-        let started = Rc::new(RefCell::new(Started::default()));
-        let result = call(instance, Box::new(Recording { inner: host, started: Rc::clone(&started) }));
+        let result = call(instance, recording());
         let started = started.borrow();
-        self.pending_calls.borrow_mut().extend(started.http.iter().map(|id| (*id, index)));
+        self.pending_calls.borrow_mut().extend(started.http.iter().map(|(id, _)| (*id, index)));
+        let mut init = tenant.init.borrow_mut();
+        if let Some(recording) = init.as_mut() {
+            for (id, request) in &started.http {
+                recording.made(*id, request.clone());
+            }
+            if result.is_ok() && recording.outstanding.is_empty() {
+                let calls = recording.transcript.calls.len();
+                let _ = recording.readiness.set(Arc::new(std::mem::take(&mut recording.transcript)));
+                *init = None;
+                log_at!(Info, "thaw: tenant `{}`: ready ({calls} init calls answered)", tenant.id);
+            }
+        }
+        drop(init);
         self.pending_grpc.borrow_mut().extend(
             started.streams.iter().map(|(id, streaming)| (*id, (index, grpc::CallState { streaming: *streaming, ..Default::default() }))),
         );
@@ -186,10 +245,32 @@ impl RootContexts {
     }
 }
 
-/// What a root call started: HTTP callout ids, and call streams (id, whether a gRPC stream).
+impl InitRecording {
+    fn restart(&mut self) {
+        self.transcript = Transcript::default();
+        self.outstanding.clear();
+    }
+
+    /// The root instance made an HTTP call during init (or while delivering an init answer).
+    fn made(&mut self, id: u64, request: CallRequest) {
+        self.outstanding.insert(id, self.transcript.calls.len());
+        self.transcript.calls.push((request, None));
+    }
+
+    /// The answer to one of them arrived.
+    fn answered(&mut self, id: u64, response: &Option<CallResponse>) {
+        if let Some(index) = self.outstanding.remove(&id) {
+            self.transcript.calls[index].1 = response.clone();
+            self.transcript.arrival.push(index);
+        }
+    }
+}
+
+/// What a root call started: HTTP callouts (id, request), and call streams (id, whether a gRPC
+/// stream).
 #[derive(Default)]
 struct Started {
-    http: Vec<u64>,
+    http: Vec<(u64, CallRequest)>,
     streams: Vec<(u64, bool)>,
 }
 
@@ -202,7 +283,8 @@ struct Recording {
 impl RootHost for Recording {
     fn http_call(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], timeout_ms: u64) -> Result<u64, CallError> {
         let id = self.inner.http_call(cluster, headers, body, timeout_ms)?;
-        self.started.borrow_mut().http.push(id);
+        let request = CallRequest { cluster: cluster.to_vec(), headers: headers.to_vec(), body: body.to_vec() };
+        self.started.borrow_mut().http.push((id, request));
         Ok(id)
     }
 

@@ -50,6 +50,9 @@ pub enum Metric {
     InstanceRefused,
     /// Counter: idle instances evicted (least recently used tenant first) to stay within the budget.
     InstanceEvicted,
+    /// Counter: requests answered per `on_error` because the tenant's init calls are not all
+    /// answered yet (`proxy_wasm::init_calls`).
+    TenantNotReady,
     /// Counter defined by a guest (`proxy_define_metric`), labelled by tenant and metric name.
     GuestCounter,
     /// Gauge defined by a guest.
@@ -59,7 +62,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 19] = [
+    pub const ALL: [Metric; 20] = [
         Metric::ColdStart,
         Metric::AotLoad,
         Metric::SnapshotResume,
@@ -76,6 +79,7 @@ impl Metric {
         Metric::QuarantinedRequest,
         Metric::InstanceRefused,
         Metric::InstanceEvicted,
+        Metric::TenantNotReady,
         Metric::GuestCounter,
         Metric::GuestGauge,
         Metric::GuestHistogram,
@@ -99,6 +103,7 @@ impl Metric {
             Metric::QuarantinedRequest => "wasm_quarantined_request_total",
             Metric::InstanceRefused => "wasm_instance_refused_total",
             Metric::InstanceEvicted => "wasm_instance_evicted_total",
+            Metric::TenantNotReady => "wasm_tenant_not_ready_total",
             Metric::GuestCounter => "wasm_guest_counter",
             Metric::GuestGauge => "wasm_guest_gauge",
             Metric::GuestHistogram => "wasm_guest_histogram",

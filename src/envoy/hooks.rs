@@ -290,7 +290,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(ce: Confi
         // the only thread that touches `roots`.
         let config = unsafe { &*(cm as *const LoadedConfig) };
         if let Some(roots) = &config.roots {
-            roots.run(event_id, &mut ConfigStats { ce, cb, ids: config.metrics }, Box::new(ConfigCaller { ce, cb }));
+            let host = || Box::new(ConfigCaller { ce, cb }) as Box<dyn crate::stream::RootHost>;
+            roots.run(event_id, &mut ConfigStats { ce, cb, ids: config.metrics }, &host);
         }
     })
 }
@@ -313,7 +314,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
         // SAFETY: the arrays Envoy passed to this hook.
         let response = unsafe { call_response(result, headers, headers_size, body_chunks, body_chunks_size) };
         if let Some(roots) = &config.roots {
-            roots.on_http_call_response(callout_id, response, &mut ConfigStats { ce, cb, ids: config.metrics }, Box::new(ConfigCaller { ce, cb }));
+            let host = || Box::new(ConfigCaller { ce, cb }) as Box<dyn crate::stream::RootHost>;
+            roots.on_http_call_response(callout_id, response, &mut ConfigStats { ce, cb, ids: config.metrics }, &host);
         }
     })
 }

@@ -128,6 +128,8 @@ pub struct HostState {
     pub calls: Calls,
     /// The ABI the guest declares (a few answers differ for ABI 0.1.0 guests, as in Envoy).
     pub abi: super::abi::AbiVersion,
+    /// What an HTTP call made during init does (`init_calls`).
+    pub init_calls: super::init_calls::InitCalls,
 }
 
 /// The calls an instance has out. Tokens are numbered per instance as Envoy's host numbers them
@@ -259,6 +261,7 @@ impl HostState {
             held_headers: [false; 2],
             calls: Calls::default(),
             abi: super::abi::AbiVersion::V0_2_1,
+            init_calls: Default::default(),
         }
     }
 

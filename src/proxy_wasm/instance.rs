@@ -37,6 +37,9 @@ pub struct Plugin {
     resume: Option<HostSnapshot>,
     /// The ABI the guest declares.
     pub abi: AbiVersion,
+    /// Set when the guest's init makes HTTP calls: ready once the root instance recorded them
+    /// all with their answers (`init_calls`).
+    pub readiness: Option<super::init_calls::Readiness>,
 }
 
 /// A module linked against the host functions, ready to instantiate (shared by every tenant of
@@ -189,16 +192,52 @@ impl Plugin {
             initial_memory_bytes: linked.initial_memory_bytes,
             resume,
             abi: linked.abi,
+            readiness: None,
         }
     }
 
     /// A fresh, initialized instance: instantiated, `_initialize`d, root context created,
-    /// `proxy_on_vm_start` and `proxy_on_configure` run.
+    /// `proxy_on_vm_start` and `proxy_on_configure` run; if init makes HTTP calls, their recorded
+    /// answers delivered (`init_calls`).
     pub fn instantiate(&self) -> Result<GuestInstance, GuestError> {
+        use super::init_calls::{InitCalls, Replay};
+        let init_calls = match &self.readiness {
+            None => InitCalls::Refused,
+            Some(ready) => match ready.get() {
+                Some(transcript) => InitCalls::Replay(Replay::new(Arc::clone(transcript))),
+                None => {
+                    let reason = "its init's HTTP calls are not answered yet".to_string();
+                    return Err(GuestError::Failed { tenant: self.tenant.clone(), hook: "instantiate", kind: FailureKind::Refused, reason });
+                }
+            },
+        };
+        self.instantiate_with(init_calls, None)
+    }
+
+    /// The load-time init check: an instance whose init's HTTP calls are counted, not sent;
+    /// returns it and how many calls its init made.
+    pub fn instantiate_noting_calls(&self) -> Result<(GuestInstance, usize), GuestError> {
+        let mut instance = self.instantiate_with(super::init_calls::InitCalls::Noted(0), None)?;
+        let noted = match std::mem::take(&mut instance.store.data_mut().init_calls) {
+            super::init_calls::InitCalls::Noted(n) => n,
+            _ => 0,
+        };
+        Ok((instance, noted))
+    }
+
+    /// A root instance on Envoy's main thread: its init's calls go through `host` (the filter
+    /// config's callouts) and are answered later, as in Envoy's Wasm filter.
+    pub fn instantiate_as_root(&self, host: Box<dyn crate::stream::RootHost>) -> Result<GuestInstance, GuestError> {
+        self.instantiate_with(super::init_calls::InitCalls::Refused, Some(host))
+    }
+
+    fn instantiate_with(&self, init_calls: super::init_calls::InitCalls, root_host: Option<Box<dyn crate::stream::RootHost>>) -> Result<GuestInstance, GuestError> {
         let cap = (self.policy.memory_limit_mb as usize) << 20;
         let mut state = HostState::new(self.tenant.clone(), self.plugin_config.clone(), self.vm_config.clone(), cap);
         state.root_id = self.root_id.clone();
         state.abi = self.abi;
+        state.init_calls = init_calls;
+        state.root_host = root_host;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         // With epoch interruption, the deadline must be set before instantiation runs any code.
@@ -243,6 +282,7 @@ impl Plugin {
             Some(host) => guest.restore(host),
             None => guest.start()?,
         }
+        guest.store.data_mut().root_host = None;
         Ok(guest)
     }
 }
@@ -474,8 +514,20 @@ impl GuestInstance {
             self.failed = true;
             return Err(GuestError::Rejected { tenant: self.tenant.clone(), hook: "proxy_on_configure" });
         }
+        self.replay_init_calls()?;
         // Nothing from init may leak into the first request.
         self.store.data_mut().effects.clear();
+        Ok(())
+    }
+
+    /// Delivers the recorded answers to the HTTP calls init made (`init_calls::Replay`), in the
+    /// order they reached the tenant's root instance.
+    fn replay_init_calls(&mut self) -> Result<(), GuestError> {
+        let super::init_calls::InitCalls::Replay(replay) = &self.store.data().init_calls else { return Ok(()) };
+        for (id, answer) in replay.answers() {
+            self.on_http_call_response(None, None, id, answer)?;
+        }
+        self.store.data_mut().init_calls = super::init_calls::InitCalls::Refused;
         Ok(())
     }
 

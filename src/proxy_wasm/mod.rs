@@ -10,6 +10,7 @@ pub mod abi;
 pub mod header_map;
 pub mod host;
 pub mod hostcalls;
+pub mod init_calls;
 pub mod instance;
 pub mod memory;
 pub mod grpc;
