@@ -11,9 +11,11 @@ cd "$ROOT"
 BUILD="$ROOT/build"
 VENV="$ROOT/.venv"
 ENVOY_VERSION="1.40.0"
-APT_PACKAGES=(rustc-web cargo-web rust-web-src lld-19 wasi-libc wabt wrk)
+APT_PACKAGES=(rustc-web cargo-web rust-web-src lld-19 clang-19 wasi-libc wabt wrk)
 # Guests are built with Debian's rustc-web (the rustup toolchain has no wasm32 std); see examples/README.md.
-GUESTS=(auth-filter probe-filter chaos-filter heavy-init-filter conformance-filter)
+GUESTS=(auth-filter probe-filter chaos-filter heavy-init-filter conformance-filter decision-filter waf-filter)
+# Raw-ABI C guests (clang-19 + wasi-libc; examples/c): older guest shapes, hostile arguments.
+C_GUESTS=(c-auth-abi010 c-auth-abi020 c-hostile-args)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -48,16 +50,33 @@ envoy_bin() {
   "$VENV/bin/python" -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))'
 }
 
+# The Debian archive URI this machine's apt already uses for the main archive (the first `URIs:`
+# of a deb822 source, or of a one-line `deb` source, whose suites are Debian's, not -security).
+debian_mirror() {
+  local files=(/etc/apt/sources.list.d/*.sources /etc/apt/sources.list /etc/apt/sources.list.d/*.list)
+  local uri
+  uri="$(awk 'tolower($1)=="uris:" {u=$2} tolower($1)=="suites:" && u!="" && $0 !~ /security/ {print u; exit}' \
+           "${files[@]}" 2>/dev/null || true)"
+  if [ -z "$uri" ]; then
+    uri="$(awk '$1=="deb" && $0 !~ /security/ {for (i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' \
+             "${files[@]}" 2>/dev/null | head -n1 || true)"
+  fi
+  [ -n "$uri" ] || { echo "no Debian archive found in the configured apt sources" >&2; return 1; }
+  printf '%s\n' "$uri"
+}
+
 # The real cosign (interoperability tests) is in Debian trixie only: fetch its .deb with a private
-# apt configuration pointed at trixie, unpack it under build/tools. Nothing is installed system-wide.
+# apt configuration pointed at trixie on the mirror apt already uses, unpack it under build/tools.
+# Nothing is installed system-wide.
 deps_cosign() {
   local dest="$BUILD/tools/cosign"
   [ -x "$dest" ] && return 0
-  log "cosign: fetching from Debian trixie"
+  local mirror; mirror="$(debian_mirror)"
+  log "cosign: fetching from Debian trixie ($mirror)"
   local tmp; tmp="$(mktemp -d)"
   mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$BUILD/tools"
   cat > "$tmp/sources.list" <<SRC
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror trixie main
 SRC
   local opts=(-o "Dir::Etc::SourceList=$tmp/sources.list" -o "Dir::Etc::SourceParts=-" \
               -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache" -o "APT::Get::List-Cleanup=0")
@@ -84,7 +103,7 @@ cmd_build() {
   build_guests
   dev_key
   local thaw="$ROOT/target/release/thaw"
-  for g in "${GUESTS[@]}"; do
+  for g in "${GUESTS[@]}" "${C_GUESTS[@]}"; do
     local w="$BUILD/guests/${g}.wasm" c="$BUILD/guests/${g}.cwasm"
     if [ ! -f "$c" ] || [ "$w" -nt "$c" ] || [ "$thaw" -nt "$c" ]; then
       "$thaw" compile "$w" -o "$c"
@@ -102,6 +121,8 @@ build_guests() {
   for name in "${GUESTS[@]}"; do
     cp "$BUILD/guest-target/wasm32-wasip1/release/${name//-/_}.wasm" "$BUILD/guests/${name}.wasm"
   done
+  log "guests: ${C_GUESTS[*]} (clang-19, wasi-libc)"
+  "$ROOT/examples/c/build.sh" "$BUILD/guests"
 }
 
 # A development signing key, generated into build/ (git-ignored), never committed.
@@ -131,6 +152,7 @@ cmd_test() {
   log "unit and host tests"
   THAW_GUESTS="$BUILD/guests" cargo test --release --locked
   log "integration suite against the real Envoy $ENVOY_VERSION"
+  # test_enforcement_random.py draws a new seed each run (printed; THAW_RANDOM_SEED replays one).
   ENVOY_BIN="$(envoy_bin)" COSIGN_BIN="$BUILD/tools/cosign" \
     "$VENV/bin/python" -m unittest discover -s "$ROOT/integration" -p 'test_*.py' -v
 }
