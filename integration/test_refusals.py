@@ -49,6 +49,33 @@ class Refusals(unittest.TestCase):
         self.assertTrue(ok, output)
         self.assertIn("signatures verified", output)
 
+    def test_a_module_declaring_no_abi_version_is_refused_at_compile_and_sign_as_envoy_refuses_it(self):
+        """A module exporting memory and an allocator but no `proxy_abi_version_*`: Envoy's Wasm
+        filter refuses it at load ("Missing or unknown Proxy-Wasm ABI version"); so do `thaw
+        compile` and `thaw sign`, with the same words."""
+        section = lambda sid, body: bytes([sid, len(body)]) + body
+        name = lambda text: bytes([len(text)]) + text
+        wasm = (b"\0asm\x01\0\0\0"
+                + section(1, b"\x01\x60\x01\x7f\x01\x7f")  # type: (i32) -> i32
+                + section(3, b"\x01\x00")  # one function of that type
+                + section(5, b"\x01\x00\x01")  # one memory, one page
+                + section(7, b"\x02" + name(b"memory") + b"\x02\x00" + name(b"malloc") + b"\x00\x00")
+                + section(10, b"\x01\x04\x00\x41\x00\x0b"))  # malloc returns 0
+        path = self.dir / "no-abi.wasm"
+        path.write_bytes(wasm)
+        for args in (["compile", path, "-o", self.dir / "no-abi.cwasm"], ["sign", "--key", self.artifacts.private_key, path, "-o", self.dir / "no-abi.sig"]):
+            p = h.thaw(*args, check=False)
+            self.assertNotEqual(p.returncode, 0, args)
+            self.assertIn("Missing or unknown Proxy-Wasm ABI version", p.stderr, args)
+        self.assertFalse((self.dir / "no-abi.cwasm").exists())
+        # Envoy's own Wasm filter refuses the same module, for the same reason.
+        v8 = {"name": "envoy.filters.http.wasm", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {"name": "no-abi", "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(path)}}}}}}
+        ok, output = h.validate(h.envoy_config([v8], 1, h.free_port(), h.free_port()), self.dir)
+        self.assertFalse(ok)
+        self.assertIn("Missing or unknown Proxy-Wasm ABI version", output)
+
     def test_unsigned(self):
         path = self.copy("unsigned.cwasm")
         self.assert_refused(self.config(path), "tenant `acme`", str(path), "unsigned", f"{path}.sig")

@@ -1,5 +1,6 @@
 //! proxy-wasm 0.2.1 numbers (status codes, enums) and the limits thaw puts on what guests pass in.
-//! Every limit lives here with its reason.
+//! Every limit lives here with its reason. Guest pointers and lengths have no limit of their own
+//! beyond guest memory (bounded by the instance's memory cap), as in Envoy's host.
 
 use crate::stream::{HeaderKind, LogLevel};
 
@@ -139,16 +140,11 @@ impl TryFrom<i32> for LogLevel {
     }
 }
 
-/// Largest serialized header map a guest may pass (Envoy's host: 1 MiB).
+/// Largest serialized header map read from a guest (Envoy's host: 1 MiB; a larger one reads as
+/// an empty map, as there).
 pub const MAX_HEADER_MAP_BYTES: usize = 1024 * 1024;
-/// Most pairs in a serialized header map (Envoy's host: 1024).
+/// Most pairs in a serialized header map (Envoy's host: 1024; more reads as an empty map).
 pub const MAX_HEADER_PAIRS: usize = 1024;
-/// Largest single key, value, log line or details string a guest may pass.
-pub const MAX_GUEST_STRING_BYTES: usize = 1024 * 1024;
-/// Largest body a guest may write with `proxy_set_buffer_bytes` in one call.
-pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
-/// Largest local-reply body a guest may send.
-pub const MAX_LOCAL_REPLY_BODY_BYTES: usize = 1024 * 1024;
 /// Largest `random_get` request (Envoy's host: 64 KiB).
 pub const MAX_RANDOM_GET_BYTES: usize = 64 * 1024;
 /// Most table elements an instance may grow to (a bound on indirect-call tables).
