@@ -104,7 +104,7 @@ fn main() {
         let (module, _) = artifact.load(runtime, false).unwrap();
         let plugin = Plugin::new(runtime, &tenant, module, ArtifactDigest::of(&cwasm)).unwrap();
         let fresh = measure(30, 5, || drop(plugin.instantiate().unwrap()));
-        let (snap_cwasm, host) = thaw::snapshot::create(runtime, &tenant, &wasm, ArtifactDigest::of(&wasm)).unwrap();
+        let (snap_cwasm, host) = thaw::snapshot::create(runtime, &tenant, &wasm, ArtifactDigest::of(&wasm), None).unwrap();
         // SAFETY: bytes this process compiled just now (the benchmark's own snapshot).
         let snap_module = unsafe { wasmtime::Module::deserialize(runtime, &snap_cwasm) }.unwrap();
         let resumed = Plugin::resumed(runtime, &tenant, snap_module, ArtifactDigest::of(&wasm), host).unwrap();

@@ -11,6 +11,7 @@ import threading
 import time
 import unittest
 import urllib.request
+from pathlib import Path
 
 import harness as h
 
@@ -53,8 +54,9 @@ def cluster(name, port):
         {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
 
 
-def waf_envoy(workdir, artifacts, upstream, v8_rules, thaw_rules):
-    """One Envoy: V8 (rules from cluster `rules-v8`) and thaw (cluster `rules-thaw`) listeners."""
+def waf_envoy(workdir, artifacts, upstream, v8_rules, thaw_rules, snapshots=None):
+    """One Envoy: V8 (rules from cluster `rules-v8`) and thaw (cluster `rules-thaw`) listeners.
+    `snapshots`: a dict for thaw's `snapshots` setting; the tenants are then snapshotted."""
     wasm = h.GUESTS / "waf-filter.wasm"
     module = artifacts.signed("waf-filter")
     v8 = {"name": "envoy.filters.http.wasm", "typed_config": {
@@ -62,12 +64,20 @@ def waf_envoy(workdir, artifacts, upstream, v8_rules, thaw_rules):
         "config": {"name": "waf", "root_id": "",
                    "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": "rules-v8"},
                    "vm_config": {"vm_id": "waf", "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(wasm)}}}}}}
-    thaw = h.thaw_filter({
+    thaw_config = {
         "trusted_keys": [str(artifacts.public_key)],
         "tenant_from": {"header": "x-tenant-id"},
         "tenants": {name: {"module": str(module), "plugin_config": "rules-thaw", "isolation": isolation}
                     for name, isolation in THAW_TENANTS.items()},
-    })
+    }
+    if snapshots:
+        source = Path(workdir) / "waf-filter.wasm"
+        source.write_bytes(wasm.read_bytes())
+        artifacts.sign(source)
+        thaw_config["snapshots"] = snapshots
+        for tenant in thaw_config["tenants"].values():
+            tenant["snapshot"] = {"source": str(source)}
+    thaw = h.thaw_filter(thaw_config)
     v8_port, thaw_port, admin = h.free_port(), h.free_port(), h.free_port()
     config = h.envoy_config([v8], upstream.port, v8_port, admin)
     second = copy.deepcopy(config["static_resources"]["listeners"][0])
@@ -137,6 +147,35 @@ class InitCalls(unittest.TestCase):
         finally:
             v8_rules.close()
             thaw_rules.close()
+
+    def test_with_snapshots_the_snapshot_is_taken_after_the_answers_and_a_new_process_resumes_it(self):
+        """Snapshots configured: the tenant's init cannot be snapshotted at load (its calls are
+        unanswered); it is snapshotted once they are answered, before any request, and a second
+        Envoy resumes the stored snapshot: it serves the rules without asking for them."""
+        key = Path(self.dir) / "snapshot.key"
+        key.write_bytes(bytes(range(32)))
+        settings = {"dir": str(Path(self.dir) / "snapshots"), "key": str(key)}
+        for run in ("first", "second"):
+            v8_rules, thaw_rules = RulesServer(), RulesServer()
+            envoy, v8_port, thaw_port = waf_envoy(self.dir, self.artifacts, self.upstream, v8_rules, thaw_rules, settings)
+            try:
+                with envoy:
+                    for tenant in THAW_TENANTS:
+                        self.assertTrue(wait_until(lambda: get(thaw_port, "/admin", tenant)[0] == 403), envoy.output()[-3000:])
+                        for i in range(5):
+                            path = f"/ok/{run}/{tenant}/{i}"
+                            self.assertEqual(get(thaw_port, path, tenant)[0], 200)
+                            self.assertEqual(self.upstream_waf_headers(path), [("x-waf-rules", "2")])
+                    out = envoy.output()
+                    if run == "first":
+                        self.assertIn("stored its snapshot", out)
+                        self.assertEqual(thaw_rules.calls, ["/rules"] * len(THAW_TENANTS))
+                    else:
+                        self.assertIn("resumed stored snapshot", out)
+                        self.assertEqual(thaw_rules.calls, [], "a resumed snapshot asked for its rules again")
+            finally:
+                v8_rules.close()
+                thaw_rules.close()
 
     def test_requests_before_the_answer_are_denied_and_counted_then_served(self):
         v8_rules, thaw_rules = RulesServer(), RulesServer(delay_s=2.0)

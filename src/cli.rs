@@ -137,7 +137,7 @@ fn run(command: Command) -> Result<()> {
             let key = crate::snapshot::SealKey::load(&seal_key).map_err(anyhow::Error::msg)?;
             // The compile engine has the runtime's compatibility settings (see engine.rs).
             let engine = engine::compile_engine(Target::host())?;
-            let (cwasm, host) = crate::snapshot::create(&engine, &tenant, &wasm, digest).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let (cwasm, host) = crate::snapshot::create(&engine, &tenant, &wasm, digest, None).map_err(|e| anyhow::anyhow!("{e:?}"))?;
             let binding = crate::snapshot::Binding::new(&tenant.id, digest, &tenant.plugin_config, &tenant.vm_config, &engine::engine_fingerprint(&engine)?);
             let sealed = crate::snapshot::seal(&key, &binding, &host, &cwasm, encrypt);
             let path = crate::snapshot::store(&snapshot_dir, &tenant.id, &sealed).map_err(anyhow::Error::msg)?;

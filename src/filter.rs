@@ -31,6 +31,11 @@ pub struct Tenant {
     crashes: CrashTracker,
     /// The tick period the guest's init set (0: no ticks); see `timers`.
     pub tick_period_ms: u64,
+    /// For a snapshotted tenant whose init makes HTTP calls: what it takes to snapshot it once
+    /// they are answered (`snapshot_after_init`).
+    pending_snapshot: Mutex<Option<Box<PendingSnapshot>>>,
+    /// That snapshot: requests are served from it once it exists.
+    snapshot_after_init: OnceLock<Arc<Plugin>>,
 }
 
 impl Tenant {
@@ -38,6 +43,28 @@ impl Tenant {
     /// outstanding (`proxy_wasm::init_calls`).
     pub fn is_ready(&self) -> bool {
         self.plugin.readiness.as_ref().is_none_or(|ready| ready.get().is_some())
+    }
+
+    /// The plugin requests are served from: the snapshot taken after init calls, once there.
+    pub fn serving_plugin(&self) -> &Arc<Plugin> {
+        self.snapshot_after_init.get().unwrap_or(&self.plugin)
+    }
+
+    /// The tenant's init calls are answered (`init_calls`): if it is to be snapshotted, take the
+    /// snapshot now, replaying them, before the tenant serves its first request. Main thread.
+    pub fn on_init_calls_answered(&self, transcript: &Arc<crate::proxy_wasm::init_calls::Transcript>) {
+        let Some(pending) = self.pending_snapshot.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        match pending.take(Some(Arc::clone(transcript))) {
+            Ok(Some(plugin)) => match plugin.instantiate() {
+                // One resumed instance now: checks it, and builds its memory image.
+                Ok(_) => {
+                    let _ = self.snapshot_after_init.set(Arc::new(plugin));
+                }
+                Err(e) => log_at!(Error, "thaw: {e}; serving from per-worker init"),
+            },
+            Ok(None) => {}
+            Err(e) => log_at!(Error, "thaw: tenant `{}`: snapshot after init calls: {e}; serving from per-worker init", self.plugin.tenant),
+        }
     }
 }
 
@@ -153,9 +180,16 @@ impl FilterConfig {
                     (artifact.digest(), module)
                 }
             };
+            let mut pending_snapshot = None;
             let snapshotted = match (&config.snapshots, &tenant.snapshot_source, &seal_key) {
                 (Some(settings), Some(source), Some(seal_key)) => {
-                    resume_or_snapshot(engine, settings, seal_key, tenant, source, &keys, stats)?
+                    match resume_or_snapshot(engine, settings, seal_key, tenant, source, &keys, stats)? {
+                        Ok(plugin) => Some(plugin),
+                        Err(pending) => {
+                            pending_snapshot = Some(pending);
+                            None
+                        }
+                    }
                 }
                 _ => None,
             };
@@ -171,7 +205,7 @@ impl FilterConfig {
                     let link = match linked.get(&digest) {
                         Some(l) => l.clone(),
                         None => {
-                            let l = Linked::link(engine, &module, false).map_err(|e| refuse(format!("{}: {e}", tenant.module.display())))?;
+                            let l = Linked::link(engine, &module, None).map_err(|e| refuse(format!("{}: {e}", tenant.module.display())))?;
                             linked.insert(digest, l.clone());
                             l
                         }
@@ -190,16 +224,28 @@ impl FilterConfig {
                         }
                     };
                     if init_calls {
-                        // Ready once the root instance's init calls are answered (`init_calls`).
+                        // Ready once the root instance's init calls are answered (`init_calls`);
+                        // a snapshot, if configured, is taken then, before any request.
                         log_at!(Info, "thaw: tenant `{}`: its init makes HTTP calls; ready once they are answered", tenant.id);
                         plugin.readiness = Some(Default::default());
+                    } else {
+                        pending_snapshot = None;
                     }
                     (plugin, tick)
                 }
             };
             log_at!(Debug, "thaw: tenant `{}`: loaded {} ({digest}, signature verified)", tenant.id, tenant.module.display());
             let crashes = CrashTracker::new(config.crash_loop);
-            tenants.insert(tenant.id.clone(), Tenant { plugin: Arc::new(plugin), crashes, tick_period_ms });
+            tenants.insert(
+                tenant.id.clone(),
+                Tenant {
+                    plugin: Arc::new(plugin),
+                    crashes,
+                    tick_period_ms,
+                    pending_snapshot: Mutex::new(pending_snapshot),
+                    snapshot_after_init: OnceLock::new(),
+                },
+            );
         }
         log_at!(
             Info,
@@ -218,17 +264,31 @@ impl FilterConfig {
     }
 }
 
+/// What it takes to snapshot a tenant later: its verified `.wasm` and the snapshot's binding.
+/// Kept for a tenant whose init makes HTTP calls: its snapshot is taken once they are answered
+/// (`Tenant::snapshot_after_init`).
+pub struct PendingSnapshot {
+    engine: &'static wasmtime::Engine,
+    settings: SnapshotSettings,
+    seal_key: SealKey,
+    tenant: TenantConfig,
+    wasm: Vec<u8>,
+    digest: ArtifactDigest,
+    binding: Binding,
+}
+
 /// A tenant's plugin resumed from its stored snapshot, or from a snapshot made now (and stored);
-/// `None` when the guest cannot be snapshotted (logged with the reason: per-worker init then).
+/// `Err(pending)` when the guest's init cannot be snapshotted now (logged with the reason:
+/// per-worker init then; `pending` can try again once its init calls are answered).
 fn resume_or_snapshot(
-    engine: &wasmtime::Engine,
+    engine: &'static wasmtime::Engine,
     settings: &SnapshotSettings,
     seal_key: &SealKey,
     tenant: &TenantConfig,
     source: &SignedFile,
     keys: &[TrustedKey],
     stats: &mut dyn StatsSink,
-) -> Result<Option<Plugin>, String> {
+) -> Result<Result<Plugin, Box<PendingSnapshot>>, String> {
     let id = &tenant.id;
     let refuse = |reason: String| format!("tenant `{id}`: snapshot source refused: {reason}");
     let artifact = VerifiedArtifact::read(&source.path, &source.signature, keys).map_err(|e| {
@@ -250,7 +310,7 @@ fn resume_or_snapshot(
                 .map_err(|e| format!("tenant `{id}`: snapshot {}: {e:#}", path.display()))?;
             stats.record(Metric::AotLoad, id, started.elapsed().as_micros() as i64);
             log_at!(Info, "thaw: tenant `{id}`: resumed stored snapshot {} (init not run)", path.display());
-            return Plugin::resumed(engine, tenant, module, artifact.digest(), unsealed.host).map(Some);
+            return Plugin::resumed(engine, tenant, module, artifact.digest(), unsealed.host).map(Ok);
         }
         Err(Refusal::Missing) => {}
         Err(refusal) => {
@@ -258,21 +318,43 @@ fn resume_or_snapshot(
             log_at!(Warn, "thaw: tenant `{id}`: stored snapshot {} refused ({refusal}); nothing from it is used, replacing it", path.display());
         }
     }
-    let (cwasm, host) = match snapshot::create(engine, tenant, artifact.bytes(), artifact.digest()) {
-        Ok(made) => made,
-        Err(snapshot::CreateError::Rejected(e)) => return Err(e.to_string()),
-        Err(snapshot::CreateError::Unsupported(why)) => {
-            log_at!(Warn, "thaw: tenant `{id}`: cannot snapshot its init ({why}); falling back to per-worker init");
-            return Ok(None);
-        }
+    let pending = PendingSnapshot {
+        engine,
+        settings: settings.clone(),
+        seal_key: seal_key.clone(),
+        tenant: tenant.clone(),
+        wasm: artifact.bytes().to_vec(),
+        digest: artifact.digest(),
+        binding,
     };
-    let sealed = snapshot::seal(seal_key, &binding, &host, &cwasm, settings.encrypt);
-    match snapshot::store(&settings.dir, id, &sealed) {
-        Ok(path) => log_at!(Info, "thaw: tenant `{id}`: ran init once and stored its snapshot {} ({} ms)", path.display(), started.elapsed().as_millis()),
-        Err(e) => log_at!(Warn, "thaw: tenant `{id}`: {e}; using the snapshot unstored"),
+    match pending.take(None)? {
+        Some(plugin) => Ok(Ok(plugin)),
+        None => Ok(Err(Box::new(pending))),
     }
-    let module = engine::deserialize_trusted(engine, &cwasm, engine::Trust::SealedByThaw).map_err(|e| format!("tenant `{id}`: {e:#}"))?;
-    Plugin::resumed(engine, tenant, module, artifact.digest(), host).map(Some)
+}
+
+impl PendingSnapshot {
+    /// Runs init (answering its HTTP calls from `init_calls`, if given), snapshots it, seals and
+    /// stores it, and loads the snapshot; `None` when init cannot be snapshotted (logged).
+    fn take(&self, init_calls: Option<Arc<crate::proxy_wasm::init_calls::Transcript>>) -> Result<Option<Plugin>, String> {
+        let (id, started) = (&self.tenant.id, Instant::now());
+        let (cwasm, host) = match snapshot::create(self.engine, &self.tenant, &self.wasm, self.digest, init_calls) {
+            Ok(made) => made,
+            Err(snapshot::CreateError::Rejected(e)) => return Err(e.to_string()),
+            Err(snapshot::CreateError::Unsupported(why)) => {
+                log_at!(Warn, "thaw: tenant `{id}`: cannot snapshot its init ({why}); falling back to per-worker init");
+                return Ok(None);
+            }
+        };
+        let sealed = snapshot::seal(&self.seal_key, &self.binding, &host, &cwasm, self.settings.encrypt);
+        match snapshot::store(&self.settings.dir, id, &sealed) {
+            Ok(path) => log_at!(Info, "thaw: tenant `{id}`: ran init once and stored its snapshot {} ({} ms)", path.display(), started.elapsed().as_millis()),
+            Err(e) => log_at!(Warn, "thaw: tenant `{id}`: {e}; using the snapshot unstored"),
+        }
+        let module =
+            engine::deserialize_trusted(self.engine, &cwasm, engine::Trust::SealedByThaw).map_err(|e| format!("tenant `{id}`: {e:#}"))?;
+        Plugin::resumed(self.engine, &self.tenant, module, self.digest, host).map(Some)
+    }
 }
 
 /// What Envoy should do with the stream after a hook. Each variant names the Envoy filter status it
@@ -645,7 +727,7 @@ impl StreamFilter {
             stream.record(Metric::TenantNotReady, &tenant, 1);
             return self.per_on_error(&mut stream, "thaw: the tenant is initializing (its init calls are unanswered); request denied\n", "thaw_tenant_not_ready");
         }
-        let plugin = Arc::clone(&entry.plugin);
+        let plugin = Arc::clone(entry.serving_plugin());
         let started = pool::take(&plugin, &mut stream).and_then(|mut instance| {
             let context = instance.create_http_context()?;
             Ok(ActiveGuest { tenant: tenant.clone(), plugin, instance, context })

@@ -59,6 +59,7 @@ struct InitRecording {
 const INIT_EVENT: u32 = u32::MAX;
 
 pub struct RootContexts {
+    config: Arc<FilterConfig>,
     tenants: Vec<RootTenant>,
     /// HTTP calls root instances started, by Envoy callout id: the tenant index to answer.
     pending_calls: RefCell<HashMap<u64, usize>>,
@@ -79,7 +80,7 @@ impl RootContexts {
     /// Starts root contexts for every tenant of `config`: the ticker thread for those with a tick
     /// period, queue notifications for all. `commit(event)` asks Envoy to call `run(event)` on the
     /// main thread.
-    pub fn start(config: &FilterConfig, commit: Commit) -> RootContexts {
+    pub fn start(config: &Arc<FilterConfig>, commit: Commit) -> RootContexts {
         let alive = Arc::new(RwLock::new(true));
         let mut ids: Vec<&TenantId> = config.tenants.keys().collect();
         ids.sort();
@@ -131,6 +132,7 @@ impl RootContexts {
             }
         }
         RootContexts {
+            config: Arc::clone(config),
             tenants,
             pending_calls: RefCell::new(HashMap::new()),
             pending_grpc: RefCell::new(HashMap::new()),
@@ -227,10 +229,14 @@ impl RootContexts {
                 recording.made(*id, request.clone());
             }
             if result.is_ok() && recording.outstanding.is_empty() {
-                let calls = recording.transcript.calls.len();
-                let _ = recording.readiness.set(Arc::new(std::mem::take(&mut recording.transcript)));
+                let transcript = Arc::new(std::mem::take(&mut recording.transcript));
+                // A snapshot (when configured) is taken now, before the tenant is ready.
+                if let Some(t) = self.config.tenants.get(&tenant.id) {
+                    t.on_init_calls_answered(&transcript);
+                }
+                let _ = recording.readiness.set(Arc::clone(&transcript));
                 *init = None;
-                log_at!(Info, "thaw: tenant `{}`: ready ({calls} init calls answered)", tenant.id);
+                log_at!(Info, "thaw: tenant `{}`: ready ({} init calls answered)", tenant.id, transcript.calls.len());
             }
         }
         drop(init);

@@ -299,6 +299,7 @@ pub fn create(
     tenant: &crate::config::TenantConfig,
     wasm: &[u8],
     digest: ArtifactDigest,
+    init_calls: Option<std::sync::Arc<crate::proxy_wasm::init_calls::Transcript>>,
 ) -> Result<(Vec<u8>, HostSnapshot), CreateError> {
     use crate::proxy_wasm::{GuestError, Plugin};
     let unsupported = CreateError::Unsupported;
@@ -306,7 +307,7 @@ pub fn create(
     let (cx, instrumented) = wizer.instrument(wasm).map_err(|e| unsupported(format!("{e:#}")))?;
     let module = wasmtime::Module::new(engine, &instrumented)
         .map_err(|e| unsupported(format!("compiling the instrumented module: {e:#}")))?;
-    let plugin = Plugin::for_snapshot(engine, tenant, module, digest).map_err(unsupported)?;
+    let plugin = Plugin::for_snapshot(engine, tenant, module, digest, init_calls).map_err(unsupported)?;
     let instance = plugin.instantiate().map_err(|e| match e {
         GuestError::Rejected { .. } => CreateError::Rejected(e),
         other => unsupported(other.to_string()),

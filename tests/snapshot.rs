@@ -238,7 +238,7 @@ fn a_snapshot_is_never_taken_after_a_request() {
     let wizer = wasmtime_wizer::Wizer::new();
     let (cx, instrumented) = wizer.instrument(&wasm).unwrap();
     let module = wasmtime::Module::new(engine, &instrumented).unwrap();
-    let plugin = Plugin::for_snapshot(engine, &s.tenant("acme", SMALL), module, ArtifactDigest::of(&wasm)).unwrap();
+    let plugin = Plugin::for_snapshot(engine, &s.tenant("acme", SMALL), module, ArtifactDigest::of(&wasm), None).unwrap();
     let mut instance = plugin.instantiate().unwrap();
     let context = instance.create_http_context().unwrap();
     // The request's outcome does not matter (this plugin's init allowlist also applies to it);
@@ -265,7 +265,7 @@ fn a_forbidden_hostcall_during_init_falls_back_to_per_worker_init() {
     let s = Setup::new();
     let engine = engine::runtime_engine().unwrap();
     let tenant = s.tenant("odd", "");
-    let err = snapshot::create(engine, &tenant, &wasm, ArtifactDigest::of(&wasm)).err().expect("must not snapshot");
+    let err = snapshot::create(engine, &tenant, &wasm, ArtifactDigest::of(&wasm), None).err().expect("must not snapshot");
     let text = format!("{err:?}");
     assert!(matches!(err, snapshot::CreateError::Unsupported(_)) && text.contains("proxy_send_local_response"), "{text}");
 }

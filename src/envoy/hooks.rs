@@ -78,7 +78,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         let loaded = callbacks::init().and_then(|cb| {
             let metrics = MetricIds::define(cb, config_envoy)?;
             let mut stats = ConfigStats { ce: config_envoy, cb, ids: metrics };
-            let filter = FilterConfig::load_json(&name, config, &mut stats)?;
+            let filter = Arc::new(FilterConfig::load_json(&name, config, &mut stats)?);
             let scheduler = ConfigScheduler::new(cb, config_envoy).map(Arc::new);
             let roots = scheduler.as_ref().map(|s| {
                 let s = Arc::clone(s);
@@ -87,7 +87,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             if scheduler.is_none() {
                 log_at!(Warn, "thaw: this Envoy has no config scheduler: proxy_on_tick and proxy_on_queue_ready will not be called");
             }
-            Ok(LoadedConfig { filter: Arc::new(filter), metrics, roots, _scheduler: scheduler })
+            Ok(LoadedConfig { filter, metrics, roots, _scheduler: scheduler })
         });
         match loaded {
             Ok(loaded) => Box::into_raw(Box::new(loaded)) as ConfigModulePtr,

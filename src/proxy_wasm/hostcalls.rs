@@ -215,13 +215,19 @@ pub const SNAPSHOT_INIT_ALLOWLIST: &[&str] = &[
     "proxy_get_shared_data",
 ];
 
-/// Replaces every `env` import of `module` outside [`SNAPSHOT_INIT_ALLOWLIST`] with a function
-/// that traps, naming the call: a snapshotted init that makes one fails the snapshot.
-pub fn forbid_outside_snapshot_allowlist(linker: &mut Linker<HostState>, module: &Module) -> wasmtime::Result<()> {
+/// What a snapshotted init may also do when its HTTP calls are answered from the tenant's recorded
+/// init calls (`init_calls::Replay`): make the calls and read their answers, all host-side.
+pub const SNAPSHOT_REPLAY_ALLOWLIST: &[&str] =
+    &["proxy_http_call", "proxy_get_header_map_pairs", "proxy_get_header_map_value", "proxy_get_header_map_size"];
+
+/// Replaces every `env` import of `module` outside [`SNAPSHOT_INIT_ALLOWLIST`] (and, when `replay`,
+/// [`SNAPSHOT_REPLAY_ALLOWLIST`]) with a function that traps, naming the call: a snapshotted init
+/// that makes one fails the snapshot.
+pub fn forbid_outside_snapshot_allowlist(linker: &mut Linker<HostState>, module: &Module, replay: bool) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     for import in module.imports() {
         let (ExternType::Func(ty), "env") = (import.ty(), import.module()) else { continue };
-        if SNAPSHOT_INIT_ALLOWLIST.contains(&import.name()) {
+        if SNAPSHOT_INIT_ALLOWLIST.contains(&import.name()) || (replay && SNAPSHOT_REPLAY_ALLOWLIST.contains(&import.name())) {
             continue;
         }
         let name = import.name().to_string();

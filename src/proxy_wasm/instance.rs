@@ -57,7 +57,7 @@ impl Linked {
     /// Links `module`, refusing modules whose imports thaw cannot provide or that lack the exports
     /// every proxy-wasm guest has. `snapshot_allowlist`: hostcalls outside the snapshot allowlist
     /// trap, naming themselves.
-    pub fn link(engine: &Engine, module: &Module, snapshot_allowlist: bool) -> Result<Linked, String> {
+    pub fn link(engine: &Engine, module: &Module, snapshot_allowlist: Option<SnapshotInit>) -> Result<Linked, String> {
         let abi = AbiVersion::declared(module.exports().map(|e| e.name())).ok_or_else(|| abi::MISSING_ABI_VERSION.to_string())?;
         if module.get_export("proxy_on_memory_allocate").is_none() && module.get_export("malloc").is_none() {
             return Err("the module exports neither `proxy_on_memory_allocate` nor `malloc`".into());
@@ -70,12 +70,21 @@ impl Linked {
         let mut linker = Linker::new(engine);
         hostcalls::add_to_linker(&mut linker).map_err(|e| format!("host functions: {e:#}"))?;
         hostcalls::add_stubs_for_unknown_imports(&mut linker, module)?;
-        if snapshot_allowlist {
-            hostcalls::forbid_outside_snapshot_allowlist(&mut linker, module).map_err(|e| format!("{e:#}"))?;
+        if let Some(init) = snapshot_allowlist {
+            hostcalls::forbid_outside_snapshot_allowlist(&mut linker, module, init == SnapshotInit::ReplayingCalls).map_err(|e| format!("{e:#}"))?;
         }
         let pre = linker.instantiate_pre(module).map_err(|e| format!("cannot link the module: {e:#}"))?;
         Ok(Linked { pre, initial_memory_bytes, abi })
     }
+}
+
+/// What a snapshotted init may call (see `hostcalls::forbid_outside_snapshot_allowlist`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SnapshotInit {
+    /// The snapshot allowlist.
+    Plain,
+    /// Also HTTP calls, answered from the tenant's recorded init calls, and reading their answers.
+    ReplayingCalls,
 }
 
 /// How a guest failed.
@@ -143,17 +152,27 @@ impl Plugin {
     /// Links `module` against the host functions. Refuses modules whose imports thaw cannot
     /// provide or that lack the exports every proxy-wasm guest has.
     pub fn new(engine: &Engine, tenant: &TenantConfig, module: Module, digest: ArtifactDigest) -> Result<Plugin, String> {
-        Plugin::build(engine, tenant, module, digest, None, false)
+        Plugin::build(engine, tenant, module, digest, None, None)
     }
 
     /// A plugin whose module is a post-init snapshot: instances skip init and get `host` restored.
     pub fn resumed(engine: &Engine, tenant: &TenantConfig, module: Module, digest: ArtifactDigest, host: HostSnapshot) -> Result<Plugin, String> {
-        Plugin::build(engine, tenant, module, digest, Some(host), false)
+        Plugin::build(engine, tenant, module, digest, Some(host), None)
     }
 
     /// A plugin whose init runs under the snapshot allowlist (any other hostcall traps, naming it).
-    pub fn for_snapshot(engine: &Engine, tenant: &TenantConfig, module: Module, digest: ArtifactDigest) -> Result<Plugin, String> {
-        Plugin::build(engine, tenant, module, digest, None, true)
+    /// With `replay` (the tenant's recorded init calls), init's HTTP calls are answered from it.
+    pub fn for_snapshot(
+        engine: &Engine,
+        tenant: &TenantConfig,
+        module: Module,
+        digest: ArtifactDigest,
+        replay: Option<Arc<super::init_calls::Transcript>>,
+    ) -> Result<Plugin, String> {
+        let init = if replay.is_some() { SnapshotInit::ReplayingCalls } else { SnapshotInit::Plain };
+        let mut plugin = Plugin::build(engine, tenant, module, digest, None, Some(init))?;
+        plugin.readiness = replay.map(|t| Arc::new(std::sync::OnceLock::from(t)));
+        Ok(plugin)
     }
 
     /// Whether instances resume a snapshot (no init) rather than run init.
@@ -167,7 +186,7 @@ impl Plugin {
         module: Module,
         digest: ArtifactDigest,
         resume: Option<HostSnapshot>,
-        snapshot_allowlist: bool,
+        snapshot_allowlist: Option<SnapshotInit>,
     ) -> Result<Plugin, String> {
         let linked = Linked::link(engine, &module, snapshot_allowlist)?;
         Ok(Plugin::from_linked(engine, tenant, &linked, digest, resume))
