@@ -287,6 +287,36 @@ fn an_endless_loop_is_cut_at_the_deadline() {
 }
 
 #[test]
+fn emscripten_style_guests_get_main_after_initialize_and_pthread_equal() {
+    // `_initialize` sets 1, `main(0, 0)` makes it 12 only when called after it (Envoy's order);
+    // the request replies 200 + that, after checking `pthread_equal`.
+    let wasm = wat::parse_str(format!(
+        r#"(module
+  (import "env" "pthread_equal" (func $eq (param i32 i32) (result i32)))
+  (import "env" "emscripten_notify_memory_growth" (func $grew (param i32)))
+  (import "env" "proxy_send_local_response" (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  {GUEST_PRELUDE}
+  (global $g (mut i32) (i32.const 0))
+  (func (export "_initialize") (global.set $g (i32.const 1)))
+  (func (export "main") (param i32 i32) (result i32)
+    (global.set $g (i32.add (i32.mul (global.get $g) (i32.const 10)) (i32.const 2))) (i32.const 0))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (call $grew (i32.const 0))
+    (if (i32.ne (call $eq (i32.const 3) (i32.const 3)) (i32.const 1)) (then unreachable))
+    (if (i32.ne (call $eq (i32.const 3) (i32.const 4)) (i32.const 0)) (then unreachable))
+    (drop (call $reply (i32.add (i32.const 200) (global.get $g)) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+                       (i32.const 0) (i32.const 0) (i32.const -1)))
+    (i32.const 1)))"#
+    ))
+    .unwrap();
+    let ws = Workspace::new();
+    let config = ws.load(vec![ws.tenant("emcc", &wasm, "")], Policy::Deny).unwrap();
+    let stream = Fake::with(&[("x-tenant-id", "emcc")]);
+    assert_eq!(serve(&config, &stream), Verdict::Stop);
+    assert_eq!(stream.replies()[0].status, 212, "main must run once, after _initialize");
+}
+
+#[test]
 fn a_guest_that_rejects_its_configuration_rejects_the_config() {
     let reject = guest(r#"(func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 0))"#);
     let ws = Workspace::new();

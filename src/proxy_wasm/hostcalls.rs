@@ -103,6 +103,9 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         status(proxy_get_status(c, code_out, ptr_out, len_out))
     })?;
     linker.func_wrap(env, "proxy_done", |_: C| Ok(Status::NotFound as i32))?;
+    // Emscripten-built guests (the C++ SDK) import these two; Envoy's host provides them.
+    linker.func_wrap(env, "pthread_equal", |_: C, a: i32, b: i32| Ok((a == b) as i32))?;
+    linker.func_wrap(env, "emscripten_notify_memory_growth", |_: C, _memory: i32| Ok(()))?;
     // ABI 0.1.0 only (Envoy's host links them for 0.1.0 guests).
     linker.func_wrap(env, "proxy_get_configuration", |c: C, ptr_out: i32, len_out: i32| status(proxy_get_configuration(c, ptr_out, len_out)))?;
     linker.func_wrap(env, "proxy_continue_request", |c: C| status(stream_effect(c, 0, false)))?;

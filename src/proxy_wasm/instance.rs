@@ -356,6 +356,9 @@ struct Exports {
     on_vm_start: Option<TypedFunc<(i32, i32), i32>>,
     on_configure: Option<TypedFunc<(i32, i32), i32>>,
     start: Option<TypedFunc<(), ()>>,
+    /// `main(argc, argv)`, which Envoy's host calls after `_initialize` when a reactor exports it
+    /// (Emscripten-built C++ SDK guests).
+    main: Option<TypedFunc<(i32, i32), i32>>,
     on_request_headers: Option<HeadersCallback>,
     on_request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     on_request_trailers: Option<TypedFunc<(i32, i32), i32>>,
@@ -396,6 +399,10 @@ impl Exports {
             on_vm_start: optional!("proxy_on_vm_start"),
             on_configure: optional!("proxy_on_configure"),
             start: optional!("_start"),
+            main: match instance.get_typed_func::<(i32, i32), i32>(&mut *store, "main") {
+                Ok(f) => Some(f),
+                Err(_) => None,
+            },
             on_request_headers: HeadersCallback::find(store, instance, "proxy_on_request_headers")?,
             on_request_body: optional!("proxy_on_request_body"),
             on_request_trailers: optional!("proxy_on_request_trailers"),
@@ -517,9 +524,10 @@ impl GuestInstance {
         let vm_len = self.store.data().vm_config.len() as i32;
         let plugin_len = self.store.data().plugin_config.len() as i32;
         // Reactor guests export `_initialize`; command-style guests `_start` (as Envoy's host).
-        self.call("_initialize", None, Phase::Other, |e, s| match (&e.initialize, &e.start) {
-            (Some(f), _) | (None, Some(f)) => f.call(s, ()),
-            (None, None) => Ok(()),
+        self.call("_initialize", None, Phase::Other, |e, s| match (&e.initialize, &e.start, &e.main) {
+            (Some(f), _, Some(main)) => f.call(&mut *s, ()).and_then(|()| main.call(s, (0, 0)).map(drop)),
+            (Some(f), _, None) | (None, Some(f), _) => f.call(s, ()),
+            (None, None, _) => Ok(()),
         })?;
         self.call("proxy_on_context_create", None, Phase::Other, |e, s| e.on_context_create.as_ref().map_or(Ok(()), |f| f.call(s, (root, 0))))?;
         let vm_ok = self.call("proxy_on_vm_start", None, Phase::Other, |e, s| e.on_vm_start.as_ref().map_or(Ok(1), |f| f.call(s, (root, vm_len))))?;
