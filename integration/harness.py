@@ -98,7 +98,18 @@ class Upstream:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = LoopbackHttpServer(Handler)
+        self.port = self.server.port
+
+    def close(self):
+        self.server.close()
+
+
+class LoopbackHttpServer:
+    """A threading HTTP server on a free 127.0.0.1 port, serving `handler` until `close()`."""
+
+    def __init__(self, handler):
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

@@ -7,7 +7,6 @@ calls are answered get 503 (on_error: deny), counted as `wasm_tenant_not_ready_t
 import copy
 import http.server
 import json
-import threading
 import time
 import unittest
 import urllib.request
@@ -40,13 +39,11 @@ class RulesServer:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = h.LoopbackHttpServer(Handler)
+        self.port = self.server.port
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 def cluster(name, port):

@@ -11,17 +11,6 @@
 
 PW_EXPORT(proxy_abi_version_0_2_0) void proxy_abi_version_0_2_0(void) {}
 
-PW_EXPORT(proxy_on_context_create) void proxy_on_context_create(uint32_t context_id, uint32_t parent_id) {
-    (void)context_id;
-    (void)parent_id;
-}
-
-PW_EXPORT(proxy_on_vm_start) int32_t proxy_on_vm_start(uint32_t root_id, size_t vm_config_size) {
-    (void)root_id;
-    (void)vm_config_size;
-    return 1;
-}
-
 PW_EXPORT(proxy_on_configure) int32_t proxy_on_configure(uint32_t root_id, size_t config_size) {
     (void)root_id;
     static char line[256];

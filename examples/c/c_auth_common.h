@@ -42,4 +42,16 @@ static size_t c_auth_config_line(const char *name, size_t config_size, char *out
     return n;
 }
 
+/* The root context's callbacks both guests have alike: nothing to create, any VM configuration. */
+PW_EXPORT(proxy_on_context_create) void proxy_on_context_create(uint32_t context_id, uint32_t parent_id) {
+    (void)context_id;
+    (void)parent_id;
+}
+
+PW_EXPORT(proxy_on_vm_start) int32_t proxy_on_vm_start(uint32_t root_id, size_t vm_config_size) {
+    (void)root_id;
+    (void)vm_config_size;
+    return 1;
+}
+
 #endif
