@@ -454,8 +454,6 @@ pub struct StreamFilter {
     active: Option<ActiveGuest>,
     /// A reply was sent (by the guest or by thaw): the request never moves on after it.
     replied: bool,
-    /// The request is gRPC (`content-type: application/grpc...`): replies are gRPC replies.
-    grpc_request: bool,
     /// The response headers reached this filter (a reply now replaces a response in flight).
     response_started: bool,
     /// The last body verdict per direction was StopAndBuffer: Envoy holds the body so far.
@@ -474,7 +472,6 @@ impl StreamFilter {
             config,
             active: None,
             replied: false,
-            grpc_request: false,
             response_started: false,
             buffering: [false; 2],
             grpc_calls: HashMap::new(),
@@ -517,17 +514,22 @@ impl StreamFilter {
             return Verdict::Stop;
         }
         self.replied = true;
-        let reply = if from_guest && !self.response_started { self.through_response_callbacks(stream, reply) } else { reply.clone() };
-        self.deferred.push(Deferred::LocalReply(reply.for_envoy(self.grpc_request)));
+        // A gRPC request (`content-type: application/grpc...`) gets a gRPC reply.
+        let grpc = stream
+            .header_values(HeaderKind::RequestHeaders, b"content-type")
+            .and_then(|v| v.into_iter().next())
+            .is_some_and(|v| crate::stream::is_grpc_content_type(&v));
+        let reply = if from_guest && !self.response_started { self.through_response_callbacks(stream, reply, grpc) } else { reply.clone() };
+        self.deferred.push(Deferred::LocalReply(reply.for_envoy(grpc)));
         Verdict::Stop
     }
 
     /// Runs the guest's response callbacks on the response Envoy will make of `reply`; returns the
     /// reply as they left it. A guest failing there is counted and its instance dropped; the
     /// reply goes out as it was.
-    fn through_response_callbacks<S: HttpStream + Clone + 'static>(&mut self, stream: &S, reply: &LocalReply) -> LocalReply {
+    fn through_response_callbacks<S: HttpStream + Clone + 'static>(&mut self, stream: &S, reply: &LocalReply, grpc: bool) -> LocalReply {
         let Some(active) = self.active.as_mut() else { return reply.clone() };
-        let (headers, body) = reply.as_response(self.grpc_request);
+        let (headers, body) = reply.as_response(grpc);
         let view = ReplyView::new(stream.clone(), headers, body);
         let body_len = view.body_len();
         let mut outcome = active.instance.on_http(HttpCallback::ResponseHeaders, Box::new(view.clone()), active.context, view.header_count(), body_len == 0);
@@ -545,7 +547,7 @@ impl StreamFilter {
             return reply.clone();
         }
         let (headers, body) = view.into_response();
-        reply.with_response(&headers, body, self.grpc_request)
+        reply.with_response(&headers, body, grpc)
     }
 
     /// A guest failed: drop its instance (never reused), count it, and answer per `on_error`.
@@ -707,10 +709,6 @@ impl StreamFilter {
     }
 
     pub fn on_request_headers<S: HttpStream + Clone + 'static>(&mut self, mut stream: S, end_of_stream: bool) -> Verdict {
-        self.grpc_request = stream
-            .header_values(HeaderKind::RequestHeaders, b"content-type")
-            .and_then(|v| v.into_iter().next())
-            .is_some_and(|v| crate::stream::is_grpc_content_type(&v));
         let Some(tenant) = self.resolve_tenant(&stream) else {
             return match self.config.unknown_tenant {
                 Policy::Allow => Verdict::Continue,

@@ -68,6 +68,10 @@ pub const METRICS_SUCCESS: u32 = 0;
 
 pub mod headers_status {
     pub const CONTINUE: u32 = 0;
+    /// Not used by thaw (a guest's PAUSE stops the whole direction); the native benchmark module
+    /// that shares these declarations uses it.
+    #[allow(dead_code)]
+    pub const STOP_ITERATION: u32 = 1;
     pub const CONTINUE_AND_DONT_END_STREAM: u32 = 2;
     pub const STOP_ALL_ITERATION_AND_BUFFER: u32 = 3;
     pub const STOP_ALL_ITERATION_AND_WATERMARK: u32 = 4;

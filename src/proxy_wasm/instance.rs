@@ -37,6 +37,7 @@ pub struct Plugin {
     resume: Option<HostSnapshot>,
     /// The ABI the guest declares.
     pub abi: AbiVersion,
+    shape: ExportShape,
     /// Set when the guest's init makes HTTP calls: ready once the root instance recorded them
     /// all with their answers (`init_calls`).
     pub readiness: Option<super::init_calls::Readiness>,
@@ -51,6 +52,39 @@ pub struct Linked {
     initial_memory_bytes: usize,
     /// The ABI the module declares.
     abi: AbiVersion,
+    /// What the module's exports say about how Envoy's host drives it.
+    shape: ExportShape,
+}
+
+/// How a guest is started and called, from its exports (once per module).
+#[derive(Clone, Copy, Debug, Default)]
+struct ExportShape {
+    /// Exports `_initialize` (a reactor); else `_start` is called if exported.
+    initialize: bool,
+    /// Exports `main(i32, i32) -> i32`, called after `_initialize` (Emscripten reactors).
+    main: bool,
+    /// `proxy_on_request_headers` / `_response_headers` take two parameters (ABI 0.1.0 guests).
+    request_headers_abi010: bool,
+    response_headers_abi010: bool,
+}
+
+impl ExportShape {
+    fn of(module: &Module) -> ExportShape {
+        let func = |name: &str| match module.get_export(name) {
+            Some(ExternType::Func(ty)) => Some(ty),
+            _ => None,
+        };
+        let two_params = |name: &str| func(name).is_some_and(|ty| ty.params().len() == 2);
+        let main = func("main").is_some_and(|ty| {
+            ty.params().len() == 2 && ty.results().len() == 1 && ty.params().chain(ty.results()).all(|t| matches!(t, wasmtime::ValType::I32))
+        });
+        ExportShape {
+            initialize: func("_initialize").is_some(),
+            main,
+            request_headers_abi010: two_params("proxy_on_request_headers"),
+            response_headers_abi010: two_params("proxy_on_response_headers"),
+        }
+    }
 }
 
 impl Linked {
@@ -59,6 +93,8 @@ impl Linked {
     /// trap, naming themselves.
     pub fn link(engine: &Engine, module: &Module, snapshot_allowlist: Option<SnapshotInit>) -> Result<Linked, String> {
         let abi = AbiVersion::declared(module.exports().map(|e| e.name())).ok_or_else(|| abi::MISSING_ABI_VERSION.to_string())?;
+        check_export_types(module)?;
+        let shape = ExportShape::of(module);
         if module.get_export("proxy_on_memory_allocate").is_none() && module.get_export("malloc").is_none() {
             return Err("the module exports neither `proxy_on_memory_allocate` nor `malloc`".into());
         }
@@ -74,7 +110,7 @@ impl Linked {
             hostcalls::forbid_outside_snapshot_allowlist(&mut linker, module, init == SnapshotInit::ReplayingCalls).map_err(|e| format!("{e:#}"))?;
         }
         let pre = linker.instantiate_pre(module).map_err(|e| format!("cannot link the module: {e:#}"))?;
-        Ok(Linked { pre, initial_memory_bytes, abi })
+        Ok(Linked { pre, initial_memory_bytes, abi, shape })
     }
 }
 
@@ -211,6 +247,7 @@ impl Plugin {
             initial_memory_bytes: linked.initial_memory_bytes,
             resume,
             abi: linked.abi,
+            shape: linked.shape,
             readiness: None,
         }
     }
@@ -280,7 +317,7 @@ impl Plugin {
             kind: FailureKind::Trap,
             reason: format!("{e:#}"),
         };
-        let exports = Exports::find(&mut store, &instance).map_err(failed)?;
+        let exports = Exports::new(&mut store, instance).map_err(failed)?;
         let memory = instance.get_memory(&mut store, "memory").ok_or_else(|| failed(wasmtime::Error::msg("no memory")))?;
         store.data_mut().memory = Some(GuestMemory { memory, allocate: exports.allocate.clone() });
         let mut guest = GuestInstance {
@@ -288,6 +325,7 @@ impl Plugin {
             instance,
             exports,
             abi: self.abi,
+            shape: self.shape,
             tenant: self.tenant.clone(),
             deadline_ticks: self.deadline_ticks,
             root_context_id: ROOT_CONTEXT_ID,
@@ -348,103 +386,157 @@ fn classify(error: &wasmtime::Error, limits: &super::host::MemoryLimits) -> Fail
 /// The root context of every instance (one plugin per instance).
 const ROOT_CONTEXT_ID: u32 = 1;
 
-/// The guest's callbacks, looked up once per instance. All optional but the allocator.
+/// The guest's callbacks. All optional but the allocator. Their types are checked once per module
+/// (`check_export_types`, at link); in an instance each is looked up on first use only (a
+/// request calls a handful of the twenty-odd), so a fresh instance per request pays for what it
+/// calls.
 struct Exports {
+    instance: Instance,
     allocate: TypedFunc<i32, i32>,
-    initialize: Option<TypedFunc<(), ()>>,
-    on_context_create: Option<TypedFunc<(i32, i32), ()>>,
-    on_vm_start: Option<TypedFunc<(i32, i32), i32>>,
-    on_configure: Option<TypedFunc<(i32, i32), i32>>,
-    start: Option<TypedFunc<(), ()>>,
+    initialize: Lazy<(), ()>,
+    on_context_create: Lazy<(i32, i32), ()>,
+    on_vm_start: Lazy<(i32, i32), i32>,
+    on_configure: Lazy<(i32, i32), i32>,
+    start: Lazy<(), ()>,
     /// `main(argc, argv)`, which Envoy's host calls after `_initialize` when a reactor exports it
     /// (Emscripten-built C++ SDK guests).
-    main: Option<TypedFunc<(i32, i32), i32>>,
-    on_request_headers: Option<HeadersCallback>,
-    on_request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
-    on_request_trailers: Option<TypedFunc<(i32, i32), i32>>,
-    on_response_headers: Option<HeadersCallback>,
-    on_response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
-    on_response_trailers: Option<TypedFunc<(i32, i32), i32>>,
-    on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
-    on_tick: Option<TypedFunc<i32, ()>>,
-    on_grpc_receive: Option<TypedFunc<(i32, i32, i32), ()>>,
-    on_grpc_initial_metadata: Option<TypedFunc<(i32, i32, i32), ()>>,
-    on_grpc_trailing_metadata: Option<TypedFunc<(i32, i32, i32), ()>>,
-    on_grpc_close: Option<TypedFunc<(i32, i32, i32), ()>>,
-    on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
-    on_done: Option<TypedFunc<i32, i32>>,
-    on_log: Option<TypedFunc<i32, ()>>,
-    on_delete: Option<TypedFunc<i32, ()>>,
+    main: Lazy<(i32, i32), i32>,
+    /// The headers callbacks take `(context, headers, end_of_stream)`, or `(context, headers)`
+    /// for ABI 0.1.0 guests (`abi010`), as Envoy's host calls them.
+    on_request_headers: Lazy<(i32, i32, i32), i32>,
+    on_request_headers_abi010: Lazy<(i32, i32), i32>,
+    on_request_body: Lazy<(i32, i32, i32), i32>,
+    on_request_trailers: Lazy<(i32, i32), i32>,
+    on_response_headers: Lazy<(i32, i32, i32), i32>,
+    on_response_headers_abi010: Lazy<(i32, i32), i32>,
+    on_response_body: Lazy<(i32, i32, i32), i32>,
+    on_response_trailers: Lazy<(i32, i32), i32>,
+    on_http_call_response: Lazy<(i32, i32, i32, i32, i32), ()>,
+    on_tick: Lazy<i32, ()>,
+    on_grpc_receive: Lazy<(i32, i32, i32), ()>,
+    on_grpc_initial_metadata: Lazy<(i32, i32, i32), ()>,
+    on_grpc_trailing_metadata: Lazy<(i32, i32, i32), ()>,
+    on_grpc_close: Lazy<(i32, i32, i32), ()>,
+    on_queue_ready: Lazy<(i32, i32), ()>,
+    on_done: Lazy<i32, i32>,
+    on_log: Lazy<i32, ()>,
+    on_delete: Lazy<i32, ()>,
+}
+
+/// One optional guest export, looked up (and its type checked) the first time it is called.
+struct Lazy<P, R> {
+    name: &'static str,
+    func: std::cell::OnceCell<Option<TypedFunc<P, R>>>,
+}
+
+impl<P: wasmtime::WasmParams, R: wasmtime::WasmResults> Lazy<P, R> {
+    fn new(name: &'static str) -> Lazy<P, R> {
+        Lazy { name, func: std::cell::OnceCell::new() }
+    }
+
+    /// Calls the export with `args`, or answers `absent` when the guest has none.
+    fn call_or(&self, instance: &Instance, store: &mut Store<HostState>, args: P, absent: R) -> wasmtime::Result<R> {
+        let func = match self.func.get() {
+            Some(func) => func.clone(),
+            None => {
+                let func = match instance.get_func(&mut *store, self.name) {
+                    Some(f) => Some(f.typed(&*store).map_err(|e| e.context(format!("export `{}`", self.name)))?),
+                    None => None,
+                };
+                let _ = self.func.set(func.clone());
+                func
+            }
+        };
+        match func {
+            Some(f) => f.call(store, args),
+            None => Ok(absent),
+        }
+    }
 }
 
 impl Exports {
-    fn find(store: &mut Store<HostState>, instance: &Instance) -> wasmtime::Result<Exports> {
-        // An export of the right name but the wrong type is an error, not "absent".
-        macro_rules! optional {
-            ($name:literal) => {
-                match instance.get_func(&mut *store, $name) {
-                    Some(f) => Some(f.typed(&*store).map_err(|e| e.context(concat!("export `", $name, "`")))?),
-                    None => None,
-                }
-            };
-        }
-        let allocate = match optional!("proxy_on_memory_allocate") {
+    fn new(store: &mut Store<HostState>, instance: Instance) -> wasmtime::Result<Exports> {
+        let allocator = |store: &mut Store<HostState>, name: &str| -> wasmtime::Result<Option<TypedFunc<i32, i32>>> {
+            match instance.get_func(&mut *store, name) {
+                Some(f) => Ok(Some(f.typed(&*store).map_err(|e| e.context(format!("export `{name}`")))?)),
+                None => Ok(None),
+            }
+        };
+        let allocate = match allocator(store, "proxy_on_memory_allocate")? {
             Some(f) => f,
-            None => optional!("malloc").ok_or_else(|| wasmtime::Error::msg("no allocator export"))?,
+            None => allocator(store, "malloc")?.ok_or_else(|| wasmtime::Error::msg("no allocator export"))?,
         };
         Ok(Exports {
+            instance,
             allocate,
-            initialize: optional!("_initialize"),
-            on_context_create: optional!("proxy_on_context_create"),
-            on_vm_start: optional!("proxy_on_vm_start"),
-            on_configure: optional!("proxy_on_configure"),
-            start: optional!("_start"),
-            main: match instance.get_typed_func::<(i32, i32), i32>(&mut *store, "main") {
-                Ok(f) => Some(f),
-                Err(_) => None,
-            },
-            on_request_headers: HeadersCallback::find(store, instance, "proxy_on_request_headers")?,
-            on_request_body: optional!("proxy_on_request_body"),
-            on_request_trailers: optional!("proxy_on_request_trailers"),
-            on_response_headers: HeadersCallback::find(store, instance, "proxy_on_response_headers")?,
-            on_response_body: optional!("proxy_on_response_body"),
-            on_response_trailers: optional!("proxy_on_response_trailers"),
-            on_http_call_response: optional!("proxy_on_http_call_response"),
-            on_tick: optional!("proxy_on_tick"),
-            on_grpc_receive: optional!("proxy_on_grpc_receive"),
-            on_grpc_initial_metadata: optional!("proxy_on_grpc_receive_initial_metadata"),
-            on_grpc_trailing_metadata: optional!("proxy_on_grpc_receive_trailing_metadata"),
-            on_grpc_close: optional!("proxy_on_grpc_close"),
-            on_queue_ready: optional!("proxy_on_queue_ready"),
-            on_done: optional!("proxy_on_done"),
-            on_log: optional!("proxy_on_log"),
-            on_delete: optional!("proxy_on_delete"),
+            initialize: Lazy::new("_initialize"),
+            on_context_create: Lazy::new("proxy_on_context_create"),
+            on_vm_start: Lazy::new("proxy_on_vm_start"),
+            on_configure: Lazy::new("proxy_on_configure"),
+            start: Lazy::new("_start"),
+            main: Lazy::new("main"),
+            on_request_headers: Lazy::new("proxy_on_request_headers"),
+            on_request_headers_abi010: Lazy::new("proxy_on_request_headers"),
+            on_request_body: Lazy::new("proxy_on_request_body"),
+            on_request_trailers: Lazy::new("proxy_on_request_trailers"),
+            on_response_headers: Lazy::new("proxy_on_response_headers"),
+            on_response_headers_abi010: Lazy::new("proxy_on_response_headers"),
+            on_response_body: Lazy::new("proxy_on_response_body"),
+            on_response_trailers: Lazy::new("proxy_on_response_trailers"),
+            on_http_call_response: Lazy::new("proxy_on_http_call_response"),
+            on_tick: Lazy::new("proxy_on_tick"),
+            on_grpc_receive: Lazy::new("proxy_on_grpc_receive"),
+            on_grpc_initial_metadata: Lazy::new("proxy_on_grpc_receive_initial_metadata"),
+            on_grpc_trailing_metadata: Lazy::new("proxy_on_grpc_receive_trailing_metadata"),
+            on_grpc_close: Lazy::new("proxy_on_grpc_close"),
+            on_queue_ready: Lazy::new("proxy_on_queue_ready"),
+            on_done: Lazy::new("proxy_on_done"),
+            on_log: Lazy::new("proxy_on_log"),
+            on_delete: Lazy::new("proxy_on_delete"),
         })
     }
 }
 
-/// A headers callback: ABI 0.2.x passes `(context, headers, end_of_stream)`; ABI 0.1.0 guests
-/// export `(context, headers)` (no end of stream), as Envoy's host calls them.
-enum HeadersCallback {
-    WithEndOfStream(TypedFunc<(i32, i32, i32), i32>),
-    Abi010(TypedFunc<(i32, i32), i32>),
-}
+/// The export types Envoy's host calls, as (name, params, results); every value is an i32.
+/// `proxy_on_request_headers` / `_response_headers` take 3 params, or 2 for ABI 0.1.0 guests.
+const CALLBACK_TYPES: &[(&str, &[usize], usize)] = &[
+    ("proxy_on_memory_allocate", &[1], 1),
+    ("malloc", &[1], 1),
+    ("_initialize", &[0], 0),
+    ("_start", &[0], 0),
+    ("proxy_on_context_create", &[2], 0),
+    ("proxy_on_vm_start", &[2], 1),
+    ("proxy_on_configure", &[2], 1),
+    ("proxy_on_request_headers", &[3, 2], 1),
+    ("proxy_on_request_body", &[3], 1),
+    ("proxy_on_request_trailers", &[2], 1),
+    ("proxy_on_response_headers", &[3, 2], 1),
+    ("proxy_on_response_body", &[3], 1),
+    ("proxy_on_response_trailers", &[2], 1),
+    ("proxy_on_http_call_response", &[5], 0),
+    ("proxy_on_tick", &[1], 0),
+    ("proxy_on_grpc_receive", &[3], 0),
+    ("proxy_on_grpc_receive_initial_metadata", &[3], 0),
+    ("proxy_on_grpc_receive_trailing_metadata", &[3], 0),
+    ("proxy_on_grpc_close", &[3], 0),
+    ("proxy_on_queue_ready", &[2], 0),
+    ("proxy_on_done", &[1], 1),
+    ("proxy_on_log", &[1], 0),
+    ("proxy_on_delete", &[1], 0),
+];
 
-impl HeadersCallback {
-    fn find(store: &mut Store<HostState>, instance: &Instance, name: &'static str) -> wasmtime::Result<Option<HeadersCallback>> {
-        let Some(f) = instance.get_func(&mut *store, name) else { return Ok(None) };
-        if f.ty(&*store).params().len() == 2 {
-            return Ok(Some(HeadersCallback::Abi010(f.typed(&*store).map_err(|e| e.context(format!("export `{name}`")))?)));
-        }
-        Ok(Some(HeadersCallback::WithEndOfStream(f.typed(&*store).map_err(|e| e.context(format!("export `{name}`")))?)))
-    }
-
-    fn call(&self, store: &mut Store<HostState>, context: i32, headers: i32, end_of_stream: i32) -> wasmtime::Result<i32> {
-        match self {
-            HeadersCallback::WithEndOfStream(f) => f.call(store, (context, headers, end_of_stream)),
-            HeadersCallback::Abi010(f) => f.call(store, (context, headers)),
+/// Refuses a module whose callbacks have types Envoy's host would not call (once per module; the
+/// instances then look them up lazily). `main` is called only when it is `(i32, i32) -> i32`.
+fn check_export_types(module: &Module) -> Result<(), String> {
+    for (name, params, results) in CALLBACK_TYPES {
+        let Some(export) = module.get_export(name) else { continue };
+        let ExternType::Func(ty) = export else { return Err(format!("export `{name}` is not a function")) };
+        let all_i32 = ty.params().chain(ty.results()).all(|t| matches!(t, wasmtime::ValType::I32));
+        if !all_i32 || !params.contains(&ty.params().len()) || ty.results().len() != *results {
+            return Err(format!("export `{name}` has the wrong type ({ty})"));
         }
     }
+    Ok(())
 }
 
 /// One live instance of a tenant's guest. Serves one stream at a time.
@@ -453,6 +545,7 @@ pub struct GuestInstance {
     instance: Instance,
     exports: Exports,
     abi: AbiVersion,
+    shape: ExportShape,
     tenant: TenantId,
     deadline_ticks: u64,
     root_context_id: u32,
@@ -524,19 +617,25 @@ impl GuestInstance {
         let vm_len = self.store.data().vm_config.len() as i32;
         let plugin_len = self.store.data().plugin_config.len() as i32;
         // Reactor guests export `_initialize`; command-style guests `_start` (as Envoy's host).
-        self.call("_initialize", None, Phase::Other, |e, s| match (&e.initialize, &e.start, &e.main) {
-            (Some(f), _, Some(main)) => f.call(&mut *s, ()).and_then(|()| main.call(s, (0, 0)).map(drop)),
-            (Some(f), _, None) | (None, Some(f), _) => f.call(s, ()),
-            (None, None, _) => Ok(()),
+        let ExportShape { initialize, main, .. } = self.shape;
+        self.call("_initialize", None, Phase::Other, |e, s| {
+            if !initialize {
+                return e.start.call_or(&e.instance, s, (), ());
+            }
+            e.initialize.call_or(&e.instance, &mut *s, (), ())?;
+            if main {
+                e.main.call_or(&e.instance, s, (0, 0), 0)?;
+            }
+            Ok(())
         })?;
-        self.call("proxy_on_context_create", None, Phase::Other, |e, s| e.on_context_create.as_ref().map_or(Ok(()), |f| f.call(s, (root, 0))))?;
-        let vm_ok = self.call("proxy_on_vm_start", None, Phase::Other, |e, s| e.on_vm_start.as_ref().map_or(Ok(1), |f| f.call(s, (root, vm_len))))?;
+        self.call("proxy_on_context_create", None, Phase::Other, |e, s| e.on_context_create.call_or(&e.instance, s, (root, 0), ()))?;
+        let vm_ok = self.call("proxy_on_vm_start", None, Phase::Other, |e, s| e.on_vm_start.call_or(&e.instance, s, (root, vm_len), 1))?;
         if vm_ok == 0 {
             self.failed = true;
             return Err(GuestError::Rejected { tenant: self.tenant.clone(), hook: "proxy_on_vm_start" });
         }
         let configured =
-            self.call("proxy_on_configure", None, Phase::Configure, |e, s| e.on_configure.as_ref().map_or(Ok(1), |f| f.call(s, (root, plugin_len))))?;
+            self.call("proxy_on_configure", None, Phase::Configure, |e, s| e.on_configure.call_or(&e.instance, s, (root, plugin_len), 1))?;
         if configured == 0 {
             self.failed = true;
             return Err(GuestError::Rejected { tenant: self.tenant.clone(), hook: "proxy_on_configure" });
@@ -597,7 +696,7 @@ impl GuestInstance {
         let root = self.root_context_id as i32;
         self.store.data_mut().contexts.push(id);
         self.call("proxy_on_context_create", None, Phase::Other, |e, s| {
-            e.on_context_create.as_ref().map_or(Ok(()), |f| f.call(s, (id as i32, root)))
+            e.on_context_create.call_or(&e.instance, s, (id as i32, root), ())
         })?;
         Ok(id)
     }
@@ -613,16 +712,23 @@ impl GuestInstance {
         end_of_stream: bool,
     ) -> Result<Action, GuestError> {
         let (id, n, eos) = (context as i32, count as i32, end_of_stream as i32);
-        let three = |f: &Option<TypedFunc<(i32, i32, i32), i32>>, s: &mut Store<HostState>| f.as_ref().map_or(Ok(0), |f| f.call(s, (id, n, eos)));
-        let two = |f: &Option<TypedFunc<(i32, i32), i32>>, s: &mut Store<HostState>| f.as_ref().map_or(Ok(0), |f| f.call(s, (id, n)));
-        let headers = |f: &Option<HeadersCallback>, s: &mut Store<HostState>| f.as_ref().map_or(Ok(0), |f| f.call(s, id, n, eos));
-        self.call(callback.export_name(), Some(stream), Phase::Http(callback), |e, s| match callback {
-            HttpCallback::RequestHeaders => headers(&e.on_request_headers, s),
-            HttpCallback::RequestBody => three(&e.on_request_body, s),
-            HttpCallback::RequestTrailers => two(&e.on_request_trailers, s),
-            HttpCallback::ResponseHeaders => headers(&e.on_response_headers, s),
-            HttpCallback::ResponseBody => three(&e.on_response_body, s),
-            HttpCallback::ResponseTrailers => two(&e.on_response_trailers, s),
+        let abi010 = match callback {
+            HttpCallback::RequestHeaders => self.shape.request_headers_abi010,
+            HttpCallback::ResponseHeaders => self.shape.response_headers_abi010,
+            _ => false,
+        };
+        self.call(callback.export_name(), Some(stream), Phase::Http(callback), |e, s| {
+            let i = &e.instance;
+            match callback {
+                HttpCallback::RequestHeaders if abi010 => e.on_request_headers_abi010.call_or(i, s, (id, n), 0),
+                HttpCallback::RequestHeaders => e.on_request_headers.call_or(i, s, (id, n, eos), 0),
+                HttpCallback::RequestBody => e.on_request_body.call_or(i, s, (id, n, eos), 0),
+                HttpCallback::RequestTrailers => e.on_request_trailers.call_or(i, s, (id, n), 0),
+                HttpCallback::ResponseHeaders if abi010 => e.on_response_headers_abi010.call_or(i, s, (id, n), 0),
+                HttpCallback::ResponseHeaders => e.on_response_headers.call_or(i, s, (id, n, eos), 0),
+                HttpCallback::ResponseBody => e.on_response_body.call_or(i, s, (id, n, eos), 0),
+                HttpCallback::ResponseTrailers => e.on_response_trailers.call_or(i, s, (id, n), 0),
+            }
         })
         .map(Action::from)
     }
@@ -646,7 +752,7 @@ impl GuestInstance {
         self.store.data_mut().call_response = response;
         self.store.data_mut().root_host = root;
         let result = self.call("proxy_on_http_call_response", stream, Phase::HttpCallResponse, |e, s| {
-            e.on_http_call_response.as_ref().map_or(Ok(()), |f| f.call(s, args))
+            e.on_http_call_response.call_or(&e.instance, s, args, ())
         });
         self.store.data_mut().call_response = None;
         self.store.data_mut().root_host = None;
@@ -701,7 +807,7 @@ impl GuestInstance {
                 "proxy_on_grpc_receive_trailing_metadata" => &e.on_grpc_trailing_metadata,
                 _ => &e.on_grpc_close,
             };
-            f.as_ref().map_or(Ok(()), |f| f.call(s, (root_id, token, n)))
+            f.call_or(&e.instance, s, (root_id, token, n), ())
         });
         self.store.data_mut().call_response = None;
         self.store.data_mut().grpc_status = None;
@@ -713,7 +819,7 @@ impl GuestInstance {
     pub fn on_tick(&mut self, root_host: Box<dyn crate::stream::RootHost>) -> Result<u64, GuestError> {
         let root = self.root_context_id as i32;
         self.store.data_mut().root_host = Some(root_host);
-        let result = self.call("proxy_on_tick", None, Phase::Other, |e, s| e.on_tick.as_ref().map_or(Ok(()), |f| f.call(s, root)));
+        let result = self.call("proxy_on_tick", None, Phase::Other, |e, s| e.on_tick.call_or(&e.instance, s, root, ()));
         self.store.data_mut().root_host = None;
         self.store.data_mut().effects.clear();
         result.map(|()| self.store.data().tick_period_ms)
@@ -723,7 +829,7 @@ impl GuestInstance {
     pub fn on_queue_ready(&mut self, root_host: Box<dyn crate::stream::RootHost>, queue: u32) -> Result<(), GuestError> {
         let args = (self.root_context_id as i32, queue as i32);
         self.store.data_mut().root_host = Some(root_host);
-        let result = self.call("proxy_on_queue_ready", None, Phase::Other, |e, s| e.on_queue_ready.as_ref().map_or(Ok(()), |f| f.call(s, args)));
+        let result = self.call("proxy_on_queue_ready", None, Phase::Other, |e, s| e.on_queue_ready.call_or(&e.instance, s, args, ()));
         self.store.data_mut().root_host = None;
         self.store.data_mut().effects.clear();
         result
@@ -757,9 +863,9 @@ impl GuestInstance {
     /// Ends an HTTP context: `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`, as Envoy does.
     pub fn finish_http_context(&mut self, stream: Option<Box<dyn HttpStream>>, context: u32) -> Result<(), GuestError> {
         let id = context as i32;
-        self.call("proxy_on_done", None, Phase::Other, |e, s| e.on_done.as_ref().map_or(Ok(1), |f| f.call(s, id)))?;
-        self.call("proxy_on_log", stream, Phase::Log, |e, s| e.on_log.as_ref().map_or(Ok(()), |f| f.call(s, id)))?;
-        self.call("proxy_on_delete", None, Phase::Other, |e, s| e.on_delete.as_ref().map_or(Ok(()), |f| f.call(s, id)))?;
+        self.call("proxy_on_done", None, Phase::Other, |e, s| e.on_done.call_or(&e.instance, s, id, 1))?;
+        self.call("proxy_on_log", stream, Phase::Log, |e, s| e.on_log.call_or(&e.instance, s, id, ()))?;
+        self.call("proxy_on_delete", None, Phase::Other, |e, s| e.on_delete.call_or(&e.instance, s, id, ()))?;
         self.store.data_mut().contexts.retain(|c| *c != context);
         self.store.data_mut().effects.clear();
         Ok(())
