@@ -369,8 +369,6 @@ pub enum Verdict {
     Stop,
     /// Headers: StopAllIterationAndBuffer.
     StopAllAndBuffer,
-    /// Headers: ContinueAndDontEndStream.
-    ContinueAndDontEndStream,
     /// Body: StopIterationAndBuffer; the guest sees the whole body so far next time.
     StopAndBuffer,
     /// Body: StopIterationAndWatermark.
@@ -380,7 +378,7 @@ pub enum Verdict {
 impl Verdict {
     /// Whether Envoy holds this direction (nothing of it moves on until it is continued).
     pub fn holds(self) -> bool {
-        !matches!(self, Verdict::Continue | Verdict::ContinueAndDontEndStream)
+        self != Verdict::Continue
     }
 }
 
@@ -393,8 +391,8 @@ pub fn verdict_for(callback: HttpCallback, action: Action, replied: bool, abi: A
     match callback {
         H::RequestHeaders | H::ResponseHeaders => match action.0 {
             _ if replied => Verdict::Stop,
-            0 => Verdict::Continue,
-            2 => Verdict::ContinueAndDontEndStream,
+            // 2 (proxy-wasm's ContinueAndEndStream) is Continue in Envoy's Wasm filter.
+            0 | 2 => Verdict::Continue,
             3 if abi != AbiVersion::V0_1_0 => Verdict::StopAllAndBuffer,
             _ => Verdict::Stop,
         },
@@ -432,17 +430,22 @@ pub enum Deferred {
     Reset,
 }
 
-/// Performs what a hook deferred, in order.
+/// Performs what a hook deferred, in order. A reply or a reset ends the stream (Envoy may destroy
+/// the filter before it returns): nothing after it is performed.
 pub fn perform<S: HttpStream>(deferred: Vec<Deferred>, stream: &mut S) {
     for action in deferred {
         match action {
-            Deferred::LocalReply(reply) => stream.send_local_reply(&reply),
+            Deferred::LocalReply(reply) => {
+                stream.send_local_reply(&reply);
+                return;
+            }
             Deferred::Continue(direction) => stream.continue_stream(direction),
             Deferred::Reset => {
                 if !stream.reset() {
                     log_at!(Warn, "thaw: proxy_close_stream: this Envoy cannot reset streams from a module; replying 503");
                     stream.send_local_reply(&LocalReply::text(503, "thaw: stream closed by the filter\n", "thaw_closed"));
                 }
+                return;
             }
         }
     }
@@ -477,6 +480,14 @@ impl StreamFilter {
             grpc_calls: HashMap::new(),
             deferred: Vec::new(),
         }
+    }
+
+    /// After a panic in a hook: the stream is answered 503 by the hook; nothing more of it moves,
+    /// nothing deferred is performed, and the instance (possibly cut off mid-call) is dropped.
+    pub fn poison(&mut self) {
+        self.replied = true;
+        self.deferred.clear();
+        self.active = None;
     }
 
     /// What the last calls deferred; the caller performs it (`perform`) once it no longer holds

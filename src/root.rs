@@ -52,7 +52,12 @@ struct InitRecording {
     transcript: Transcript,
     /// Envoy callout id -> index in `transcript.calls`, for calls not answered yet.
     outstanding: HashMap<u64, usize>,
+    /// Root instances that failed during init so far (the next try waits longer).
+    failures: u32,
 }
+
+/// The most tries at a tenant's init before it is left not ready (logged, counted each time).
+const MAX_INIT_TRIES: u32 = 8;
 
 /// The event that makes a tenant's root instance (and so runs its init calls): queue ids count up
 /// from 1 and 0 is a tick.
@@ -60,6 +65,8 @@ const INIT_EVENT: u32 = u32::MAX;
 
 pub struct RootContexts {
     config: Arc<FilterConfig>,
+    /// Asks Envoy to run an event on the main thread (init retries use it).
+    commit: Commit,
     tenants: Vec<RootTenant>,
     /// HTTP calls root instances started, by Envoy callout id: the tenant index to answer.
     pending_calls: RefCell<HashMap<u64, usize>>,
@@ -101,6 +108,7 @@ impl RootContexts {
                     readiness: Arc::clone(readiness),
                     transcript: Transcript::default(),
                     outstanding: HashMap::new(),
+                    failures: 0,
                 });
                 RootTenant {
                     id: id.clone(),
@@ -133,6 +141,7 @@ impl RootContexts {
         }
         RootContexts {
             config: Arc::clone(config),
+            commit: Arc::clone(&commit),
             tenants,
             pending_calls: RefCell::new(HashMap::new()),
             pending_grpc: RefCell::new(HashMap::new()),
@@ -147,7 +156,7 @@ impl RootContexts {
     /// calls) during it.
     pub fn run(&self, event: u64, stats: &mut dyn StatsSink, host: &dyn Fn() -> Box<dyn RootHost>) {
         let (index, queue) = ((event >> 32) as usize, event as u32);
-        self.with_root(index, stats, host, |instance, host| {
+        self.with_root(index, stats, host, queue == INIT_EVENT, |instance, host| {
             if queue == INIT_EVENT {
                 Ok(())
             } else if queue == 0 {
@@ -165,12 +174,12 @@ impl RootContexts {
     /// The response of an HTTP call a root instance started (main thread); `None`: it failed.
     pub fn on_http_call_response(&self, callout_id: u64, response: Option<CallResponse>, stats: &mut dyn StatsSink, host: &dyn Fn() -> Box<dyn RootHost>) {
         let Some(index) = self.pending_calls.borrow_mut().remove(&callout_id) else { return };
-        if let Some(tenant) = self.tenants.get(index) {
-            if let Some(init) = tenant.init.borrow_mut().as_mut() {
-                init.answered(callout_id, &response);
-            }
-        }
-        self.with_root(index, stats, host, |instance, host| instance.on_http_call_response(None, Some(host), callout_id, response));
+        // An answer to an init call: what the root instance does with it is still init.
+        let init_answer = self
+            .tenants
+            .get(index)
+            .is_some_and(|tenant| tenant.init.borrow_mut().as_mut().is_some_and(|init| init.answered(callout_id, &response)));
+        self.with_root(index, stats, host, init_answer, |instance, host| instance.on_http_call_response(None, Some(host), callout_id, response));
     }
 
     /// An event of a call stream a root instance's gRPC call or stream started (main thread).
@@ -187,18 +196,21 @@ impl RootContexts {
             (index, deliveries)
         };
         for delivery in deliveries {
-            self.with_root(index, stats, host, |instance, h| instance.on_grpc(None, Some(h), id, delivery));
+            self.with_root(index, stats, host, false, |instance, h| instance.on_grpc(None, Some(h), id, delivery));
         }
     }
 
     /// Runs `call` on tenant `index`'s root instance (made first if needed, its init calls sent
     /// through `host`), remembering the HTTP calls it starts; a failure discards the instance and
-    /// is counted.
+    /// is counted. While the tenant's init calls are being recorded, the calls the instance makes
+    /// while being made, and those `call` makes when `init_phase` (it delivers an init answer),
+    /// are init calls; a tick's or a queue's are not.
     fn with_root(
         &self,
         index: usize,
         stats: &mut dyn StatsSink,
         host: &dyn Fn() -> Box<dyn RootHost>,
+        init_phase: bool,
         call: impl FnOnce(&mut GuestInstance, Box<dyn RootHost>) -> Result<(), crate::proxy_wasm::GuestError>,
     ) {
         let Some(tenant) = self.tenants.get(index) else { return };
@@ -215,17 +227,20 @@ impl RootContexts {
                 Err(e) => {
                     log_at!(Error, "thaw: tenant `{}`: cannot create its root instance: {e}", tenant.id);
                     stats.record(e.kind().metric(), &tenant.id, 1);
+                    self.retry_init(index);
                     return;
                 }
             }
         }
+        let made_by_init = started.borrow().http.len();
         let instance = root.as_mut().expect("created above");
         let result = call(instance, recording());
         let started = started.borrow();
         self.pending_calls.borrow_mut().extend(started.http.iter().map(|(id, _)| (*id, index)));
         let mut init = tenant.init.borrow_mut();
         if let Some(recording) = init.as_mut() {
-            for (id, request) in &started.http {
+            let init_calls = if init_phase { &started.http[..] } else { &started.http[..made_by_init] };
+            for (id, request) in init_calls {
                 recording.made(*id, request.clone());
             }
             if result.is_ok() && recording.outstanding.is_empty() {
@@ -247,6 +262,35 @@ impl RootContexts {
             log_at!(Error, "thaw: {e} (root context)");
             stats.record(e.kind().metric(), &tenant.id, 1);
             *root = None;
+            if tenant.init.borrow().is_some() {
+                self.retry_init(index);
+            }
+        }
+    }
+
+    /// A tenant's root instance failed before its init calls were all answered: try again later
+    /// (100 ms, doubling, at most `MAX_INIT_TRIES` tries); the tenant stays not ready meanwhile.
+    fn retry_init(&self, index: usize) {
+        let Some(tenant) = self.tenants.get(index) else { return };
+        let mut init = tenant.init.borrow_mut();
+        let Some(recording) = init.as_mut() else { return };
+        recording.failures += 1;
+        if recording.failures >= MAX_INIT_TRIES {
+            log_at!(Error, "thaw: tenant `{}`: its init failed {} times; it stays not ready (requests answered per on_error)", tenant.id, recording.failures);
+            return;
+        }
+        let wait = Duration::from_millis(100u64 << recording.failures.min(7));
+        log_at!(Warn, "thaw: tenant `{}`: retrying its init in {} ms", tenant.id, wait.as_millis());
+        let (commit, alive) = (Arc::clone(&self.commit), Arc::clone(&self.alive));
+        let spawned = std::thread::Builder::new().name("thaw-init-retry".into()).spawn(move || {
+            std::thread::sleep(wait);
+            // Holding the read lock: the config cannot finish dropping mid-commit.
+            if *alive.read().unwrap_or_else(|p| p.into_inner()) {
+                commit(event(index, INIT_EVENT));
+            }
+        });
+        if let Err(e) = spawned {
+            log_at!(Error, "thaw: tenant `{}`: cannot schedule its init retry: {e}", tenant.id);
         }
     }
 }
@@ -263,12 +307,12 @@ impl InitRecording {
         self.transcript.calls.push((request, None));
     }
 
-    /// The answer to one of them arrived.
-    fn answered(&mut self, id: u64, response: &Option<CallResponse>) {
-        if let Some(index) = self.outstanding.remove(&id) {
-            self.transcript.calls[index].1 = response.clone();
-            self.transcript.arrival.push(index);
-        }
+    /// The answer to one of them arrived; false when `id` is not an outstanding init call.
+    fn answered(&mut self, id: u64, response: &Option<CallResponse>) -> bool {
+        let Some(index) = self.outstanding.remove(&id) else { return false };
+        self.transcript.calls[index].1 = response.clone();
+        self.transcript.arrival.push(index);
+        true
     }
 }
 

@@ -12,6 +12,7 @@ use thaw::artifact::signature::PrivateKey;
 use thaw::config::{Config, InstancePolicy, Isolation, Policy, TenantConfig, TenantId, TenantSource, DEFAULT_CRASH_LOOP};
 use thaw::engine::{self, Target};
 use thaw::filter::{FilterConfig, StreamFilter, Verdict};
+use thaw::pool;
 use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
 use thaw::telemetry::{Metric, NoStats, StatsSink};
 
@@ -52,6 +53,8 @@ impl StatsSink for Fake {
 
 impl HttpStream for Fake {
     fn header_values(&self, kind: HeaderKind, key: &[u8]) -> Option<Vec<Vec<u8>>> {
+        // A host bug on demand: this Envoy "panics" when asked for `x-panic`.
+        assert!(key != b"x-panic", "the fake stream panics when asked for x-panic");
         (kind == HeaderKind::RequestHeaders).then(|| {
             self.0.borrow().request.iter().filter(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.clone()).collect()
         })
@@ -192,7 +195,12 @@ const GUEST_PRELUDE: &str = r#"
 "#;
 
 fn guest(body: &str) -> Vec<u8> {
-    wat::parse_str(format!("(module {GUEST_PRELUDE} {body})")).unwrap()
+    guest_with_imports("", body)
+}
+
+/// A hand-shaped guest with host imports (they come first in a module).
+fn guest_with_imports(imports: &str, body: &str) -> Vec<u8> {
+    wat::parse_str(format!("(module {imports} {GUEST_PRELUDE} {body})")).unwrap()
 }
 
 #[test]
@@ -374,6 +382,61 @@ fn pooled_instances_are_reused_and_per_request_ones_never() {
     assert_eq!(thaw::pool::idle_count(&plugin("fresh")), 0);
     // Every per_request instance was made fresh: three cold starts recorded.
     assert_eq!(stream.0.borrow().metrics.iter().filter(|(m, t, _)| *m == Metric::ColdStart && t == "fresh").count(), 3);
+}
+
+#[test]
+fn an_instance_that_saw_a_host_panic_is_failed_never_pooled_and_the_request_denied() {
+    // The guest asks for header `x-panic`; the (fake) host panics in the middle of that call.
+    let wasm = guest_with_imports(
+        r#"(import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))"#,
+        r#"(data (i32.const 16) "x-panic")
+           (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+             (drop (call $get (i32.const 0) (i32.const 16) (i32.const 7) (i32.const 200) (i32.const 204)))
+             (i32.const 0))"#,
+    );
+    let ws = Workspace::new();
+    let config = ws.load(vec![pooled(ws.tenant("buggy", &wasm, ""))], Policy::Deny).unwrap();
+    let plugin = Arc::clone(&config.tenants[&TenantId::try_from("buggy").unwrap()].plugin);
+    let stream = Fake::with(&[("x-tenant-id", "buggy")]);
+    assert_eq!(serve(&config, &stream), Verdict::Stop, "a host panic in a guest call fails closed");
+    assert_eq!(stream.replies()[0].status, 503);
+    assert_eq!(stream.metric(Metric::GuestTrap, "buggy"), 1);
+    assert_eq!(pool::idle_count(&plugin), 0, "the instance that saw the panic must not be pooled");
+}
+
+#[test]
+fn fd_write_with_iovecs_repeating_all_of_memory_is_bounded() {
+    // 100,000 iovecs, each the whole 64 KiB page: 6.5 GB "written" from 64 KiB of memory. The
+    // host keeps at most MAX_FD_WRITE_BYTES and answers at once.
+    let wasm = guest_with_imports(
+        r#"(import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+           (import "env" "proxy_send_local_response" (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))"#,
+        r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+             (local $i i32)
+             ;; the iovec table in the upper part of the page: 1,000 entries {ptr 0, len 65536}
+             (loop $fill
+               (i32.store (i32.add (i32.const 32768) (i32.mul (local.get $i) (i32.const 8))) (i32.const 0))
+               (i32.store (i32.add (i32.const 32772) (i32.mul (local.get $i) (i32.const 8))) (i32.const 65536))
+               (local.set $i (i32.add (local.get $i) (i32.const 1)))
+               (br_if $fill (i32.lt_u (local.get $i) (i32.const 1000))))
+             ;; 100 calls of 1,000 iovecs each
+             (local.set $i (i32.const 0))
+             (loop $write
+               (if (i32.ne (call $fd_write (i32.const 1) (i32.const 32768) (i32.const 1000) (i32.const 16)) (i32.const 0)) (then unreachable))
+               (local.set $i (i32.add (local.get $i) (i32.const 1)))
+               (br_if $write (i32.lt_u (local.get $i) (i32.const 100))))
+             (drop (call $reply (i32.const 200) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)))
+             (i32.const 1))"#,
+    );
+    let ws = Workspace::new();
+    let mut tenant = ws.tenant("chatty", &wasm, "");
+    tenant.instances.call_deadline_ms = 10_000;
+    let config = ws.load(vec![tenant], Policy::Deny).unwrap();
+    let stream = Fake::with(&[("x-tenant-id", "chatty")]);
+    let started = Instant::now();
+    serve(&config, &stream);
+    assert_eq!(stream.replies()[0].status, 200, "fd_write answered an error or the guest failed");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }
 
 #[test]

@@ -72,7 +72,6 @@ pub mod headers_status {
     /// that shares these declarations uses it.
     #[allow(dead_code)]
     pub const STOP_ITERATION: u32 = 1;
-    pub const CONTINUE_AND_DONT_END_STREAM: u32 = 2;
     pub const STOP_ALL_ITERATION_AND_BUFFER: u32 = 3;
     pub const STOP_ALL_ITERATION_AND_WATERMARK: u32 = 4;
 }

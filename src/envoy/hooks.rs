@@ -166,10 +166,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(fm: FilterModulePt
     })
 }
 
-/// Runs a stream hook with the stream's state and a handle to the Envoy stream. Panics fail closed
-/// with a 503 local reply; a re-entrant call (state busy) gets `busy`. What the filter deferred
-/// (replies, resumes, resets: they re-enter Envoy, which may call thaw's hooks back at once) is
-/// performed after the state is released, before the hook returns.
+/// Runs a stream hook with the stream's state and a handle to the Envoy stream. A panic fails
+/// closed: the stream's filter is poisoned (its instance dropped, nothing more of the stream
+/// moves) and the stream gets a 503. A re-entrant call (state busy: nothing thaw does should
+/// cause one) gets `busy`, a stop. What the filter deferred (replies, resumes, resets: they
+/// re-enter Envoy, which may call thaw's hooks back at once, or end the stream) is performed once
+/// the state is released, and the state is not touched after that.
 fn with_stream<R>(
     hook: &'static str,
     fe: FilterEnvoyPtr,
@@ -180,29 +182,34 @@ fn with_stream<R>(
 ) -> R {
     let Some(cb) = callbacks::resolved() else { return fail };
     // SAFETY: `fm` is the live pointer http_filter_new returned; Envoy calls stream hooks on the
-    // stream's one worker thread only, and destroys it after every other hook.
+    // stream's one worker thread only, and destroys it after every other hook (possibly during
+    // `perform` below, which is why `state` is not used after it).
     let state = unsafe { &*(fm as *const StreamState) };
-    let stream = EnvoyStream::new(fe, cb, state.metrics);
-    let mut failed = stream;
-    guard(
-        hook,
-        || {
-            failed.send_local_reply(&LocalReply::internal_error());
-            fail
-        },
-        || {
-            let (result, deferred) = match state.filter.try_borrow_mut() {
-                Ok(mut filter) => {
-                    let result = f(&mut filter, stream);
-                    (result, filter.take_deferred())
-                }
-                Err(_) => return busy,
-            };
-            let mut stream = stream;
-            crate::filter::perform(deferred, &mut stream);
+    let mut stream = EnvoyStream::new(fe, cb, state.metrics);
+    let ran = guard(hook, || None, || match state.filter.try_borrow_mut() {
+        Ok(mut filter) => {
+            let result = f(&mut filter, stream);
+            Some(Ok((result, filter.take_deferred())))
+        }
+        Err(_) => Some(Err(())),
+    });
+    match ran {
+        Some(Ok((result, deferred))) => {
+            guard(hook, || (), || crate::filter::perform(deferred, &mut stream));
             result
-        },
-    )
+        }
+        Some(Err(())) => {
+            log_at!(Error, "thaw: {hook} re-entered while the stream was busy; stopping it");
+            busy
+        }
+        None => {
+            if let Ok(mut filter) = state.filter.try_borrow_mut() {
+                filter.poison();
+            }
+            stream.send_local_reply(&LocalReply::internal_error());
+            fail
+        }
+    }
 }
 
 /// Envoy's status numbers for a verdict, per phase (`Verdict` documents the mapping).
@@ -210,7 +217,6 @@ fn headers_status(v: Verdict) -> u32 {
     use abi::headers_status::*;
     match v {
         Verdict::Continue => CONTINUE,
-        Verdict::ContinueAndDontEndStream => CONTINUE_AND_DONT_END_STREAM,
         Verdict::StopAllAndBuffer => STOP_ALL_ITERATION_AND_BUFFER,
         Verdict::Stop | Verdict::StopAndBuffer | Verdict::StopAndWatermark => STOP_ALL_ITERATION_AND_WATERMARK,
     }
@@ -219,7 +225,7 @@ fn headers_status(v: Verdict) -> u32 {
 fn body_status(v: Verdict) -> u32 {
     use abi::body_status::*;
     match v {
-        Verdict::Continue | Verdict::ContinueAndDontEndStream => CONTINUE,
+        Verdict::Continue => CONTINUE,
         Verdict::StopAndBuffer => STOP_ITERATION_AND_BUFFER,
         Verdict::StopAndWatermark => STOP_ITERATION_AND_WATERMARK,
         Verdict::Stop | Verdict::StopAllAndBuffer => STOP_ITERATION_NO_BUFFER,
@@ -228,27 +234,24 @@ fn body_status(v: Verdict) -> u32 {
 
 fn trailers_status(v: Verdict) -> u32 {
     match v {
-        Verdict::Continue | Verdict::ContinueAndDontEndStream => abi::trailers_status::CONTINUE,
+        Verdict::Continue => abi::trailers_status::CONTINUE,
         _ => abi::trailers_status::STOP_ITERATION,
     }
 }
 
-const CONTINUE: u32 = abi::headers_status::CONTINUE;
 const STOP: u32 = abi::headers_status::STOP_ALL_ITERATION_AND_WATERMARK;
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(fe: FilterEnvoyPtr, fm: FilterModulePtr, end_of_stream: bool) -> u32 {
-    with_stream("request_headers", fe, fm, CONTINUE, STOP, |f, s| headers_status(f.on_request_headers(s, end_of_stream)))
+    with_stream("request_headers", fe, fm, STOP, STOP, |f, s| headers_status(f.on_request_headers(s, end_of_stream)))
 }
 
-const BODY_CONTINUE: u32 = abi::body_status::CONTINUE;
 const BODY_STOP: u32 = abi::body_status::STOP_ITERATION_NO_BUFFER;
-const TRAILERS_CONTINUE: u32 = abi::trailers_status::CONTINUE;
 const TRAILERS_STOP: u32 = abi::trailers_status::STOP_ITERATION;
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(fe: FilterEnvoyPtr, fm: FilterModulePtr, end_of_stream: bool) -> u32 {
-    with_stream("request_body", fe, fm, BODY_CONTINUE, BODY_STOP, |f, s| {
+    with_stream("request_body", fe, fm, BODY_STOP, BODY_STOP, |f, s| {
         let buffering = f.is_buffering(Direction::Request);
         body_status(f.on_body(s.in_body_hook(Direction::Request, buffering), Direction::Request, end_of_stream))
     })
@@ -256,17 +259,17 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(fe: FilterEnv
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(fe: FilterEnvoyPtr, fm: FilterModulePtr) -> u32 {
-    with_stream("request_trailers", fe, fm, TRAILERS_CONTINUE, TRAILERS_STOP, |f, s| trailers_status(f.on_trailers(s, Direction::Request)))
+    with_stream("request_trailers", fe, fm, TRAILERS_STOP, TRAILERS_STOP, |f, s| trailers_status(f.on_trailers(s, Direction::Request)))
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(fe: FilterEnvoyPtr, fm: FilterModulePtr, end_of_stream: bool) -> u32 {
-    with_stream("response_headers", fe, fm, CONTINUE, STOP, |f, s| headers_status(f.on_response_headers(s, end_of_stream)))
+    with_stream("response_headers", fe, fm, STOP, STOP, |f, s| headers_status(f.on_response_headers(s, end_of_stream)))
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(fe: FilterEnvoyPtr, fm: FilterModulePtr, end_of_stream: bool) -> u32 {
-    with_stream("response_body", fe, fm, BODY_CONTINUE, BODY_STOP, |f, s| {
+    with_stream("response_body", fe, fm, BODY_STOP, BODY_STOP, |f, s| {
         let buffering = f.is_buffering(Direction::Response);
         body_status(f.on_body(s.in_body_hook(Direction::Response, buffering), Direction::Response, end_of_stream))
     })
@@ -274,7 +277,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(fe: FilterEn
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(fe: FilterEnvoyPtr, fm: FilterModulePtr) -> u32 {
-    with_stream("response_trailers", fe, fm, TRAILERS_CONTINUE, TRAILERS_STOP, |f, s| trailers_status(f.on_trailers(s, Direction::Response)))
+    with_stream("response_trailers", fe, fm, TRAILERS_STOP, TRAILERS_STOP, |f, s| trailers_status(f.on_trailers(s, Direction::Response)))
 }
 
 #[no_mangle]

@@ -145,6 +145,13 @@ impl TryFrom<i32> for LogLevel {
 pub const MAX_HEADER_MAP_BYTES: usize = 1024 * 1024;
 /// Most pairs in a serialized header map (Envoy's host: 1024; more reads as an empty map).
 pub const MAX_HEADER_PAIRS: usize = 1024;
+/// Largest value the host keeps for a guest beyond the call: a property, a shared-data key or
+/// value, a queue item. Envoy's host keeps any size; thaw bounds what outlives a call so that
+/// host memory, which no memory cap counts, stays bounded by value (BAD_ARGUMENT above it).
+pub const MAX_STORED_VALUE_BYTES: usize = 1024 * 1024;
+/// Most bytes one `fd_write` logs (the rest is counted as written and dropped): iovecs may point
+/// at the same memory many times over, so their total is not bounded by the guest's memory.
+pub const MAX_FD_WRITE_BYTES: usize = 1024 * 1024;
 /// Largest `random_get` request (Envoy's host: 64 KiB).
 pub const MAX_RANDOM_GET_BYTES: usize = 64 * 1024;
 /// Most table elements an instance may grow to (a bound on indirect-call tables).

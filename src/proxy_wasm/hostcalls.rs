@@ -545,9 +545,18 @@ fn proxy_get_property(mut c: C, pp: i32, pl: i32, ptr_out: i32, len_out: i32) ->
     memory::return_bytes(&mut c, &value, ptr_out, len_out)
 }
 
+/// Reads a value the host will keep beyond this call (see `abi::MAX_STORED_VALUE_BYTES`).
+fn read_stored(c: &C, ptr: i32, len: i32) -> HostResult<Vec<u8>> {
+    let value = memory::read(c, ptr, len)?;
+    if value.len() > abi::MAX_STORED_VALUE_BYTES {
+        return Err(Status::BadArgument.into());
+    }
+    Ok(value)
+}
+
 fn proxy_set_property(mut c: C, pp: i32, pl: i32, vp: i32, vl: i32) -> HostResult {
-    let path = memory::read(&c, pp, pl)?;
-    let value = memory::read(&c, vp, vl)?;
+    let path = read_stored(&c, pp, pl)?;
+    let value = read_stored(&c, vp, vl)?;
     c.data_mut().properties.insert(path, value);
     Ok(())
 }
@@ -561,8 +570,8 @@ fn proxy_get_shared_data(mut c: C, kp: i32, kl: i32, ptr_out: i32, len_out: i32,
 }
 
 fn proxy_set_shared_data(c: C, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32) -> HostResult {
-    let key = memory::read(&c, kp, kl)?;
-    let value = memory::read(&c, vp, vl)?;
+    let key = read_stored(&c, kp, kl)?;
+    let value = read_stored(&c, vp, vl)?;
     Ok(shared::set(c.data().tenant.as_str(), &key, &value, cas as u32)?)
 }
 
@@ -582,7 +591,7 @@ fn proxy_resolve_shared_queue(mut c: C, vp: i32, vl: i32, np: i32, nl: i32, out:
 }
 
 fn proxy_enqueue_shared_queue(c: C, id: i32, vp: i32, vl: i32) -> HostResult {
-    let value = memory::read(&c, vp, vl)?;
+    let value = read_stored(&c, vp, vl)?;
     Ok(shared::enqueue(c.data().tenant.as_str(), id as u32, &value)?)
 }
 
@@ -756,21 +765,27 @@ fn fd_write(mut c: C, fd: i32, iovs: i32, count: i32, out: i32) -> wasmtime::Res
     };
     let result = (|| -> HostResult<usize> {
         let mut text = Vec::new();
-        // Each iovec is read where it lies; the loop ends at the first one outside memory, so it
-        // is bounded by the guest's memory size.
+        let mut written = 0u32;
+        // Each iovec is read where it lies; the loop ends at the first one outside memory (so it
+        // runs at most memory size / 8 times), and at most MAX_FD_WRITE_BYTES are kept.
         for i in 0..count as u32 {
             let at = (iovs as u32).checked_add(i.checked_mul(8).ok_or(Status::InvalidMemoryAccess)?).ok_or(Status::InvalidMemoryAccess)?;
             let iov = memory::read(&c, at as i32, 8)?;
             let ptr = i32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
-            let len = i32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
-            text.extend(memory::read(&c, ptr, len)?);
+            let len = u32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
+            memory::check_readable(&c, ptr, len as usize)?;
+            let keep = (len as usize).min(abi::MAX_FD_WRITE_BYTES - text.len());
+            if keep > 0 {
+                text.extend(memory::read(&c, ptr, keep as i32)?);
+            }
+            written = written.wrapping_add(len);
         }
         let tenant = c.data().tenant.clone();
         for line in String::from_utf8_lossy(&text).lines().filter(|l| !l.is_empty()) {
             crate::telemetry::log(level, &format!("wasm [{tenant}] {}: {line}", if fd == 1 { "stdout" } else { "stderr" }));
         }
-        memory::write_u32(&mut c, out, text.len() as u32)?;
-        Ok(text.len())
+        memory::write_u32(&mut c, out, written)?;
+        Ok(written as usize)
     })();
     wasi(result.map(drop))
 }
@@ -831,7 +846,7 @@ fn proxy_define_metric(mut c: C, metric_type: i32, np: i32, nl: i32, out: i32) -
     }
     let name = String::from_utf8(name).map_err(|_| Status::BadArgument)?;
     let metrics = &mut c.data_mut().metrics;
-    let index = match metrics.iter().position(|(_, n)| *n == name) {
+    let index = match metrics.iter().position(|(t, n)| *t == metric_type as u32 && *n == name) {
         Some(i) => i,
         None => {
             metrics.push((metric_type as u32, name));
@@ -926,9 +941,11 @@ fn proxy_http_call(mut c: C, args: [i32; 8], timeout: i32, token_out: i32) -> Ho
                 }
                 InitCalls::Replay(replay) => match replay.make(&CallRequest { cluster: cluster.clone(), headers: headers.clone(), body: body.clone() }) {
                     Some(id) => Ok(id),
+                    // The instance would start in another state than the tenant's root instance:
+                    // it must not serve (it fails; the request is answered per `on_error`).
                     None => {
-                        log_at!(Warn, "thaw: tenant `{}`: an HTTP call during init differs from the recorded ones; answered INTERNAL_FAILURE", state.tenant);
-                        return Err(Status::InternalFailure.into());
+                        let why = format!("tenant `{}`: an HTTP call during init differs from the recorded ones", state.tenant);
+                        return Err(HostError::Trap(wasmtime::Error::msg(why)));
                     }
                 },
                 InitCalls::Refused => return Err(Status::InternalFailure.into()),

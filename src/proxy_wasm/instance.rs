@@ -596,7 +596,13 @@ impl GuestInstance {
         self.store.data_mut().stream = stream;
         self.store.data_mut().phase = phase;
         self.store.set_epoch_deadline(self.deadline_ticks);
-        let result = f(&self.exports, &mut self.store);
+        // A panic in host code during the call (a thaw bug) unwinds through the guest's frames:
+        // the instance may be cut off mid-call, so it is failed, never reused.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&self.exports, &mut self.store)))
+            .unwrap_or_else(|panic| {
+                let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+                Err(wasmtime::Error::msg(format!("host panic during the call: {}", what.unwrap_or_default())))
+            });
         self.store.data_mut().stream = None;
         self.store.data_mut().phase = Phase::Other;
         result.map_err(|e| {

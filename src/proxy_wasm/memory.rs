@@ -68,6 +68,12 @@ pub fn write_u64(caller: &mut Caller<'_, HostState>, ptr: i32, value: u64) -> Ho
     write(caller, ptr, &value.to_le_bytes())
 }
 
+/// Checks that `len` bytes at `ptr` are inside guest memory, without copying them.
+pub fn check_readable(caller: &Caller<'_, HostState>, ptr: i32, len: usize) -> HostResult {
+    let memory = guest(caller)?.memory;
+    range(ptr, len, memory.data_size(caller)).map(drop)
+}
+
 /// Checks that `ptr` can take `len` bytes, without writing (to fail before allocating).
 pub fn check_writable(caller: &Caller<'_, HostState>, ptr: i32, len: usize) -> HostResult {
     let memory = guest(caller)?.memory;
