@@ -64,6 +64,16 @@ fn stream_for_request() -> Stream {
     Stream(vec![(b"authorization".to_vec(), b"Bearer s3cret".to_vec()), (b":path".to_vec(), b"/".to_vec())])
 }
 
+/// One request on a fresh instance of `plugin`, as `per_request` serves it: instantiate (or
+/// resume), create the HTTP context, `proxy_on_request_headers`, end the context, drop.
+#[inline(never)]
+fn one_request(plugin: &Plugin) {
+    let mut instance = plugin.instantiate().unwrap();
+    let context = instance.create_http_context().unwrap();
+    instance.on_request_headers(Box::new(stream_for_request()), context, 2, true).unwrap();
+    instance.finish_http_context(None, context).unwrap();
+}
+
 fn main() {
     let guests = std::env::var_os("THAW_GUESTS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("build/guests"));
     let dir = tempfile::tempdir().unwrap();
@@ -71,7 +81,10 @@ fn main() {
     let public = dir.path().join("k.pub");
     std::fs::write(&public, key.public_key_pem()).unwrap();
     let keys = vec![TrustedKey::load(&public).unwrap()];
-    let runtime = engine::runtime_engine().unwrap();
+    let only_per_request = std::env::var("THAW_MICRO_PER_REQUEST_ONLY").ok().and_then(|n| n.parse::<usize>().ok());
+    // Under valgrind the reservation for the default slots cannot be made (run it with
+    // RUST_BACKTRACE=0: with two slots, allocation waits on the decommit batch through an error).
+    let runtime = if only_per_request.is_some() { engine::runtime_engine_sized(2) } else { engine::runtime_engine() }.unwrap();
     let compile = engine::compile_engine(Target::host()).unwrap();
     println!("| guest | .wasm | .cwasm | signature check (us) | deserialize (us) | instantiate + init (us) | resume from snapshot (us) | on_request_headers (us) | per_request: fresh + request + drop (us) | same, resumed from snapshot (us) |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
@@ -109,14 +122,16 @@ fn main() {
         let snap_module = unsafe { wasmtime::Module::deserialize(runtime, &snap_cwasm) }.unwrap();
         let resumed = Plugin::resumed(runtime, &tenant, snap_module, ArtifactDigest::of(&wasm), host).unwrap();
         let resume = measure(30, 50, || drop(resumed.instantiate().unwrap()));
-        let per_request = |plugin: &Plugin| {
-            measure(30, 50, || {
-                let mut instance = plugin.instantiate().unwrap();
-                let context = instance.create_http_context().unwrap();
-                instance.on_request_headers(Box::new(stream_for_request()), context, 2, true).unwrap();
-                instance.finish_http_context(None, context).unwrap();
-            })
-        };
+        if let Some(n) = only_per_request {
+            // One loop of `n` per_request requests on the resumed plugin, nothing else: for
+            // `valgrind --tool=callgrind --toggle-collect=*one_request*` (instructions per request,
+            // a figure that does not drift with machine load) and for `perf record`.
+            for _ in 0..n {
+                one_request(&resumed);
+            }
+            return;
+        }
+        let per_request = |plugin: &Plugin| measure(30, 50, || one_request(plugin));
         let fresh_request = per_request(&plugin);
         let resumed_request = per_request(&resumed);
         let mut instance = plugin.instantiate().unwrap();
