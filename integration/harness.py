@@ -8,6 +8,7 @@ import http.client
 import http.server
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -33,10 +34,34 @@ def without_empty_values(pairs):
     return [(k, v) for k, v in pairs if v != ""]
 
 
+def _ephemeral_low():
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORTS_GIVEN = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port for a listener, below the kernel's ephemeral range: a port taken from
+    that range (bind to port 0) can become some connection's source port before Envoy binds it
+    ("Address already in use"). Never the same port twice in one test process."""
+    low = _ephemeral_low()
+    rng = random.Random()
+    for _ in range(2000):
+        port = rng.randrange(10000, max(low, 10001))
+        if port in _PORTS_GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _PORTS_GIVEN.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def thaw(*args, check=True):
