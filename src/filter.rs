@@ -418,8 +418,8 @@ struct ActiveGuest {
 }
 
 /// Something that re-enters Envoy, done after the hook's borrow of the stream state is released
-/// (`envoy::hooks`), so that Envoy's synchronous re-entry (a reply's response hooks, a resumed
-/// body) reaches thaw's hooks and the guest instead of a "busy" answer.
+/// (`envoy::hooks`), so that Envoy's synchronous re-entry (a resumed body is delivered at once)
+/// reaches thaw's hooks and the guest instead of a "busy" answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Deferred {
     /// Envoy's local reply.
@@ -638,7 +638,7 @@ impl StreamFilter {
             // A replied request never moves on; the response is the reply (Envoy does not pass
             // it through this filter; a guest's own reply already passed its response callbacks).
             if direction == Direction::Request {
-                return verdict_for(callback, Action::PAUSE, true, AbiVersion::V0_2_1);
+                return Verdict::Stop;
             }
             return Verdict::Continue;
         }
@@ -658,7 +658,7 @@ impl StreamFilter {
                     verdict = Verdict::Continue;
                 }
                 if self.replied && direction == Direction::Request {
-                    verdict = verdict_for(callback, Action::PAUSE, true, abi);
+                    verdict = Verdict::Stop;
                 }
                 if matches!(callback, HttpCallback::RequestHeaders | HttpCallback::ResponseHeaders) {
                     if let Some(active) = self.active.as_mut() {

@@ -213,9 +213,7 @@ impl LocalReply {
         if grpc {
             set(&mut headers, b":status", b"200".to_vec());
             set(&mut headers, b"content-type", b"application/grpc".to_vec());
-            if !headers.iter().any(|(k, _)| k == b"grpc-status") {
-                headers.push((b"grpc-status".to_vec(), self.effective_grpc_status().to_string().into_bytes()));
-            }
+            self.add_grpc_status(&mut headers);
             let message = self.body.strip_suffix(b"\n").unwrap_or(&self.body);
             if !message.is_empty() {
                 set(&mut headers, b"grpc-message", percent_encode(message));
@@ -259,10 +257,17 @@ impl LocalReply {
     /// (Envoy keeps a `grpc-status` the filter set, and otherwise writes the 0 the ABI passes).
     pub fn for_envoy(&self, grpc: bool) -> LocalReply {
         let mut reply = self.clone();
-        if grpc && !reply.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(b"grpc-status")) {
-            reply.headers.push((b"grpc-status".to_vec(), self.effective_grpc_status().to_string().into_bytes()));
+        if grpc {
+            self.add_grpc_status(&mut reply.headers);
         }
         reply
+    }
+
+    /// Adds `grpc-status` (the effective one) to `headers` unless they carry one already.
+    fn add_grpc_status(&self, headers: &mut Vec<HeaderPair>) {
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(b"grpc-status")) {
+            headers.push((b"grpc-status".to_vec(), self.effective_grpc_status().to_string().into_bytes()));
+        }
     }
 
     /// What a request gets when thaw itself fails (a host bug), always fail-closed.

@@ -63,10 +63,10 @@ impl AbiVersion {
         ("proxy_abi_version_0_1_0", AbiVersion::V0_1_0),
     ];
 
-    /// The version a module declares, from its export names; `None`: it declares none (Envoy's
-    /// Wasm filter refuses such a module).
-    pub fn declared<'a>(mut exports: impl Iterator<Item = &'a str>) -> Option<AbiVersion> {
-        let names: Vec<&str> = exports.by_ref().collect();
+    /// The version a module declares, from the names of its function exports; `None`: it
+    /// declares none (Envoy's Wasm filter refuses such a module).
+    pub fn declared<'a>(functions: impl Iterator<Item = &'a str>) -> Option<AbiVersion> {
+        let names: Vec<&str> = functions.collect();
         AbiVersion::MARKERS.iter().find(|(name, _)| names.contains(name)).map(|(_, v)| *v)
     }
 }

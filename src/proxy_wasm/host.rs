@@ -191,13 +191,9 @@ impl Calls {
         self.by_token.remove(&token);
     }
 
-    /// Envoy ids of every call still out, forgetting them all (keeps the token counter).
-    pub fn abandon_all(&mut self) -> Vec<u64> {
-        self.by_token.drain().map(|(_, id)| id).collect()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_token.is_empty()
+    /// Forgets every call still out (keeps the token counter).
+    pub fn forget_all(&mut self) {
+        self.by_token.clear();
     }
 }
 
@@ -274,7 +270,7 @@ impl HostState {
         self.grpc_status = None;
         self.held_headers = [false; 2];
         // Calls still out belong to the finished stream: Envoy cancels them with it.
-        self.calls.abandon_all();
+        self.calls.forget_all();
     }
 
     /// Whether header map `kind` is available in the current callback.

@@ -402,7 +402,7 @@ fn proxy_grpc_call(mut c: C, args: [i32; 10], timeout: i32, token_out: i32) -> H
     let method = memory::read(&c, mp, ml)?;
     let metadata = header_map::decode_lenient(&memory::read(&c, hp, hl)?);
     let message = memory::read(&c, bp, bl)?;
-    memory::check_writable(&c, token_out, 4)?;
+    memory::check_in_bounds(&c, token_out, 4)?;
     let (headers, body) = super::grpc::request(&service, &method, &metadata, &message, &cluster);
     let id = start_call_stream(&mut c, &cluster, &headers, &body, true, timeout as u32 as u64)?;
     let token = c.data_mut().calls.add(CallKind::GrpcCall, id);
@@ -455,7 +455,7 @@ fn proxy_grpc_stream(mut c: C, args: [i32; 8], token_out: i32) -> HostResult {
     let service = memory::read(&c, sp, sl)?;
     let method = memory::read(&c, mp, ml)?;
     let metadata = header_map::decode_lenient(&memory::read(&c, hp, hl)?);
-    memory::check_writable(&c, token_out, 4)?;
+    memory::check_in_bounds(&c, token_out, 4)?;
     let (headers, _) = super::grpc::request(&service, &method, &metadata, &[], &cluster);
     let id = start_call_stream(&mut c, &cluster, &headers, &[], false, 0)?;
     let token = c.data_mut().calls.add(CallKind::GrpcStream, id);
@@ -563,7 +563,7 @@ fn proxy_set_property(mut c: C, pp: i32, pl: i32, vp: i32, vl: i32) -> HostResul
 
 fn proxy_get_shared_data(mut c: C, kp: i32, kl: i32, ptr_out: i32, len_out: i32, cas_out: i32) -> HostResult {
     let key = memory::read(&c, kp, kl)?;
-    memory::check_writable(&c, cas_out, 4)?;
+    memory::check_in_bounds(&c, cas_out, 4)?;
     let (value, cas) = shared::get(c.data().tenant.as_str(), &key)?;
     memory::return_bytes(&mut c, &value, ptr_out, len_out)?;
     memory::write_u32(&mut c, cas_out, cas)
@@ -577,7 +577,7 @@ fn proxy_set_shared_data(c: C, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32) -> 
 
 fn proxy_register_shared_queue(mut c: C, np: i32, nl: i32, out: i32) -> HostResult {
     let name = memory::read(&c, np, nl)?;
-    memory::check_writable(&c, out, 4)?;
+    memory::check_in_bounds(&c, out, 4)?;
     let from_root = c.data().stream.is_none();
     let id = shared::register_queue(c.data().tenant.as_str(), &name, from_root);
     memory::write_u32(&mut c, out, id)
@@ -773,7 +773,7 @@ fn fd_write(mut c: C, fd: i32, iovs: i32, count: i32, out: i32) -> wasmtime::Res
             let iov = memory::read(&c, at as i32, 8)?;
             let ptr = i32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
             let len = u32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
-            memory::check_readable(&c, ptr, len as usize)?;
+            memory::check_in_bounds(&c, ptr, len as usize)?;
             let keep = (len as usize).min(abi::MAX_FD_WRITE_BYTES - text.len());
             if keep > 0 {
                 text.extend(memory::read(&c, ptr, keep as i32)?);
@@ -921,7 +921,7 @@ fn proxy_http_call(mut c: C, args: [i32; 8], timeout: i32, token_out: i32) -> Ho
     let headers = header_map::decode_lenient(&memory::read(&c, hp, hl)?);
     let body = memory::read(&c, bp, bl)?;
     let trailers = header_map::decode_lenient(&memory::read(&c, tp, tl)?);
-    memory::check_writable(&c, token_out, 4)?;
+    memory::check_in_bounds(&c, token_out, 4)?;
     if !trailers.is_empty() {
         // Envoy's HTTP callouts carry no request trailers.
         return Err(Status::BadArgument.into());

@@ -75,9 +75,7 @@ impl ExportShape {
             _ => None,
         };
         let two_params = |name: &str| func(name).is_some_and(|ty| ty.params().len() == 2);
-        let main = func("main").is_some_and(|ty| {
-            ty.params().len() == 2 && ty.results().len() == 1 && ty.params().chain(ty.results()).all(|t| matches!(t, wasmtime::ValType::I32))
-        });
+        let main = func("main").is_some_and(|ty| i32_func(&ty, &[2], 1));
         ExportShape {
             initialize: func("_initialize").is_some(),
             main,
@@ -92,7 +90,8 @@ impl Linked {
     /// every proxy-wasm guest has. `snapshot_allowlist`: hostcalls outside the snapshot allowlist
     /// trap, naming themselves.
     pub fn link(engine: &Engine, module: &Module, snapshot_allowlist: Option<SnapshotInit>) -> Result<Linked, String> {
-        let abi = AbiVersion::declared(module.exports().map(|e| e.name())).ok_or_else(|| abi::MISSING_ABI_VERSION.to_string())?;
+        let functions = module.exports().filter(|e| matches!(e.ty(), ExternType::Func(_))).map(|e| e.name());
+        let abi = AbiVersion::declared(functions).ok_or_else(|| abi::MISSING_ABI_VERSION.to_string())?;
         check_export_types(module)?;
         let shape = ExportShape::of(module);
         if module.get_export("proxy_on_memory_allocate").is_none() && module.get_export("malloc").is_none() {
@@ -324,7 +323,6 @@ impl Plugin {
             store,
             instance,
             exports,
-            abi: self.abi,
             shape: self.shape,
             tenant: self.tenant.clone(),
             deadline_ticks: self.deadline_ticks,
@@ -531,12 +529,18 @@ fn check_export_types(module: &Module) -> Result<(), String> {
     for (name, params, results) in CALLBACK_TYPES {
         let Some(export) = module.get_export(name) else { continue };
         let ExternType::Func(ty) = export else { return Err(format!("export `{name}` is not a function")) };
-        let all_i32 = ty.params().chain(ty.results()).all(|t| matches!(t, wasmtime::ValType::I32));
-        if !all_i32 || !params.contains(&ty.params().len()) || ty.results().len() != *results {
+        if !i32_func(&ty, params, *results) {
             return Err(format!("export `{name}` has the wrong type ({ty})"));
         }
     }
     Ok(())
+}
+
+/// Whether `ty` takes one of `params` i32s and gives `results` i32s.
+fn i32_func(ty: &wasmtime::FuncType, params: &[usize], results: usize) -> bool {
+    ty.params().chain(ty.results()).all(|t| matches!(t, wasmtime::ValType::I32))
+        && params.contains(&ty.params().len())
+        && ty.results().len() == results
 }
 
 /// One live instance of a tenant's guest. Serves one stream at a time.
@@ -544,7 +548,6 @@ pub struct GuestInstance {
     store: Store<HostState>,
     instance: Instance,
     exports: Exports,
-    abi: AbiVersion,
     shape: ExportShape,
     tenant: TenantId,
     deadline_ticks: u64,
@@ -843,7 +846,7 @@ impl GuestInstance {
 
     /// The ABI the guest declares.
     pub fn abi(&self) -> AbiVersion {
-        self.abi
+        self.store.data().abi
     }
 
     /// Whether the filter holds the request's and the response's headers (paused, not continued).

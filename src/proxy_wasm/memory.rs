@@ -68,14 +68,9 @@ pub fn write_u64(caller: &mut Caller<'_, HostState>, ptr: i32, value: u64) -> Ho
     write(caller, ptr, &value.to_le_bytes())
 }
 
-/// Checks that `len` bytes at `ptr` are inside guest memory, without copying them.
-pub fn check_readable(caller: &Caller<'_, HostState>, ptr: i32, len: usize) -> HostResult {
-    let memory = guest(caller)?.memory;
-    range(ptr, len, memory.data_size(caller)).map(drop)
-}
-
-/// Checks that `ptr` can take `len` bytes, without writing (to fail before allocating).
-pub fn check_writable(caller: &Caller<'_, HostState>, ptr: i32, len: usize) -> HostResult {
+/// Checks that `len` bytes at `ptr` are inside guest memory, without reading or writing them
+/// (to fail before allocating, or before copying).
+pub fn check_in_bounds(caller: &Caller<'_, HostState>, ptr: i32, len: usize) -> HostResult {
     let memory = guest(caller)?.memory;
     range(ptr, len, memory.data_size(caller)).map(drop)
 }
@@ -84,8 +79,8 @@ pub fn check_writable(caller: &Caller<'_, HostState>, ptr: i32, len: usize) -> H
 /// pointer at `ptr_out` and the length at `len_out`. Empty bytes are returned as (NULL, 0), which
 /// every SDK reads as an empty value.
 pub fn return_bytes(caller: &mut Caller<'_, HostState>, bytes: &[u8], ptr_out: i32, len_out: i32) -> HostResult {
-    check_writable(caller, ptr_out, 4)?;
-    check_writable(caller, len_out, 4)?;
+    check_in_bounds(caller, ptr_out, 4)?;
+    check_in_bounds(caller, len_out, 4)?;
     let ptr = if bytes.is_empty() {
         0
     } else {

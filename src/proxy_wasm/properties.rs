@@ -145,9 +145,8 @@ const ATTRIBUTES: &[(&str, u32, AttributeKind)] = {
 
 /// The dotted name of a path the guest sends as NUL-separated segments (a trailing NUL allowed).
 pub fn dotted(path: &[u8]) -> Option<String> {
-    let path = path.strip_suffix(&[0]).unwrap_or(path);
-    let text = std::str::from_utf8(path).ok()?;
-    Some(text.split('\0').collect::<Vec<_>>().join("."))
+    let parts = segments(path).into_iter().map(std::str::from_utf8).collect::<Result<Vec<_>, _>>().ok()?;
+    Some(parts.join("."))
 }
 
 pub fn lookup(name: &str) -> Option<Source> {

@@ -216,6 +216,14 @@ impl Decision {
         }
     }
 
+    /// Makes this request's callout and pauses until it answers (or fails the request).
+    fn pause_for_callout(&mut self) -> Action {
+        if let Err(status) = self.dispatch(self.call) {
+            self.fail("call dispatch failed", status);
+        }
+        Action::Pause
+    }
+
     fn fail(&mut self, what: &str, status: Status) {
         self.replied = true;
         self.send_http_response(500, vec![("x-decision", "error")], Some(format!("{what}: {status:?}").as_bytes()));
@@ -314,13 +322,7 @@ impl HttpContext for Decision {
             }
         }
         if self.waits_for_callout() && !self.phase.is_response_side() {
-            return match self.dispatch(self.call) {
-                Ok(_) => Action::Pause,
-                Err(status) => {
-                    self.fail("call dispatch failed", status);
-                    Action::Pause
-                }
-            };
+            return self.pause_for_callout();
         }
         match self.phase {
             Phase::RequestHeaders | Phase::CallResponse => self.decide_with_request_headers(),
@@ -357,13 +359,7 @@ impl HttpContext for Decision {
             return Action::Continue;
         }
         if self.waits_for_callout() && self.phase.is_response_side() {
-            return match self.dispatch(self.call) {
-                Ok(_) => Action::Pause,
-                Err(status) => {
-                    self.fail("call dispatch failed", status);
-                    Action::Pause
-                }
-            };
+            return self.pause_for_callout();
         }
         match self.phase {
             Phase::ResponseHeaders if self.allowed() => {
