@@ -39,8 +39,12 @@ VOLATILE_RESPONSE_HEADERS = {"date", "server", "x-envoy-upstream-service-time", 
 
 
 class QuietServer(http.server.ThreadingHTTPServer):
-    """Envoy resets connections of denied requests and abandoned calls: not worth a traceback."""
+    """Envoy resets connections of denied requests and abandoned calls: not worth a traceback.
+    The listen backlog is socketserver's 5 by default: with dozens of concurrent cases whose
+    answers are delayed, connection attempts beyond it were dropped and a callout could fail
+    (Envoy answers it 503), a failure of the test's auth service, not of a host."""
     daemon_threads = True
+    request_queue_size = 256
 
     def handle_error(self, request, client_address):
         pass

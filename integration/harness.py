@@ -130,11 +130,16 @@ class Upstream:
         self.server.close()
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    # socketserver's default listen backlog (5) drops connections under the suites' concurrency.
+    request_queue_size = 256
+
+
 class LoopbackHttpServer:
     """A threading HTTP server on a free 127.0.0.1 port, serving `handler` until `close()`."""
 
     def __init__(self, handler):
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server = _Server(("127.0.0.1", 0), handler)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
