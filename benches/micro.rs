@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 use thaw::artifact::signature::{self, PrivateKey, TrustedKey};
+use thaw::trust::{Evidence, Trust};
 use thaw::artifact::{ArtifactDigest, VerifiedArtifact};
 use thaw::config::{InstancePolicy, TenantConfig, TenantId};
 use thaw::engine::{self, Target};
@@ -100,14 +101,15 @@ fn main() {
         let verify = measure(30, 10, || {
             signature::verify(&keys, &cwasm, &sig, &sig_path).unwrap();
         });
-        let artifact = VerifiedArtifact::read(&path, &sig_path, &keys).unwrap();
+        let trust = Trust::load(&thaw::config::TrustSettings::keys(vec![public.clone()])).unwrap();
+        let artifact = VerifiedArtifact::read(&path, &Evidence::detached(&sig_path), &trust).unwrap();
         let deserialize = measure(30, 10, || {
             artifact.load(runtime, false).unwrap();
         });
         let tenant = TenantConfig {
             id: TenantId::try_from(guest).unwrap(),
             module: path.clone(),
-            signature: sig_path.clone(),
+            evidence: thaw::trust::Evidence::detached(sig_path.clone()),
             plugin_config: plugin_config.as_bytes().to_vec(),
             vm_config: Vec::new(),
             root_id: String::new(),

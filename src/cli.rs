@@ -1,9 +1,11 @@
-//! The `thaw` command line: `compile`, `sign`, `verify`, `inspect`, `keygen`. Uses the same engine
-//! settings (`engine`) and the same signature code (`artifact::signature`) as the runtime, so what
-//! the CLI builds and verifies is what `libthaw.so` loads.
+//! The `thaw` command line: `compile`, `sign`, `verify`, `verify-attestation`, `inspect`,
+//! `snapshot`, `keygen`. Uses the same engine settings (`engine`) and the same trust policy
+//! (`trust`, built from cosign-style flags) as the runtime, so what the CLI builds and verifies is
+//! what `libthaw.so` loads.
 
-use crate::artifact::signature::{PrivateKey, TrustedKey};
+use crate::artifact::signature::PrivateKey;
 use crate::artifact::{self, ArtifactDigest, ArtifactKind, VerifiedArtifact};
+use crate::trust::{Evidence, SignatureFile, Trust};
 use crate::engine::{self, Target};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -29,30 +31,46 @@ enum Command {
         #[arg(long)]
         target: Option<String>,
     },
-    /// Sign a file the way `cosign sign-blob --key` does (base64 DER ECDSA P-256 over SHA-256).
+    /// Sign a file the way `cosign sign-blob --key` does: a detached signature (`-o`, base64 DER
+    /// ECDSA P-256 over SHA-256) or a Sigstore v0.3 bundle (`--bundle`).
     Sign {
         #[arg(long)]
         key: PathBuf,
         file: PathBuf,
-        #[arg(short, long)]
-        output: PathBuf,
+        #[arg(short, long, required_unless_present = "bundle", conflicts_with = "bundle")]
+        output: Option<PathBuf>,
+        #[arg(long)]
+        bundle: Option<PathBuf>,
     },
-    /// Verify a cosign-style signature of a file with a PEM public key.
+    /// Verify a file's detached signature or Sigstore bundle (and, with --attestation, its
+    /// provenance) as the runtime would, under a key or a keyless identity policy.
     Verify {
-        #[arg(long)]
-        key: Vec<PathBuf>,
-        #[arg(long)]
-        signature: PathBuf,
         file: PathBuf,
+        #[command(flatten)]
+        evidence: EvidenceArgs,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
-    /// Show what an artifact is: digest, engine version, target, compatibility, imports, exports.
-    /// Precompiled code is loaded (to list imports and exports) only when its signature verifies.
+    /// Verify a SLSA provenance v1 attestation (a DSSE bundle) of a file: signed under the trust
+    /// given, about this file's digest, by one of the builders given.
+    VerifyAttestation {
+        file: PathBuf,
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long = "builder-id", required = true)]
+        builder_ids: Vec<String>,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+    /// Show what an artifact is: digest, engine version, target, compatibility, and, when its
+    /// signature verifies, the signer, the verified time, imports and exports (precompiled code is
+    /// loaded only then).
     Inspect {
         file: PathBuf,
-        #[arg(long)]
-        key: Vec<PathBuf>,
-        #[arg(long)]
-        signature: Option<PathBuf>,
+        #[command(flatten)]
+        evidence: EvidenceArgs,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Run a tenant's init once at build time and store its sealed post-init snapshot where the
     /// runtime looks for it (SNAPSHOT_DIR/TENANT/snapshot.thaw), for this host's architecture.
@@ -74,6 +92,12 @@ enum Command {
         snapshot_dir: PathBuf,
         #[arg(long)]
         encrypt: bool,
+        /// Sign the stored snapshot with this key (for `snapshots.signed`): SNAPSHOT.sig, or
+        /// SNAPSHOT.sigstore.json with --bundle.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[arg(long, requires = "key")]
+        bundle: bool,
     },
     /// Generate a P-256 key pair: NAME.key.pem (PKCS#8, keep secret) and NAME.pub.pem.
     Keygen {
@@ -82,6 +106,92 @@ enum Command {
         #[arg(long, default_value = "thaw")]
         name: String,
     },
+}
+
+/// What vouches for the file (as a tenant's `signature`, `bundle` and `attestation`).
+#[derive(clap::Args)]
+struct EvidenceArgs {
+    /// A detached signature (base64 DER).
+    #[arg(long, conflicts_with = "bundle")]
+    signature: Option<PathBuf>,
+    /// A Sigstore bundle.
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    /// A provenance attestation bundle (needs --builder-id).
+    #[arg(long, requires = "builder_ids")]
+    attestation: Option<PathBuf>,
+    #[arg(long = "builder-id")]
+    builder_ids: Vec<String>,
+}
+
+/// The trust policy, in cosign's flags (a filter config's `trust`).
+#[derive(clap::Args)]
+struct TrustArgs {
+    /// A trusted PEM public key (repeatable).
+    #[arg(long)]
+    key: Vec<PathBuf>,
+    /// A Sigstore trusted_root.json (needed for keyless bundles, timestamps and log entries).
+    #[arg(long)]
+    trusted_root: Option<PathBuf>,
+    #[arg(long, conflicts_with = "certificate_identity_regexp", requires = "certificate_oidc_issuer")]
+    certificate_identity: Option<String>,
+    #[arg(long, requires = "certificate_oidc_issuer")]
+    certificate_identity_regexp: Option<String>,
+    #[arg(long)]
+    certificate_oidc_issuer: Option<String>,
+    /// Require a verified transparency-log entry.
+    #[arg(long)]
+    require_tlog: bool,
+}
+
+impl TrustArgs {
+    /// The policy these flags describe, validated as a filter config's `trust` is.
+    fn load(&self, builder_ids: &[String]) -> Result<Trust> {
+        let mut trust = serde_json::json!({
+            "keys": self.key.iter().map(|k| serde_json::json!({ "key": k })).collect::<Vec<_>>(),
+            "require_transparency_log": self.require_tlog,
+        });
+        if let Some(root) = &self.trusted_root {
+            trust["trusted_root"] = serde_json::json!(root);
+        }
+        if let Some(issuer) = &self.certificate_oidc_issuer {
+            let mut rule = serde_json::json!({ "issuer": issuer });
+            match (&self.certificate_identity, &self.certificate_identity_regexp) {
+                (Some(s), _) => rule["subject"] = serde_json::json!(s),
+                (_, Some(r)) => rule["subject_regex"] = serde_json::json!(r),
+                _ => bail!("--certificate-oidc-issuer needs --certificate-identity or --certificate-identity-regexp"),
+            }
+            trust["identities"] = serde_json::json!([rule]);
+        }
+        if !builder_ids.is_empty() {
+            trust["provenance"] = serde_json::json!({ "builder_ids": builder_ids });
+        }
+        let settings = crate::config::trust_from_json(trust).map_err(|e| {
+            anyhow::anyhow!("{}", e.to_string().replace("invalid filter_config field", "invalid trust setting"))
+        })?;
+        Trust::load(&settings).map_err(anyhow::Error::msg)
+    }
+}
+
+impl EvidenceArgs {
+    fn evidence(&self, file: &Path) -> Evidence {
+        let signature = match (&self.signature, &self.bundle) {
+            (_, Some(b)) => SignatureFile::Bundle(b.clone()),
+            (Some(s), None) => SignatureFile::Detached(s.clone()),
+            (None, None) => SignatureFile::Detached(with_suffix(file, ".sig")),
+        };
+        Evidence { signature, attestation: self.attestation.clone() }
+    }
+
+    fn given(&self) -> bool {
+        self.signature.is_some() || self.bundle.is_some()
+    }
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    s.into()
 }
 
 pub fn main() -> ExitCode {
@@ -98,7 +208,7 @@ pub fn main() -> ExitCode {
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Compile { input, output, target } => compile(&input, &output, target.as_deref()),
-        Command::Sign { key, file, output } => {
+        Command::Sign { key, file, output, bundle } => {
             let key = PrivateKey::load(&key)?;
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             // A .wasm is checked before it is signed; a .cwasm's exports are native code that is
@@ -107,25 +217,41 @@ fn run(command: Command) -> Result<()> {
             if artifact::classify(&bytes).ok() == Some(ArtifactKind::Wasm) {
                 artifact::declared_abi(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             }
-            write_atomically(&output, key.sign(&bytes).as_bytes())?;
+            let (output, written) = match (output, bundle) {
+                (_, Some(b)) => (b, crate::trust::key_bundle(&key, &bytes)),
+                (Some(o), None) => (o, key.sign(&bytes)),
+                (None, None) => bail!("give -o SIGNATURE or --bundle BUNDLE"),
+            };
+            write_atomically(&output, written.as_bytes())?;
             eprintln!("signed {} ({}) -> {}", file.display(), ArtifactDigest::of(&bytes), output.display());
             Ok(())
         }
-        Command::Verify { key, signature, file } => {
-            let keys = load_keys(&key)?;
-            let artifact = VerifiedArtifact::read(&file, &signature, &keys)?;
+        Command::Verify { file, evidence, trust } => {
+            if !evidence.given() {
+                bail!("give --signature SIG or --bundle BUNDLE");
+            }
+            let trust = trust.load(&evidence.builder_ids)?;
+            let artifact = VerifiedArtifact::read(&file, &evidence.evidence(&file), &trust)?;
             println!("Verified OK: {} ({})", file.display(), artifact.digest());
+            println!("{}", artifact.verified());
             Ok(())
         }
-        Command::Inspect { file, key, signature } => inspect(&file, &key, signature.as_deref()),
-        Command::Snapshot { input, tenant, plugin_config, vm_config, seal_key, snapshot_dir, encrypt } => {
+        Command::VerifyAttestation { file, bundle, builder_ids, trust } => {
+            let trust = trust.load(&builder_ids)?;
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let builder = trust.verify_provenance(&bytes, &bundle, &builder_ids)?;
+            println!("Verified OK: {} ({}): SLSA provenance v1 by {builder}", file.display(), ArtifactDigest::of(&bytes));
+            Ok(())
+        }
+        Command::Inspect { file, evidence, trust } => inspect(&file, &evidence, &trust),
+        Command::Snapshot { input, tenant, plugin_config, vm_config, seal_key, snapshot_dir, encrypt, key: signing_key, bundle } => {
             let read = |p: Option<PathBuf>| -> Result<Vec<u8>> {
                 p.map(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display()))).transpose().map(Option::unwrap_or_default)
             };
             let tenant = crate::config::TenantConfig {
                 id: crate::config::TenantId::try_from(tenant.as_str()).map_err(anyhow::Error::msg)?,
                 module: input.clone(),
-                signature: PathBuf::new(),
+                evidence: Evidence { signature: SignatureFile::Detached(PathBuf::new()), attestation: None },
                 plugin_config: read(plugin_config)?,
                 vm_config: read(vm_config)?,
                 root_id: String::new(),
@@ -140,8 +266,20 @@ fn run(command: Command) -> Result<()> {
             let (cwasm, host) = crate::snapshot::create(&engine, &tenant, &wasm, digest, None).map_err(|e| anyhow::anyhow!("{e:?}"))?;
             let binding = crate::snapshot::Binding::new(&tenant.id, digest, &tenant.plugin_config, &tenant.vm_config, &engine::engine_fingerprint(&engine)?);
             let sealed = crate::snapshot::seal(&key, &binding, &host, &cwasm, encrypt);
+            let signing_key = signing_key.map(|k| PrivateKey::load(&k)).transpose()?;
             let path = crate::snapshot::store(&snapshot_dir, &tenant.id, &sealed).map_err(anyhow::Error::msg)?;
             eprintln!("snapshot of {} for tenant `{}` -> {} ({} bytes)", input.display(), tenant.id, path.display(), sealed.len());
+            if let Some(k) = signing_key {
+                // One signature file per snapshot: the other form is removed.
+                let (written, stale, out) = if bundle {
+                    (crate::trust::key_bundle(&k, &sealed), with_suffix(&path, ".sig"), with_suffix(&path, ".sigstore.json"))
+                } else {
+                    (k.sign(&sealed), with_suffix(&path, ".sigstore.json"), with_suffix(&path, ".sig"))
+                };
+                write_atomically(&out, written.as_bytes())?;
+                let _ = std::fs::remove_file(stale);
+                eprintln!("signed {} -> {}", path.display(), out.display());
+            }
             Ok(())
         }
         Command::Keygen { out_dir, name } => {
@@ -155,13 +293,6 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
     }
-}
-
-fn load_keys(paths: &[PathBuf]) -> Result<Vec<TrustedKey>> {
-    if paths.is_empty() {
-        bail!("give at least one --key PUB.pem");
-    }
-    Ok(paths.iter().map(|p| TrustedKey::load(p)).collect::<Result<_, _>>()?)
 }
 
 fn compile(input: &Path, output: &Path, target: Option<&str>) -> Result<()> {
@@ -178,7 +309,7 @@ fn compile(input: &Path, output: &Path, target: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-fn inspect(file: &Path, keys: &[PathBuf], signature: Option<&Path>) -> Result<()> {
+fn inspect(file: &Path, evidence: &EvidenceArgs, trust: &TrustArgs) -> Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     println!("file: {}", file.display());
     println!("size: {} bytes", bytes.len());
@@ -186,16 +317,16 @@ fn inspect(file: &Path, keys: &[PathBuf], signature: Option<&Path>) -> Result<()
     let host = Target::host();
     let engine = engine::compile_engine(host)?;
     let kind = artifact::classify(&bytes).map_err(anyhow::Error::msg)?;
-    let verified = match signature {
-        Some(sig) => {
-            let v = VerifiedArtifact::read(file, sig, &load_keys(keys)?)?;
-            println!("signature: verified ({})", sig.display());
-            Some(v)
-        }
-        None => {
-            println!("signature: not checked (pass --key and --signature)");
-            None
-        }
+    let verified = if evidence.given() {
+        let trust = trust.load(&evidence.builder_ids)?;
+        let evidence = evidence.evidence(file);
+        let v = VerifiedArtifact::read(file, &evidence, &trust)?;
+        println!("signature: verified ({})", evidence.signature.path().display());
+        println!("{}", v.verified());
+        Some(v)
+    } else {
+        println!("signature: not checked (pass --signature or --bundle, and the trust: --key, or --trusted-root and an identity)");
+        None
     };
     let module = match &kind {
         ArtifactKind::Wasm => {

@@ -4,6 +4,7 @@
 //! Every unknown field or bad value is an error whose message names the field. Only parsing and
 //! validation live here; loading artifacts is `filter::FilterConfig::load`.
 
+use crate::trust::{Evidence, SignatureFile};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -62,7 +63,8 @@ pub enum TenantSource {
 pub struct TenantConfig {
     pub id: TenantId,
     pub module: PathBuf,
-    pub signature: PathBuf,
+    /// What vouches for `module`: its signature or bundle, and its attestation.
+    pub evidence: Evidence,
     /// Handed to the guest as its plugin configuration (`proxy_on_configure`).
     pub plugin_config: Vec<u8>,
     /// Handed to the guest as its VM configuration (`proxy_on_vm_start`).
@@ -74,11 +76,77 @@ pub struct TenantConfig {
     pub snapshot_source: Option<SignedFile>,
 }
 
-/// A file and its detached signature.
+/// A file and what vouches for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedFile {
     pub path: PathBuf,
-    pub signature: PathBuf,
+    pub evidence: Evidence,
+}
+
+/// Who may sign artifacts (`trust`, or its shorthand `trusted_keys`). See `crate::trust`.
+#[derive(Clone, Debug)]
+pub struct TrustSettings {
+    /// A Sigstore `trusted_root.json`: certificate authorities, timestamp authorities, logs.
+    pub trusted_root: Option<PathBuf>,
+    pub keys: Vec<KeySettings>,
+    /// The config field the keys came from (`trust.keys` or `trusted_keys`), for messages.
+    pub keys_field: &'static str,
+    pub identities: Vec<IdentitySettings>,
+    pub require_transparency_log: bool,
+    pub provenance: Option<ProvenanceSettings>,
+}
+
+impl TrustSettings {
+    /// Trust in these keys, without windows (what `trusted_keys` means).
+    pub fn keys(paths: Vec<PathBuf>) -> TrustSettings {
+        TrustSettings {
+            trusted_root: None,
+            keys: paths.into_iter().map(|path| KeySettings { path, not_before: None, not_after: None }).collect(),
+            keys_field: "trusted_keys",
+            identities: Vec::new(),
+            require_transparency_log: false,
+            provenance: None,
+        }
+    }
+}
+
+/// A key-pair signer and the window (RFC 3339 instants, inclusive) in which its signatures count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeySettings {
+    pub path: PathBuf,
+    pub not_before: Option<jiff::Timestamp>,
+    pub not_after: Option<jiff::Timestamp>,
+}
+
+/// A keyless signer: the OIDC issuer, exactly, and the certificate's subject (SAN).
+#[derive(Clone, Debug)]
+pub struct IdentitySettings {
+    pub issuer: String,
+    pub subject: SubjectMatch,
+}
+
+#[derive(Clone, Debug)]
+pub enum SubjectMatch {
+    Exact(String),
+    /// Matches anywhere in the subject, as cosign's `--certificate-identity-regexp` does: anchor it.
+    Regex(regex::Regex),
+}
+
+/// Requires a SLSA provenance v1 attestation from one of these builders.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProvenanceSettings {
+    pub builder_ids: Vec<String>,
+}
+
+/// What a config does with a tenant whose artifact is refused.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnArtifactFailure {
+    /// The whole config is rejected (Envoy keeps the config it had).
+    #[default]
+    RejectConfig,
+    /// The rest loads; the tenant's requests are answered per `on_error`, counted.
+    DisableTenant,
 }
 
 /// Where post-init snapshots are stored and how they are sealed.
@@ -89,6 +157,9 @@ pub struct SnapshotSettings {
     pub key: PathBuf,
     /// Encrypt snapshots at rest (ChaCha20-Poly1305), not only authenticate them.
     pub encrypt: bool,
+    /// Snapshots are shipped from build time (`thaw snapshot --key`), each verified under `trust`
+    /// like an artifact before it is unsealed; thaw then stores none of its own.
+    pub signed: bool,
 }
 
 /// How a tenant's instances are created, reused and bounded.
@@ -130,7 +201,8 @@ pub struct CrashLoop {
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub trusted_keys: Vec<PathBuf>,
+    pub trust: TrustSettings,
+    pub on_artifact_failure: OnArtifactFailure,
     pub tenant_from: TenantSource,
     pub unknown_tenant: Policy,
     pub on_error: Policy,
@@ -169,7 +241,10 @@ impl InstancePolicy {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    trusted_keys: Vec<PathBuf>,
+    trusted_keys: Option<Vec<PathBuf>>,
+    trust: Option<RawTrust>,
+    #[serde(default)]
+    on_artifact_failure: OnArtifactFailure,
     tenant_from: RawTenantFrom,
     #[serde(default)]
     unknown_tenant: Policy,
@@ -191,6 +266,8 @@ struct RawSnapshots {
     key: PathBuf,
     #[serde(default)]
     encrypt: bool,
+    #[serde(default)]
+    signed: bool,
 }
 
 #[derive(Deserialize)]
@@ -198,16 +275,150 @@ struct RawSnapshots {
 struct RawSnapshotSource {
     source: PathBuf,
     signature: Option<PathBuf>,
+    bundle: Option<PathBuf>,
+    attestation: Option<PathBuf>,
 }
 
-/// `path` and its signature (default: `path` + `.sig`).
-fn signed(path: PathBuf, signature: Option<PathBuf>) -> SignedFile {
-    let signature = signature.unwrap_or_else(|| {
-        let mut s = path.clone().into_os_string();
-        s.push(".sig");
-        s.into()
-    });
-    SignedFile { path, signature }
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    trusted_root: Option<PathBuf>,
+    #[serde(default)]
+    keys: Vec<RawKey>,
+    #[serde(default)]
+    identities: Vec<RawIdentity>,
+    #[serde(default)]
+    require_transparency_log: bool,
+    provenance: Option<RawProvenance>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    key: PathBuf,
+    not_before: Option<String>,
+    not_after: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    issuer: String,
+    subject: Option<String>,
+    subject_regex: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvenance {
+    builder_ids: Vec<String>,
+}
+
+/// `path` and what vouches for it: `signature` (default `path` + `.sig`) or `bundle`, and an
+/// optional `attestation`. `field` is where they were written, for messages.
+fn signed(
+    field: &str,
+    path: PathBuf,
+    signature: Option<PathBuf>,
+    bundle: Option<PathBuf>,
+    attestation: Option<PathBuf>,
+    trust: &TrustSettings,
+) -> Result<SignedFile, ConfigError> {
+    let signature = match (signature, bundle) {
+        (Some(_), Some(_)) => return Err(err(format!("{field}.bundle"), "give `signature` or `bundle`, not both")),
+        (None, Some(b)) => SignatureFile::Bundle(b),
+        (Some(s), None) => SignatureFile::Detached(s),
+        (None, None) => {
+            let mut s = path.clone().into_os_string();
+            s.push(".sig");
+            SignatureFile::Detached(s.into())
+        }
+    };
+    match (&attestation, &trust.provenance) {
+        (Some(_), None) => return Err(err(format!("{field}.attestation"), "needs `trust.provenance` (the builders to allow)")),
+        (None, Some(_)) => return Err(err(format!("{field}.attestation"), "required: `trust.provenance` is configured")),
+        _ => {}
+    }
+    Ok(SignedFile { path, evidence: Evidence { signature, attestation } })
+}
+
+/// A `trust` object (as in the filter config) on its own: what the CLI's flags make.
+pub fn trust_from_json(value: serde_json::Value) -> Result<TrustSettings, ConfigError> {
+    let raw: RawTrust = serde_json::from_value(value).map_err(|e| err("trust", serde_message(&e)))?;
+    trust_settings(None, Some(raw))
+}
+
+/// An RFC 3339 instant.
+fn instant(field: &str, value: Option<String>) -> Result<Option<jiff::Timestamp>, ConfigError> {
+    value
+        .map(|v| v.parse::<jiff::Timestamp>().map_err(|e| err(field, format!("`{v}` is not an RFC 3339 time: {e}"))))
+        .transpose()
+}
+
+fn trust_settings(trusted_keys: Option<Vec<PathBuf>>, trust: Option<RawTrust>) -> Result<TrustSettings, ConfigError> {
+    let settings = match (trusted_keys, trust) {
+        (Some(_), Some(_)) => return Err(err("trusted_keys", "is shorthand for `trust: { keys: [...] }`; give one or the other")),
+        (None, None) => return Err(err("trust", "required (or its shorthand `trusted_keys`): who may sign artifacts")),
+        (Some(keys), None) => {
+            if keys.is_empty() {
+                return Err(err("trusted_keys", "at least one PEM public key is required"));
+            }
+            TrustSettings::keys(keys)
+        }
+        (None, Some(t)) => {
+            let mut keys = Vec::with_capacity(t.keys.len());
+            for (i, k) in t.keys.into_iter().enumerate() {
+                let f = |name: &str| format!("trust.keys[{i}].{name}");
+                let not_before = instant(&f("not_before"), k.not_before)?;
+                let not_after = instant(&f("not_after"), k.not_after)?;
+                if let (Some(b), Some(a)) = (not_before, not_after) {
+                    if a < b {
+                        return Err(err(f("not_after"), format!("{a} is before not_before {b}")));
+                    }
+                }
+                keys.push(KeySettings { path: k.key, not_before, not_after });
+            }
+            let mut identities = Vec::with_capacity(t.identities.len());
+            for (i, id) in t.identities.into_iter().enumerate() {
+                let f = |name: &str| format!("trust.identities[{i}].{name}");
+                if id.issuer.is_empty() {
+                    return Err(err(f("issuer"), "must name the OIDC issuer"));
+                }
+                let subject = match (id.subject, id.subject_regex) {
+                    (Some(s), None) if !s.is_empty() => SubjectMatch::Exact(s),
+                    (None, Some(r)) => SubjectMatch::Regex(
+                        regex::Regex::new(&r).map_err(|e| err(f("subject_regex"), format!("not a regular expression: {e}")))?,
+                    ),
+                    _ => return Err(err(format!("trust.identities[{i}]"), "exactly one of `subject` or `subject_regex` is required")),
+                };
+                identities.push(IdentitySettings { issuer: id.issuer, subject });
+            }
+            if keys.is_empty() && identities.is_empty() {
+                return Err(err("trust", "at least one of `keys` or `identities` is required"));
+            }
+            if !identities.is_empty() && t.trusted_root.is_none() {
+                return Err(err("trust.trusted_root", "required by `trust.identities` (the certificate authorities to trust)"));
+            }
+            if t.require_transparency_log && t.trusted_root.is_none() {
+                return Err(err("trust.trusted_root", "required by `trust.require_transparency_log` (the logs to trust)"));
+            }
+            let provenance = match t.provenance {
+                Some(p) if p.builder_ids.is_empty() || p.builder_ids.iter().any(|b| b.is_empty()) => {
+                    return Err(err("trust.provenance.builder_ids", "at least one builder id, none empty"))
+                }
+                p => p.map(|p| ProvenanceSettings { builder_ids: p.builder_ids }),
+            };
+            TrustSettings {
+                trusted_root: t.trusted_root,
+                keys,
+                keys_field: "trust.keys",
+                identities,
+                require_transparency_log: t.require_transparency_log,
+                provenance,
+            }
+        }
+    };
+    Ok(settings)
 }
 
 #[derive(Deserialize)]
@@ -230,6 +441,8 @@ struct RawTenantFrom {
 struct RawTenant {
     module: PathBuf,
     signature: Option<PathBuf>,
+    bundle: Option<PathBuf>,
+    attestation: Option<PathBuf>,
     plugin_config: Option<serde_json::Value>,
     vm_config: Option<serde_json::Value>,
     root_id: Option<String>,
@@ -294,9 +507,7 @@ fn guest_bytes(field: &str, value: Option<serde_json::Value>) -> Result<Vec<u8>,
 impl Config {
     pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
         let raw: RawConfig = serde_json::from_slice(json).map_err(|e| err("filter_config", serde_message(&e)))?;
-        if raw.trusted_keys.is_empty() {
-            return Err(err("trusted_keys", "at least one PEM public key is required"));
-        }
+        let trust = trust_settings(raw.trusted_keys, raw.trust)?;
         let tenant_from = match (raw.tenant_from.header, raw.tenant_from.route) {
             (Some(h), None) => {
                 let valid = !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
@@ -331,24 +542,28 @@ impl Config {
                 call_deadline_ms: knob(&f("call_deadline_ms"), t.call_deadline_ms, DEFAULT_CALL_DEADLINE_MS, 1..=60_000)?,
                 memory_limit_mb: knob(&f("memory_limit_mb"), t.memory_limit_mb, DEFAULT_MEMORY_LIMIT_MB, 1..=max_memory_mb)?,
             };
-            let module = signed(t.module, t.signature);
+            let module = signed(&field, t.module, t.signature, t.bundle, t.attestation, &trust)?;
             if t.snapshot.is_some() && raw.snapshots.is_none() {
                 return Err(err(f("snapshot"), "needs the top-level `snapshots: { dir, key }` settings"));
             }
-            let snapshot_source = t.snapshot.map(|s| signed(s.source, s.signature));
+            let snapshot_source = match t.snapshot {
+                Some(s) => Some(signed(&f("snapshot"), s.source, s.signature, s.bundle, s.attestation, &trust)?),
+                None => None,
+            };
             tenants.push(TenantConfig {
                 plugin_config: guest_bytes(&format!("{field}.plugin_config"), t.plugin_config)?,
                 vm_config: guest_bytes(&format!("{field}.vm_config"), t.vm_config)?,
                 root_id: t.root_id.unwrap_or_default(),
                 id,
                 module: module.path,
-                signature: module.signature,
+                evidence: module.evidence,
                 instances,
                 snapshot_source,
             });
         }
         Ok(Config {
-            trusted_keys: raw.trusted_keys,
+            trust,
+            on_artifact_failure: raw.on_artifact_failure,
             tenant_from,
             unknown_tenant: raw.unknown_tenant,
             on_error: raw.on_error,
@@ -368,7 +583,7 @@ impl Config {
                     quarantine_ms: knob("crash_loop.quarantine_ms", c.quarantine_ms, DEFAULT_CRASH_LOOP.quarantine_ms, 0..=u64::MAX)?,
                 },
             },
-            snapshots: raw.snapshots.map(|s| SnapshotSettings { dir: s.dir, key: s.key, encrypt: s.encrypt }),
+            snapshots: raw.snapshots.map(|s| SnapshotSettings { dir: s.dir, key: s.key, encrypt: s.encrypt, signed: s.signed }),
             tenants,
         })
     }
@@ -411,7 +626,7 @@ mod tests {
         assert_eq!(c.unknown_tenant, Policy::Deny);
         assert_eq!(c.on_error, Policy::Deny);
         let t = &c.tenants[0];
-        assert_eq!(t.signature, PathBuf::from("/a.cwasm.sig"));
+        assert_eq!(t.evidence.signature, SignatureFile::Detached("/a.cwasm.sig".into()));
         assert_eq!(t.plugin_config, br#"{"tokens":{"t":"alice"}}"#);
         assert_eq!(t.instances, InstancePolicy::DEFAULT);
         assert_eq!(c.crash_loop, DEFAULT_CRASH_LOOP);
@@ -423,6 +638,10 @@ mod tests {
             (GOOD.replace("trusted_keys", "trusted_keyz"), "filter_config", "trusted_keyz"),
             (GOOD.replace(r#""module""#, r#""modul""#), "tenants.acme", "modul"),
             (GOOD.replace(r#"["/k.pub"]"#, "[]"), "trusted_keys", "at least one"),
+            (GOOD.replace(r#""trusted_keys":["/k.pub"],"#, ""), "trust", "required"),
+            (GOOD.replace(r#""module""#, r#""bundle":"/b","signature":"/s","module""#), "tenants.acme.bundle", "not both"),
+            (GOOD.replace(r#""module""#, r#""attestation":"/a","module""#), "tenants.acme.attestation", "trust.provenance"),
+            (GOOD.replace(r#""tenant_from""#, r#""on_artifact_failure":"ignore","tenant_from""#), "filter_config", "ignore"),
             (GOOD.replace(r#"{"header":"X-Tenant-Id"}"#, r#"{"route":false}"#), "tenant_from.route", "true"),
             (GOOD.replace(r#"{"header":"X-Tenant-Id"}"#, r#"{"header":"a b"}"#), "tenant_from.header", "valid"),
             (GOOD.replace(r#"{"tokens":{"t":"alice"}}"#, "7"), "tenants.acme.plugin_config", "object"),
@@ -435,6 +654,39 @@ mod tests {
             (GOOD.replace(r#""tenant_from""#, r#""crash_loop":{"fails":1},"tenant_from""#), "filter_config", "fails"),
             (GOOD.replace(r#""module""#, r#""snapshot":{"source":"/a.wasm"},"module""#), "tenants.acme.snapshot", "snapshots"),
             (GOOD.replace(r#""tenant_from""#, r#""snapshots":{"dir":"/d"},"tenant_from""#), "filter_config", "key"),
+        ];
+        for (json, field, needle) in cases {
+            let e = parse(&json).unwrap_err();
+            assert_eq!(e.field, field, "{json}");
+            assert!(e.message.contains(needle), "{e} should mention {needle}");
+        }
+    }
+
+    #[test]
+    fn trust_settings_are_checked_field_by_field() {
+        let with_trust = |trust: &str| GOOD.replace(r#""trusted_keys":["/k.pub"]"#, &format!(r#""trust":{trust}"#));
+        let c = parse(&with_trust(
+            r#"{"trusted_root":"/r.json","keys":[{"key":"/a.pub","not_after":"2027-01-31T00:00:00Z"}],
+                "identities":[{"issuer":"https://iss","subject_regex":"^https://ci/"}]}"#,
+        ))
+        .unwrap();
+        assert_eq!(c.trust.keys[0].not_after, Some("2027-01-31T00:00:00Z".parse().unwrap()));
+        assert_eq!(c.trust.identities.len(), 1);
+        let cases = [
+            (with_trust(r#"{"keys":[{"key":"/a.pub","not_before":"tomorrow"}]}"#), "trust.keys[0].not_before", "RFC 3339"),
+            (
+                with_trust(r#"{"keys":[{"key":"/a","not_before":"2027-01-02T00:00:00Z","not_after":"2027-01-01T00:00:00Z"}]}"#),
+                "trust.keys[0].not_after",
+                "before",
+            ),
+            (with_trust(r#"{"identities":[{"issuer":"i","subject":"s"}]}"#), "trust.trusted_root", "identities"),
+            (with_trust(r#"{"trusted_root":"/r","identities":[{"issuer":"i","subject_regex":"("}]}"#), "trust.identities[0].subject_regex", "regular"),
+            (with_trust(r#"{"trusted_root":"/r","identities":[{"issuer":"i"}]}"#), "trust.identities[0]", "exactly one"),
+            (with_trust(r#"{"trusted_root":"/r"}"#), "trust", "at least one"),
+            (with_trust(r#"{"keys":[{"key":"/a"}],"provenance":{"builder_ids":[]}}"#), "trust.provenance.builder_ids", "at least one"),
+            (with_trust(r#"{"keys":[{"key":"/a"}],"provenance":{"builder_ids":["b"]}}"#), "tenants.acme.attestation", "required"),
+            (with_trust(r#"{"keys":[{"key":"/a"}],"rotate":true}"#), "filter_config", "rotate"),
+            (GOOD.replace(r#""tenant_from""#, r#""trust":{"keys":[{"key":"/a"}]},"tenant_from""#), "trusted_keys", "one or the other"),
         ];
         for (json, field, needle) in cases {
             let e = parse(&json).unwrap_err();

@@ -4,10 +4,11 @@
 //! Fail-open / fail-closed is decided here and only here: unknown tenants per `unknown_tenant`,
 //! guest failures per `on_error`.
 
-use crate::artifact::signature::TrustedKey;
 use crate::artifact::{ArtifactDigest, ArtifactError, VerifiedArtifact};
 use crate::artifact::ArtifactKind;
-use crate::config::{Config, CrashLoop, Policy, SignedFile, SnapshotSettings, TenantConfig, TenantId, TenantSource};
+use crate::config::{Config, CrashLoop, OnArtifactFailure, Policy, SnapshotSettings, TenantConfig, TenantId, TenantSource};
+use crate::telemetry::refusals;
+use crate::trust::{Evidence, Trust};
 use crate::snapshot::{self, Binding, Refusal, SealKey};
 use crate::engine;
 use crate::log_at;
@@ -116,6 +117,9 @@ impl CrashTracker {
 pub struct FilterConfig {
     pub name: String,
     pub tenants: HashMap<TenantId, Tenant>,
+    /// Tenants whose artifact was refused, with the refusal (`on_artifact_failure: disable_tenant`):
+    /// their requests are answered per `on_error`.
+    pub disabled: HashMap<TenantId, String>,
     pub tenant_from: TenantSource,
     pub unknown_tenant: Policy,
     pub on_error: Policy,
@@ -131,17 +135,11 @@ impl FilterConfig {
 
     pub fn load(name: &str, config: &Config, stats: &mut dyn StatsSink) -> Result<FilterConfig, String> {
         let engine = engine::runtime_engine_sized(config.max_live_instances)?;
-        host::set_budget_bytes((config.memory_budget_mb as usize) << 20);
-        let keys = config
-            .trusted_keys
-            .iter()
-            .map(|path| TrustedKey::load(path))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("invalid filter_config field `trusted_keys`: {e}"))?;
+        let trust = Trust::load(&config.trust)?;
         // Tenants naming the same file share its reading and verification; files with the same
         // verified bytes share one loaded Module (native code); tenants sharing an artifact and its
         // configuration share the init check.
-        let mut modules: HashMap<(PathBuf, PathBuf), (ArtifactDigest, Module)> = HashMap::new();
+        let mut modules: HashMap<(PathBuf, Evidence), (ArtifactDigest, Module)> = HashMap::new();
         let mut by_digest: HashMap<ArtifactDigest, Module> = HashMap::new();
         let mut linked: HashMap<ArtifactDigest, Linked> = HashMap::new();
         // Init-check results: the tick period the guest's init set, and whether init made calls.
@@ -151,39 +149,45 @@ impl FilterConfig {
             None => None,
         };
         let mut tenants = HashMap::with_capacity(config.tenants.len());
+        let mut disabled = HashMap::new();
         for tenant in &config.tenants {
             let refuse = |reason: String| format!("tenant `{}`: artifact refused: {reason}", tenant.id);
-            let key = (tenant.module.clone(), tenant.signature.clone());
-            let (digest, module) = match modules.get(&key) {
-                Some(loaded) => loaded.clone(),
+            let key = (tenant.module.clone(), tenant.evidence.clone());
+            let loaded = match modules.get(&key) {
+                Some(loaded) => Ok(loaded.clone()),
                 None => {
                     let started = Instant::now();
-                    let artifact = VerifiedArtifact::read(&tenant.module, &tenant.signature, &keys).map_err(|e| {
-                        if matches!(e, ArtifactError::Signature(_)) {
-                            stats.record(Metric::SignatureFailure, &tenant.id, 1);
+                    load_module(engine, &trust, tenant, config.allow_jit, &mut by_digest).inspect(|loaded| {
+                        stats.record(Metric::AotLoad, &tenant.id, started.elapsed().as_micros() as i64);
+                        modules.insert(key, loaded.clone());
+                    })
+                }
+            };
+            // A snapshot source is an artifact like the module: verified under the same trust.
+            let snapshot_source = match (&tenant.snapshot_source, &loaded) {
+                (Some(source), Ok(_)) => Some(VerifiedArtifact::read(&source.path, &source.evidence, &trust).map_err(|e| (e, "snapshot source"))),
+                _ => None,
+            }
+            .transpose();
+            let (digest, module, snapshot_source) = match (loaded.map_err(|e| (e, "artifact")), snapshot_source) {
+                (Ok((digest, module)), Ok(source)) => (digest, module, source),
+                (Err((e, what)), _) | (_, Err((e, what))) => {
+                    artifact_refused(stats, &tenant.id, &e);
+                    let message = format!("tenant `{}`: {what} refused: {e}", tenant.id);
+                    match config.on_artifact_failure {
+                        OnArtifactFailure::RejectConfig => return Err(message),
+                        OnArtifactFailure::DisableTenant => {
+                            log_at!(Error, "thaw: {message}; the tenant is disabled (on_artifact_failure: disable_tenant), its requests are answered per on_error");
+                            disabled.insert(tenant.id.clone(), message);
+                            continue;
                         }
-                        refuse(e.to_string())
-                    })?;
-                    let module = match by_digest.get(&artifact.digest()) {
-                        Some(module) => module.clone(),
-                        None => {
-                            let (module, jit) = artifact.load(engine, config.allow_jit).map_err(|e| refuse(e.to_string()))?;
-                            if jit {
-                                log_at!(Warn, "thaw: tenant `{}`: {} is plain Wasm, JIT-compiled at config load (allow_jit)", tenant.id, tenant.module.display());
-                            }
-                            by_digest.insert(artifact.digest(), module.clone());
-                            module
-                        }
-                    };
-                    stats.record(Metric::AotLoad, &tenant.id, started.elapsed().as_micros() as i64);
-                    modules.insert(key, (artifact.digest(), module.clone()));
-                    (artifact.digest(), module)
+                    }
                 }
             };
             let mut pending_snapshot = None;
-            let snapshotted = match (&config.snapshots, &tenant.snapshot_source, &seal_key) {
+            let snapshotted = match (&config.snapshots, snapshot_source, &seal_key) {
                 (Some(settings), Some(source), Some(seal_key)) => {
-                    match resume_or_snapshot(engine, settings, seal_key, tenant, source, &keys, stats)? {
+                    match resume_or_snapshot(engine, settings, seal_key, &trust, tenant, source, stats)? {
                         Ok(plugin) => Some(plugin),
                         Err(pending) => {
                             pending_snapshot = Some(pending);
@@ -254,9 +258,12 @@ impl FilterConfig {
             modules.len(),
             by_digest.len()
         );
+        // Only an accepted config sets the process-wide budget.
+        host::set_budget_bytes((config.memory_budget_mb as usize) << 20);
         Ok(FilterConfig {
             name: name.to_string(),
             tenants,
+            disabled,
             tenant_from: config.tenant_from.clone(),
             unknown_tenant: config.unknown_tenant,
             on_error: config.on_error,
@@ -277,6 +284,36 @@ pub struct PendingSnapshot {
     binding: Binding,
 }
 
+/// Reads, verifies and loads a tenant's module (sharing a Module among files of the same bytes).
+fn load_module(
+    engine: &'static wasmtime::Engine,
+    trust: &Trust,
+    tenant: &TenantConfig,
+    allow_jit: bool,
+    by_digest: &mut HashMap<ArtifactDigest, Module>,
+) -> Result<(ArtifactDigest, Module), ArtifactError> {
+    let artifact = VerifiedArtifact::read(&tenant.module, &tenant.evidence, trust)?;
+    log_at!(Debug, "thaw: tenant `{}`: {} verified: {}", tenant.id, tenant.module.display(), artifact.verified().signer);
+    if let Some(module) = by_digest.get(&artifact.digest()) {
+        return Ok((artifact.digest(), module.clone()));
+    }
+    let (module, jit) = artifact.load(engine, allow_jit)?;
+    if jit {
+        log_at!(Warn, "thaw: tenant `{}`: {} is plain Wasm, JIT-compiled at config load (allow_jit)", tenant.id, tenant.module.display());
+    }
+    by_digest.insert(artifact.digest(), module.clone());
+    Ok((artifact.digest(), module))
+}
+
+/// Counts a refused artifact: in this config's stats and in the process-wide tally that every
+/// accepted config shows (`telemetry::refusals`).
+fn artifact_refused(stats: &mut dyn StatsSink, tenant: &TenantId, error: &ArtifactError) {
+    refusals::count(tenant, error.reason());
+    if matches!(error, ArtifactError::Refused(_)) {
+        stats.record(Metric::SignatureFailure, tenant, 1);
+    }
+}
+
 /// A tenant's plugin resumed from its stored snapshot, or from a snapshot made now (and stored);
 /// `Err(pending)` when the guest's init cannot be snapshotted now (logged with the reason:
 /// per-worker init then; `pending` can try again once its init calls are answered).
@@ -284,27 +321,23 @@ fn resume_or_snapshot(
     engine: &'static wasmtime::Engine,
     settings: &SnapshotSettings,
     seal_key: &SealKey,
+    trust: &Trust,
     tenant: &TenantConfig,
-    source: &SignedFile,
-    keys: &[TrustedKey],
+    artifact: VerifiedArtifact,
     stats: &mut dyn StatsSink,
 ) -> Result<Result<Plugin, Box<PendingSnapshot>>, String> {
     let id = &tenant.id;
-    let refuse = |reason: String| format!("tenant `{id}`: snapshot source refused: {reason}");
-    let artifact = VerifiedArtifact::read(&source.path, &source.signature, keys).map_err(|e| {
-        if matches!(e, ArtifactError::Signature(_)) {
-            stats.record(Metric::SignatureFailure, id, 1);
-        }
-        refuse(e.to_string())
-    })?;
     if crate::artifact::classify(artifact.bytes()) != Ok(ArtifactKind::Wasm) {
-        return Err(refuse(format!("{} is not a Wasm module (snapshots are made from the .wasm)", source.path.display())));
+        return Err(format!(
+            "tenant `{id}`: snapshot source refused: {} is not a Wasm module (snapshots are made from the .wasm)",
+            artifact.path().display()
+        ));
     }
     let fingerprint = engine::engine_fingerprint(engine).map_err(|e| format!("{e:#}"))?;
     let binding = Binding::new(id, artifact.digest(), &tenant.plugin_config, &tenant.vm_config, &fingerprint);
     let path = snapshot::path_for(&settings.dir, id);
     let started = Instant::now();
-    match snapshot::load(&settings.dir, seal_key, id, &binding) {
+    match snapshot::load(&settings.dir, seal_key, id, &binding, settings.signed.then_some(trust)) {
         Ok(unsealed) => {
             let module = engine::deserialize_trusted(engine, &unsealed.cwasm, engine::Trust::SealedByThaw)
                 .map_err(|e| format!("tenant `{id}`: snapshot {}: {e:#}", path.display()))?;
@@ -346,10 +379,15 @@ impl PendingSnapshot {
                 return Ok(None);
             }
         };
-        let sealed = snapshot::seal(&self.seal_key, &self.binding, &host, &cwasm, self.settings.encrypt);
-        match snapshot::store(&self.settings.dir, id, &sealed) {
-            Ok(path) => log_at!(Info, "thaw: tenant `{id}`: ran init once and stored its snapshot {} ({} ms)", path.display(), started.elapsed().as_millis()),
-            Err(e) => log_at!(Warn, "thaw: tenant `{id}`: {e}; using the snapshot unstored"),
+        if self.settings.signed {
+            // Stored snapshots must be signed (shipped from build time); this one is not.
+            log_at!(Info, "thaw: tenant `{id}`: ran init once and snapshotted it in memory ({} ms; snapshots.signed: not stored)", started.elapsed().as_millis());
+        } else {
+            let sealed = snapshot::seal(&self.seal_key, &self.binding, &host, &cwasm, self.settings.encrypt);
+            match snapshot::store(&self.settings.dir, id, &sealed) {
+                Ok(path) => log_at!(Info, "thaw: tenant `{id}`: ran init once and stored its snapshot {} ({} ms)", path.display(), started.elapsed().as_millis()),
+                Err(e) => log_at!(Warn, "thaw: tenant `{id}`: {e}; using the snapshot unstored"),
+            }
         }
         let module =
             engine::deserialize_trusted(self.engine, &cwasm, engine::Trust::SealedByThaw).map_err(|e| format!("tenant `{id}`: {e:#}"))?;
@@ -506,6 +544,7 @@ impl StreamFilter {
         self.buffering[direction as usize]
     }
 
+    /// The request's tenant, if it names a loaded or a disabled one.
     fn resolve_tenant<S: HttpStream>(&self, stream: &S) -> Option<TenantId> {
         let tenant = match &self.config.tenant_from {
             TenantSource::Header(name) => {
@@ -514,7 +553,7 @@ impl StreamFilter {
             }
             TenantSource::Route => stream.route_tenant()?,
         };
-        self.config.tenants.contains_key(&tenant).then_some(tenant)
+        (self.config.tenants.contains_key(&tenant) || self.config.disabled.contains_key(&tenant)).then_some(tenant)
     }
 
     /// Queues a reply (the first one wins) as Envoy's local reply; a gRPC request gets the reply's
@@ -727,7 +766,11 @@ impl StreamFilter {
             };
         };
         let config = Arc::clone(&self.config);
-        let entry = &config.tenants[&tenant];
+        let Some(entry) = config.tenants.get(&tenant) else {
+            // Disabled at load: its artifact was refused (`on_artifact_failure: disable_tenant`).
+            stream.record(Metric::DisabledTenantRequest, &tenant, 1);
+            return self.per_on_error(&mut stream, "thaw: the tenant's filter artifact was refused at load; request denied\n", "thaw_tenant_disabled");
+        };
         if entry.crashes.is_quarantined() {
             stream.record(Metric::QuarantinedRequest, &tenant, 1);
             return self.deny_or_allow(&mut stream);

@@ -18,4 +18,5 @@ pub mod reply_view;
 pub mod snapshot;
 pub mod stream;
 pub mod telemetry;
+pub mod trust;
 pub mod root;

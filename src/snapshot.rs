@@ -14,6 +14,7 @@
 
 use crate::artifact::ArtifactDigest;
 use crate::config::TenantId;
+use crate::trust::{SignatureFile, Trust};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use hmac::{Hmac, Mac};
@@ -113,6 +114,8 @@ pub enum Refusal {
     Unreadable(String),
     Malformed(String),
     BadSeal,
+    /// A shipped snapshot whose signature does not verify under the trust (`snapshots.signed`).
+    Unsigned(String),
     WrongBinding { field: &'static str },
 }
 
@@ -123,6 +126,7 @@ impl fmt::Display for Refusal {
             Refusal::Unreadable(e) => write!(f, "unreadable: {e}"),
             Refusal::Malformed(e) => write!(f, "malformed: {e}"),
             Refusal::BadSeal => f.write_str("seal does not verify (tampered, truncated, or sealed with another key)"),
+            Refusal::Unsigned(why) => write!(f, "not signed under the trust (snapshots.signed): {why}"),
             Refusal::WrongBinding { field } => write!(f, "made for another {field}"),
         }
     }
@@ -209,14 +213,36 @@ pub fn unseal(key: &SealKey, binding: &Binding, file: &[u8]) -> Result<Unsealed,
 }
 
 /// Reads and opens the stored snapshot of `binding`'s tenant.
-pub fn load(dir: &Path, key: &SealKey, tenant: &TenantId, binding: &Binding) -> Result<Unsealed, Refusal> {
+/// Loads `tenant`'s stored snapshot. With `signed_by`, the file must first verify under that trust
+/// (a snapshot shipped from build time: `snapshot.thaw.sigstore.json` or `snapshot.thaw.sig` next
+/// to it), before anything of it is unsealed.
+pub fn load(dir: &Path, key: &SealKey, tenant: &TenantId, binding: &Binding, signed_by: Option<&Trust>) -> Result<Unsealed, Refusal> {
     let path = path_for(dir, tenant);
     let file = match std::fs::read(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Refusal::Missing),
         Err(e) => return Err(Refusal::Unreadable(e.to_string())),
     };
+    if let Some(trust) = signed_by {
+        let signature = signature_of(&path);
+        trust.verify_signature(&file, &signature).map_err(|r| Refusal::Unsigned(r.to_string()))?;
+    }
     unseal(key, binding, &file)
+}
+
+/// What vouches for a shipped snapshot at `path`: its bundle if there is one, else its signature.
+pub fn signature_of(path: &Path) -> SignatureFile {
+    let with = |suffix: &str| {
+        let mut s = path.as_os_str().to_owned();
+        s.push(suffix);
+        PathBuf::from(s)
+    };
+    let bundle = with(".sigstore.json");
+    if bundle.exists() {
+        SignatureFile::Bundle(bundle)
+    } else {
+        SignatureFile::Detached(with(".sig"))
+    }
 }
 
 /// Stores sealed snapshot bytes for `tenant` atomically: temporary file, fsync, rename, fsync dir.

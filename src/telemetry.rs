@@ -34,6 +34,13 @@ pub enum Metric {
     PoolSize,
     /// Counter: artifacts refused because their signature did not verify (or was missing).
     SignatureFailure,
+    /// Gauge, labelled by tenant and reason: artifacts refused since the process started, in
+    /// every config load, the rejected ones included (a rejected config's own stats are dropped
+    /// by Envoy; this tally is carried into every accepted config). See [`refusals`].
+    ArtifactRefused,
+    /// Counter: requests of a tenant disabled at load (`on_artifact_failure: disable_tenant`),
+    /// answered per `on_error`.
+    DisabledTenantRequest,
     /// Counter: guest traps (not counting the kinds below).
     GuestTrap,
     /// Counter: guest calls interrupted at their CPU deadline.
@@ -62,7 +69,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 20] = [
+    pub const ALL: [Metric; 22] = [
         Metric::ColdStart,
         Metric::AotLoad,
         Metric::SnapshotResume,
@@ -71,6 +78,8 @@ impl Metric {
         Metric::PoolMiss,
         Metric::PoolSize,
         Metric::SignatureFailure,
+        Metric::ArtifactRefused,
+        Metric::DisabledTenantRequest,
         Metric::GuestTrap,
         Metric::DeadlineExceeded,
         Metric::MemoryCapHit,
@@ -95,6 +104,8 @@ impl Metric {
             Metric::PoolMiss => "wasm_pool_miss_total",
             Metric::PoolSize => "wasm_instance_pool_size",
             Metric::SignatureFailure => "wasm_signature_verification_failure_total",
+            Metric::ArtifactRefused => "wasm_artifact_refused",
+            Metric::DisabledTenantRequest => "wasm_disabled_tenant_request_total",
             Metric::GuestTrap => "wasm_guest_trap_total",
             Metric::DeadlineExceeded => "wasm_deadline_exceeded_total",
             Metric::MemoryCapHit => "wasm_memory_cap_hit_total",
@@ -113,7 +124,7 @@ impl Metric {
     pub fn kind(self) -> MetricKind {
         match self {
             Metric::ColdStart | Metric::AotLoad | Metric::SnapshotResume | Metric::GuestHistogram => MetricKind::Histogram,
-            Metric::PoolSize | Metric::GuestGauge => MetricKind::Gauge,
+            Metric::PoolSize | Metric::GuestGauge | Metric::ArtifactRefused => MetricKind::Gauge,
             _ => MetricKind::Counter,
         }
     }
@@ -122,6 +133,7 @@ impl Metric {
     pub fn labels(self) -> &'static [&'static str] {
         match self {
             Metric::GuestCounter | Metric::GuestGauge | Metric::GuestHistogram => &[TENANT_LABEL, GUEST_NAME_LABEL],
+            Metric::ArtifactRefused => &[TENANT_LABEL, REASON_LABEL],
             _ => &[TENANT_LABEL],
         }
     }
@@ -140,6 +152,31 @@ impl Metric {
 pub const TENANT_LABEL: &str = "tenant";
 /// The second label of guest-defined metrics: the name the guest gave it.
 pub const GUEST_NAME_LABEL: &str = "name";
+/// The second label of `wasm_artifact_refused`: a `trust::Reason` label.
+pub const REASON_LABEL: &str = "reason";
+
+/// The process-wide tally of refused artifacts, by tenant and reason. Envoy discards the stats of
+/// a config it rejects, so refusals are kept here and set into every accepted config's
+/// `wasm_artifact_refused` gauge (`envoy::hooks`), where `/stats/prometheus` shows them.
+pub mod refusals {
+    use crate::config::TenantId;
+    use crate::trust::Reason;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    static TALLY: Mutex<BTreeMap<(TenantId, Reason), u64>> = Mutex::new(BTreeMap::new());
+
+    pub fn count(tenant: &TenantId, reason: Reason) {
+        let mut tally = TALLY.lock().unwrap_or_else(|p| p.into_inner());
+        *tally.entry((tenant.clone(), reason)).or_default() += 1;
+    }
+
+    /// Every (tenant, reason) refused so far, with its count.
+    pub fn all() -> Vec<(TenantId, Reason, u64)> {
+        let tally = TALLY.lock().unwrap_or_else(|p| p.into_inner());
+        tally.iter().map(|((t, r), n)| (t.clone(), *r, *n)).collect()
+    }
+}
 
 /// Where metrics go. `value` adds to a counter, is recorded in a histogram, or moves a gauge.
 pub trait StatsSink {
@@ -148,6 +185,10 @@ pub trait StatsSink {
     /// A guest-defined metric: a counter moves by `value`, a gauge is set to `value`, a histogram
     /// records `value`. Sinks without a stream drop it (the value stays host-side).
     fn record_guest(&mut self, _metric: Metric, _tenant: &TenantId, _name: &str, _value: i64) {}
+
+    /// Sets a gauge with a second label (`wasm_artifact_refused`) during config creation. Sinks
+    /// that are not a config being created drop it.
+    fn set_labelled(&mut self, _metric: Metric, _tenant: &TenantId, _second: &str, _value: u64) {}
 }
 
 /// Discards metrics (the CLI; code paths that have no stream).

@@ -52,7 +52,8 @@ fn many_tenants_stay_within_a_small_budget() {
     let tenants: Vec<TenantConfig> = (0..40).map(|i| guest.tenant(&format!("t{i}"), Vec::new(), pooled)).collect();
     let budget_mb = 8;
     let config = Config {
-        trusted_keys: vec![guest.public.clone()],
+        trust: thaw::config::TrustSettings::keys(vec![guest.public.clone()]),
+            on_artifact_failure: Default::default(),
         tenant_from: TenantSource::Header("x-tenant-id".into()),
         unknown_tenant: Policy::Deny,
         on_error: Policy::Deny,
@@ -92,7 +93,8 @@ fn ten_thousand_tenants_load_and_serve() {
     let tenants: Vec<TenantConfig> =
         (0..10_000).map(|i| guest.tenant(&format!("tenant-{i}"), format!("{{\"n\":{i}}}").into_bytes(), pooled)).collect();
     let config = Config {
-        trusted_keys: vec![guest.public.clone()],
+        trust: thaw::config::TrustSettings::keys(vec![guest.public.clone()]),
+            on_artifact_failure: Default::default(),
         tenant_from: TenantSource::Header("x-tenant-id".into()),
         unknown_tenant: Policy::Deny,
         on_error: Policy::Deny,

@@ -113,7 +113,7 @@ impl Workspace {
         TenantConfig {
             id: TenantId::try_from(name).unwrap(),
             module,
-            signature,
+            evidence: thaw::trust::Evidence::detached(signature),
             plugin_config: plugin_config.as_bytes().to_vec(),
             vm_config: Vec::new(),
             root_id: String::new(),
@@ -124,7 +124,8 @@ impl Workspace {
 
     fn load(&self, tenants: Vec<TenantConfig>, on_error: Policy) -> Result<Arc<FilterConfig>, String> {
         let config = Config {
-            trusted_keys: vec![self.public.clone()],
+            trust: thaw::config::TrustSettings::keys(vec![self.public.clone()]),
+            on_artifact_failure: Default::default(),
             tenant_from: TenantSource::Header("x-tenant-id".into()),
             unknown_tenant: Policy::Deny,
             on_error,

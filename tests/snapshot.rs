@@ -83,7 +83,7 @@ impl Setup {
             std::fs::write(&path, bytes).unwrap();
             let signature = dir.path().join(format!("{name}.sig"));
             std::fs::write(&signature, key.sign(bytes)).unwrap();
-            SignedFile { path, signature }
+            SignedFile { path, evidence: thaw::trust::Evidence::detached(signature) }
         };
         let module = write_signed("heavy.cwasm", &cwasm);
         let source = write_signed("heavy.wasm", &wasm);
@@ -100,7 +100,7 @@ impl Setup {
         TenantConfig {
             id: TenantId::try_from(name).unwrap(),
             module: self.module.path.clone(),
-            signature: self.module.signature.clone(),
+            evidence: self.module.evidence.clone(),
             plugin_config: plugin_config.as_bytes().to_vec(),
             vm_config: Vec::new(),
             root_id: String::new(),
@@ -111,7 +111,8 @@ impl Setup {
 
     fn load(&self, tenants: Vec<TenantConfig>, encrypt: bool, stats: &mut Recorder) -> Arc<FilterConfig> {
         let config = Config {
-            trusted_keys: vec![self.public.clone()],
+            trust: thaw::config::TrustSettings::keys(vec![self.public.clone()]),
+            on_artifact_failure: Default::default(),
             tenant_from: TenantSource::Header("x-tenant-id".into()),
             unknown_tenant: Policy::Deny,
             on_error: Policy::Deny,
@@ -119,7 +120,7 @@ impl Setup {
             memory_budget_mb: DEFAULT_MEMORY_BUDGET_MB,
             max_live_instances: thaw::engine::DEFAULT_MAX_LIVE_INSTANCES,
             crash_loop: DEFAULT_CRASH_LOOP,
-            snapshots: Some(SnapshotSettings { dir: self.snapshot_dir(), key: self.seal_key.clone(), encrypt }),
+            snapshots: Some(SnapshotSettings { dir: self.snapshot_dir(), key: self.seal_key.clone(), encrypt, signed: false }),
             tenants,
         };
         Arc::new(FilterConfig::load("snapshots", &config, stats).unwrap())

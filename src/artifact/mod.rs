@@ -1,16 +1,17 @@
 //! Tenant artifacts: reading them, checking their signatures, telling what they are, and the only
 //! path from bytes on disk to a loaded `Module`.
 //!
-//! Trust rule: an artifact's bytes are read once into private memory, its signature is verified
-//! over exactly those bytes, and only a [`VerifiedArtifact`] (which only [`VerifiedArtifact::read`]
-//! makes) can be compiled or deserialized. Neighbours: `signature` (the cryptography), `engine`
-//! (the one deserialize call).
+//! Trust rule: an artifact's bytes are read once into private memory, its signature (or Sigstore
+//! bundle, and attestation) is verified over exactly those bytes under the configured `trust`, and
+//! only a [`VerifiedArtifact`] (which only [`VerifiedArtifact::read`] makes) can be compiled or
+//! deserialized. Neighbours: `signature` (detached cosign signatures), `crate::trust` (the policy
+//! and Sigstore bundles), `engine` (the one deserialize call).
 
 pub mod signature;
 
 use crate::engine::{self, Target};
 use sha2::{Digest, Sha256};
-use signature::{SignatureError, TrustedKey};
+use crate::trust::{Evidence, Reason, Refusal, Trust, Verified};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use wasmtime::{Engine, Module};
@@ -139,7 +140,8 @@ pub fn classify(bytes: &[u8]) -> Result<ArtifactKind, String> {
 #[derive(Debug)]
 pub enum ArtifactError {
     Unreadable { path: PathBuf, reason: String },
-    Signature(SignatureError),
+    /// Refused by the trust policy (signature, identity, window, provenance, digest).
+    Refused(Refusal),
     NotAnArtifact { path: PathBuf, reason: String },
     JitNotAllowed { path: PathBuf },
     WrongArchitecture { path: PathBuf, found: String, host: &'static str },
@@ -151,7 +153,7 @@ impl fmt::Display for ArtifactError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ArtifactError::Unreadable { path, reason } => write!(f, "cannot read artifact {}: {reason}", path.display()),
-            ArtifactError::Signature(e) => e.fmt(f),
+            ArtifactError::Refused(r) => r.fmt(f),
             ArtifactError::NotAnArtifact { path, reason } => write!(f, "{} is not a Wasm artifact: {reason}", path.display()),
             ArtifactError::JitNotAllowed { path } => write!(
                 f,
@@ -173,26 +175,42 @@ impl fmt::Display for ArtifactError {
 
 impl std::error::Error for ArtifactError {}
 
-/// Artifact bytes whose signature verified against a trusted key. The only input to [`Self::load`].
+impl ArtifactError {
+    /// The `reason` label under which this refusal is counted.
+    pub fn reason(&self) -> Reason {
+        match self {
+            ArtifactError::Unreadable { .. } => Reason::Unreadable,
+            ArtifactError::Refused(r) => r.reason,
+            _ => Reason::Incompatible,
+        }
+    }
+}
+
+/// Artifact bytes whose evidence verified under the trust policy. The only input to [`Self::load`].
 pub struct VerifiedArtifact {
     path: PathBuf,
     bytes: Vec<u8>,
     digest: ArtifactDigest,
+    verified: Verified,
 }
 
 impl VerifiedArtifact {
-    /// Reads `path` once and verifies `signature_path` over those bytes with `keys`.
-    pub fn read(path: &Path, signature_path: &Path, keys: &[TrustedKey]) -> Result<VerifiedArtifact, ArtifactError> {
+    /// Reads `path` once and verifies `evidence` over those bytes under `trust`.
+    pub fn read(path: &Path, evidence: &Evidence, trust: &Trust) -> Result<VerifiedArtifact, ArtifactError> {
         let bytes = std::fs::read(path)
             .map_err(|e| ArtifactError::Unreadable { path: path.into(), reason: e.to_string() })?;
-        let signature = signature::read_signature(signature_path).map_err(ArtifactError::Signature)?;
-        signature::verify(keys, &bytes, &signature, signature_path).map_err(ArtifactError::Signature)?;
+        let verified = trust.verify(&bytes, evidence).map_err(ArtifactError::Refused)?;
         let digest = ArtifactDigest::of(&bytes);
-        Ok(VerifiedArtifact { path: path.into(), bytes, digest })
+        Ok(VerifiedArtifact { path: path.into(), bytes, digest, verified })
     }
 
     pub fn digest(&self) -> ArtifactDigest {
         self.digest
+    }
+
+    /// Who signed, and when (as verified).
+    pub fn verified(&self) -> &Verified {
+        &self.verified
     }
 
     pub fn path(&self) -> &Path {

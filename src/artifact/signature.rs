@@ -121,6 +121,11 @@ impl PrivateKey {
         base64::engine::general_purpose::STANDARD.encode(signature.to_der().as_bytes())
     }
 
+    /// The DER SubjectPublicKeyInfo of the public key.
+    pub fn public_key_der(&self) -> Vec<u8> {
+        self.0.verifying_key().to_public_key_der().expect("encoding a P-256 public key as SPKI").into_vec()
+    }
+
     pub fn to_pkcs8_pem(&self) -> String {
         self.0.to_pkcs8_pem(LineEnding::LF).expect("encoding a P-256 key as PKCS#8").to_string()
     }

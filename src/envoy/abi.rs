@@ -174,6 +174,7 @@ callbacks! {
     http_filter_record_histogram_value: fn(FilterEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
     http_filter_config_increment_counter: fn(ConfigEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
     http_filter_config_record_histogram_value: fn(ConfigEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
+    http_filter_config_set_gauge: fn(ConfigEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
     http_get_body_size: fn(FilterEnvoyPtr, u32) -> usize;
     http_get_body_chunks_size: fn(FilterEnvoyPtr, u32) -> usize;
     http_get_body_chunks: fn(FilterEnvoyPtr, u32, *mut EnvoyBuffer) -> bool;

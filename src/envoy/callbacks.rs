@@ -181,6 +181,17 @@ impl StatsSink for ConfigStats {
         // the label buffer is borrowed for the call.
         unsafe { record(self.ce, id, label.as_ptr(), label.len(), value.max(0) as u64) };
     }
+
+    fn set_labelled(&mut self, metric: Metric, tenant: &TenantId, second: &str, value: u64) {
+        if metric.kind() != MetricKind::Gauge || metric.labels().len() != 2 {
+            return;
+        }
+        let labels = [ModuleBuffer::of(tenant.as_str().as_bytes()), ModuleBuffer::of(second.as_bytes())];
+        let id = self.ids.0[metric.index()];
+        // SAFETY: `ce` is the config pointer of the running config hook; `id` was defined on it
+        // with two labels; the label buffers are borrowed for the call.
+        unsafe { (self.cb.http_filter_config_set_gauge)(self.ce, id, labels.as_ptr(), labels.len(), value) };
+    }
 }
 
 /// Envoy's config-level scheduler: `commit(event)` from any thread makes Envoy call

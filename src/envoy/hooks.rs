@@ -7,6 +7,7 @@
 //! it with `try_borrow_mut`, so a re-entrant hook sees "busy" instead of an aliased `&mut`.
 
 use super::abi::{self, ConfigEnvoyPtr, ConfigModulePtr, EnvoyBuffer, FilterEnvoyPtr, FilterModulePtr, HttpHeader};
+use crate::telemetry::StatsSink as _;
 use super::callbacks::{self, ConfigCaller, ConfigScheduler, ConfigStats, EnvoyStream, MetricIds};
 use crate::root::RootContexts;
 use crate::config::RouteConfig;
@@ -78,7 +79,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         let loaded = callbacks::init().and_then(|cb| {
             let metrics = MetricIds::define(cb, config_envoy)?;
             let mut stats = ConfigStats { ce: config_envoy, cb, ids: metrics };
-            let filter = Arc::new(FilterConfig::load_json(&name, config, &mut stats)?);
+            let loaded = FilterConfig::load_json(&name, config, &mut stats);
+            // Refusals of every load so far, this one's and rejected ones' included.
+            for (tenant, reason, count) in crate::telemetry::refusals::all() {
+                stats.set_labelled(crate::telemetry::Metric::ArtifactRefused, &tenant, reason.label(), count);
+            }
+            let filter = Arc::new(loaded?);
             let scheduler = ConfigScheduler::new(cb, config_envoy).map(Arc::new);
             let roots = scheduler.as_ref().map(|s| {
                 let s = Arc::clone(s);

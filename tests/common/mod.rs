@@ -40,7 +40,7 @@ impl SignedGuest {
         TenantConfig {
             id: TenantId::try_from(name).unwrap(),
             module: self.module.clone(),
-            signature: self.signature.clone(),
+            evidence: thaw::trust::Evidence::detached(self.signature.clone()),
             plugin_config,
             vm_config: Vec::new(),
             root_id: String::new(),

@@ -1,0 +1,560 @@
+//! Trust: who may sign tenant artifacts, and the one check every artifact, snapshot source and
+//! shipped snapshot passes before thaw deserializes anything from it.
+//!
+//! The cryptography of Sigstore bundles (certificate chains, RFC 3161 timestamps, transparency-log
+//! inclusion proofs, checkpoints and signed entry timestamps, DSSE envelopes) is `sigstore-verify`'s,
+//! on RustCrypto (`crypto`). This module is the policy layer on top, written here because it is
+//! thaw's own: which keys (with rotation windows checked against verified times), which keyless
+//! identities (issuer plus exact subject or regex), whether a log entry is required, and what a
+//! build-provenance attestation must say (`provenance`). Detached cosign signatures
+//! (`artifact::signature`) remain as the shorthand for key-pair signing without a bundle.
+//!
+//! Every refusal carries a [`Reason`], the label under which it is counted in Envoy's stats.
+
+pub mod crypto;
+pub mod provenance;
+
+use crate::artifact::signature::{self, TrustedKey};
+use crate::config::{IdentitySettings, SubjectMatch, TrustSettings};
+use base64::Engine as _;
+use jiff::Timestamp;
+use sha2::{Digest, Sha256};
+use sigstore_types::bundle::{SignatureContent, VerificationMaterialContent};
+use sigstore_types::{Bundle, DerPublicKey};
+use sigstore_verify::{PublicKeyVerificationPolicy, VerificationPolicy, VerificationResult, Verifier};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The largest bundle or signature file read (a real one is a few KiB).
+const MAX_EVIDENCE_BYTES: u64 = 1 << 20;
+
+/// Why an artifact was refused: the `reason` label of `wasm_artifact_refused`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// The artifact or its evidence could not be read.
+    Unreadable,
+    /// No valid signature by a trusted key or a certificate of a trusted CA (also: a required log
+    /// entry missing, a malformed bundle).
+    Signature,
+    /// A keyless signature by a certificate whose identity or issuer no rule allows.
+    Identity,
+    /// Signed by a trusted key, but not within the key's validity window (or with no verified time
+    /// to check the window against).
+    RotationWindow,
+    /// The build-provenance attestation is missing, of the wrong type, or from a builder not allowed.
+    Provenance,
+    /// The signature, bundle or attestation is about other bytes than these.
+    Digest,
+    /// Verified, but not a module this host can load (wrong architecture or engine, not Wasm).
+    Incompatible,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 7] = [
+        Reason::Unreadable,
+        Reason::Signature,
+        Reason::Identity,
+        Reason::RotationWindow,
+        Reason::Provenance,
+        Reason::Digest,
+        Reason::Incompatible,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Unreadable => "unreadable",
+            Reason::Signature => "signature",
+            Reason::Identity => "identity",
+            Reason::RotationWindow => "rotation_window",
+            Reason::Provenance => "provenance",
+            Reason::Digest => "digest",
+            Reason::Incompatible => "incompatible",
+        }
+    }
+}
+
+/// A refusal: its reason and a message that names the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Refusal {
+        Refusal { reason, message: message.into() }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (reason: {})", self.message, self.reason.label())
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// What vouches for a file: a detached cosign signature or a Sigstore bundle, and optionally a
+/// build-provenance attestation (a DSSE bundle).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Evidence {
+    pub signature: SignatureFile,
+    pub attestation: Option<PathBuf>,
+}
+
+impl Evidence {
+    /// A detached signature, no attestation.
+    pub fn detached(signature: impl Into<PathBuf>) -> Evidence {
+        Evidence { signature: SignatureFile::Detached(signature.into()), attestation: None }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum SignatureFile {
+    /// base64 DER ECDSA, as `cosign sign-blob --key --output-signature` writes.
+    Detached(PathBuf),
+    /// A Sigstore bundle (`application/vnd.dev.sigstore.bundle.v0.3+json`).
+    Bundle(PathBuf),
+}
+
+impl SignatureFile {
+    pub fn path(&self) -> &Path {
+        match self {
+            SignatureFile::Detached(p) | SignatureFile::Bundle(p) => p,
+        }
+    }
+}
+
+/// Who signed, as verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Signer {
+    Key { path: PathBuf, hint: String },
+    Identity { subject: String, issuer: String },
+}
+
+impl fmt::Display for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Signer::Key { path, hint } => write!(f, "key {} (hint {hint})", path.display()),
+            Signer::Identity { subject, issuer } => write!(f, "certificate identity {subject} (issuer {issuer})"),
+        }
+    }
+}
+
+/// What a successful check established.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub signer: Signer,
+    /// Authenticated times of the signature (RFC 3161 timestamps, log integrated times).
+    pub verified_times: Vec<Timestamp>,
+    /// Whether a transparency-log entry was verified (inclusion proof and checkpoint).
+    pub logged: bool,
+    /// The builder of a verified provenance attestation.
+    pub builder: Option<String>,
+}
+
+impl fmt::Display for Verified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "signer: {}\nverified time: ", self.signer)?;
+        match self.verified_times.iter().min() {
+            Some(t) => write!(f, "{t}")?,
+            None => f.write_str("none (no signed timestamp or log entry)")?,
+        }
+        write!(f, "\ntransparency log: {}", if self.logged { "entry verified" } else { "no entry" })?;
+        if let Some(b) = &self.builder {
+            write!(f, "\nprovenance: SLSA v1, builder {b}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A trusted key and the window in which its signatures count.
+struct WindowedKey {
+    key: TrustedKey,
+    der: DerPublicKey,
+    hint: String,
+    not_before: Option<Timestamp>,
+    not_after: Option<Timestamp>,
+}
+
+impl WindowedKey {
+    fn has_window(&self) -> bool {
+        self.not_before.is_some() || self.not_after.is_some()
+    }
+
+    fn contains(&self, t: Timestamp) -> bool {
+        self.not_before.is_none_or(|nb| t >= nb) && self.not_after.is_none_or(|na| t <= na)
+    }
+
+    fn window(&self) -> String {
+        let show = |t: Option<Timestamp>| t.map(|t| t.to_string()).unwrap_or_else(|| "-".into());
+        format!("[{}, {}]", show(self.not_before), show(self.not_after))
+    }
+
+    /// Whether `times` satisfy this key's window: a key without one accepts any (even none, as
+    /// cosign does); a key with one needs at least one verified time, and every one inside it.
+    fn check(&self, times: &[Timestamp]) -> Result<(), Refusal> {
+        if !self.has_window() {
+            return Ok(());
+        }
+        if times.is_empty() {
+            return Err(Refusal::new(
+                Reason::RotationWindow,
+                format!(
+                    "signed by {} whose validity window {} needs a verified signing time (a signed timestamp or a log entry); the signature carries none",
+                    self.key.path.display(),
+                    self.window()
+                ),
+            ));
+        }
+        match times.iter().find(|t| !self.contains(**t)) {
+            None => Ok(()),
+            Some(t) => Err(Refusal::new(
+                Reason::RotationWindow,
+                format!("signed by {} at {t}, outside its validity window {}", self.key.path.display(), self.window()),
+            )),
+        }
+    }
+}
+
+/// The loaded trust policy (see README, "Trust").
+pub struct Trust {
+    keys: Vec<WindowedKey>,
+    identities: Vec<IdentitySettings>,
+    verifier: Verifier,
+    /// SCTs are verified when the trusted root lists CT logs (a public-good root does); a private
+    /// root without CT logs (the tests') cannot have them.
+    verify_sct: bool,
+    has_root: bool,
+    require_tlog: bool,
+    builder_ids: Option<Vec<String>>,
+}
+
+impl Trust {
+    /// Loads keys and the trusted root; the error names the field.
+    pub fn load(settings: &TrustSettings) -> Result<Trust, String> {
+        crypto::install();
+        let mut keys = Vec::with_capacity(settings.keys.len());
+        for (i, k) in settings.keys.iter().enumerate() {
+            let field = format!("{}[{i}].key", settings.keys_field);
+            let key = TrustedKey::load(&k.path).map_err(|e| format!("invalid filter_config field `{field}`: {e}"))?;
+            let pem = std::fs::read_to_string(&k.path).map_err(|e| format!("invalid filter_config field `{field}`: {e}"))?;
+            let der = DerPublicKey::from_pem(pem.trim()).map_err(|e| format!("invalid filter_config field `{field}`: {e}"))?;
+            let hint = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(der.as_bytes()));
+            keys.push(WindowedKey { key, der, hint, not_before: k.not_before, not_after: k.not_after });
+        }
+        let (root, has_root) = match &settings.trusted_root {
+            Some(path) => {
+                let text = read_bounded(path).map_err(|e| format!("invalid filter_config field `trust.trusted_root`: {e}"))?;
+                let text = String::from_utf8(text)
+                    .map_err(|_| "invalid filter_config field `trust.trusted_root`: not UTF-8 JSON".to_string())?;
+                let root = sigstore_trust_root::TrustedRoot::from_json(&text)
+                    .map_err(|e| format!("invalid filter_config field `trust.trusted_root`: {}: {e}", path.display()))?;
+                (root, true)
+            }
+            None => (empty_root(), false),
+        };
+        let verify_sct = !root.ctlogs.is_empty();
+        let verifier = Verifier::new(&root).map_err(|e| format!("invalid filter_config field `trust.trusted_root`: {e}"))?;
+        Ok(Trust {
+            keys,
+            identities: settings.identities.clone(),
+            verifier,
+            verify_sct,
+            has_root,
+            require_tlog: settings.require_transparency_log,
+            builder_ids: settings.provenance.as_ref().map(|p| p.builder_ids.clone()),
+        })
+    }
+
+    pub fn requires_provenance(&self) -> bool {
+        self.builder_ids.is_some()
+    }
+
+    /// Checks `evidence` for `bytes` (read once by the caller; nothing else is read but the evidence).
+    pub fn verify(&self, bytes: &[u8], evidence: &Evidence) -> Result<Verified, Refusal> {
+        let mut verified = self.verify_signature(bytes, &evidence.signature)?;
+        match (&self.builder_ids, &evidence.attestation) {
+            (Some(_), None) => {
+                return Err(Refusal::new(Reason::Provenance, "trust.provenance requires an attestation, none is configured"))
+            }
+            (Some(builders), Some(path)) => verified.builder = Some(self.verify_provenance(bytes, path, builders)?),
+            (None, _) => {}
+        }
+        Ok(verified)
+    }
+
+    /// Checks a signature or bundle of `bytes`, without provenance (a shipped snapshot's: its
+    /// seal binds it to a source whose provenance was checked).
+    pub fn verify_signature(&self, bytes: &[u8], signature: &SignatureFile) -> Result<Verified, Refusal> {
+        match signature {
+            SignatureFile::Detached(path) => self.verify_detached(bytes, path),
+            SignatureFile::Bundle(path) => {
+                let bundle = read_bundle(path)?;
+                if !matches!(bundle.content, SignatureContent::MessageSignature(_)) {
+                    return Err(Refusal::new(
+                        Reason::Signature,
+                        format!("{} holds an attestation (DSSE), not a signature of the artifact", path.display()),
+                    ));
+                }
+                self.verify_bundle(bytes, &bundle, path)
+            }
+        }
+    }
+
+    /// A build-provenance attestation of `bytes`: a DSSE bundle verified under this same trust, whose
+    /// in-toto statement names `bytes`' SHA-256, is SLSA provenance v1, by an allowed builder.
+    pub fn verify_provenance(&self, bytes: &[u8], path: &Path, builders: &[String]) -> Result<String, Refusal> {
+        let bundle = read_bundle(path)?;
+        let SignatureContent::DsseEnvelope(envelope) = &bundle.content else {
+            return Err(Refusal::new(Reason::Provenance, format!("{} is not an attestation (no DSSE envelope)", path.display())));
+        };
+        // The statement is checked first, so that an attestation about another file says so
+        // rather than failing as a bad signature.
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let statement = provenance::Statement::parse(&envelope.payload_type, envelope.payload.as_bytes())
+            .map_err(|e| Refusal::new(Reason::Provenance, format!("{}: {e}", path.display())))?;
+        if !statement.names_sha256(&digest) {
+            return Err(Refusal::new(
+                Reason::Digest,
+                format!("{}: the attestation's subjects do not include this artifact's sha256 {}", path.display(), hex(&digest)),
+            ));
+        }
+        let verified = self.verify_bundle(bytes, &bundle, path)?;
+        let builder = statement.slsa_v1_builder().map_err(|e| Refusal::new(Reason::Provenance, format!("{}: {e}", path.display())))?;
+        if !builders.iter().any(|b| b == builder) {
+            return Err(Refusal::new(
+                Reason::Provenance,
+                format!("{}: built by `{builder}`, not an allowed builder ({})", path.display(), builders.join(", ")),
+            ));
+        }
+        let _ = verified;
+        Ok(builder.to_string())
+    }
+
+    fn verify_detached(&self, bytes: &[u8], path: &Path) -> Result<Verified, Refusal> {
+        let sig = signature::read_signature(path).map_err(|e| {
+            let reason = if matches!(e, signature::SignatureError::SignatureUnreadable { .. }) { Reason::Unreadable } else { Reason::Signature };
+            Refusal::new(reason, e.to_string())
+        })?;
+        let signers: Vec<&WindowedKey> = self.keys.iter().filter(|k| signature::verify(std::slice::from_ref(&k.key), bytes, &sig, path).is_ok()).collect();
+        if signers.is_empty() {
+            return Err(Refusal::new(Reason::Signature, signature::SignatureError::NotTrusted { path: path.into() }.to_string()));
+        }
+        self.first_in_window(&signers, &[]).map(|k| Verified {
+            signer: Signer::Key { path: k.key.path.clone(), hint: k.hint.clone() },
+            verified_times: Vec::new(),
+            logged: false,
+            builder: None,
+        })
+    }
+
+    /// The first of `signers` whose window admits `times`, or the refusal of the first.
+    fn first_in_window<'k>(&self, signers: &[&'k WindowedKey], times: &[Timestamp]) -> Result<&'k WindowedKey, Refusal> {
+        let mut first_refusal = None;
+        for k in signers {
+            match k.check(times) {
+                Ok(()) => return Ok(k),
+                Err(r) => {
+                    first_refusal.get_or_insert(r);
+                }
+            }
+        }
+        Err(first_refusal.expect("signers is not empty"))
+    }
+
+    fn verify_bundle(&self, bytes: &[u8], bundle: &Bundle, path: &Path) -> Result<Verified, Refusal> {
+        let logged = !bundle.verification_material.tlog_entries.is_empty();
+        if self.require_tlog && !logged {
+            return Err(Refusal::new(
+                Reason::Signature,
+                format!("{} has no transparency-log entry, and trust.require_transparency_log is set", path.display()),
+            ));
+        }
+        if logged && !self.has_root {
+            return Err(Refusal::new(
+                Reason::Signature,
+                format!("{} has a transparency-log entry; verifying it needs trust.trusted_root", path.display()),
+            ));
+        }
+        let at = |e: sigstore_verify::Error| refusal_of(path, e);
+        match &bundle.verification_material.content {
+            VerificationMaterialContent::PublicKey(_) => {
+                if self.keys.is_empty() {
+                    return Err(Refusal::new(Reason::Signature, format!("{} is signed with a key, and no trust.keys are configured", path.display())));
+                }
+                if !logged && bundle.verification_material.timestamp_verification_data.rfc3161_timestamps.is_empty() {
+                    return self.verify_untimed_key_bundle(bytes, bundle, path);
+                }
+                let mut first_error = None;
+                let mut signers = Vec::new();
+                let mut times = Vec::new();
+                for k in &self.keys {
+                    let mut policy = PublicKeyVerificationPolicy::new(k.der.clone());
+                    if !logged {
+                        policy = policy.skip_tlog_unsafe();
+                    }
+                    match self.verifier.verify(bytes, bundle, &policy) {
+                        Ok(result) => {
+                            times = result.verified_timestamps().to_vec();
+                            signers.push(k);
+                        }
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                if signers.is_empty() {
+                    let e = first_error.expect("keys is not empty");
+                    // Any key's failure other than "wrong key" is the bundle's, and says more.
+                    return Err(match at(e) {
+                        r if r.reason == Reason::Signature => Refusal::new(
+                            Reason::Signature,
+                            format!("{}: no trusted key verifies it ({})", path.display(), r.message),
+                        ),
+                        r => r,
+                    });
+                }
+                let k = self.first_in_window(&signers, &times)?;
+                Ok(Verified { signer: Signer::Key { path: k.key.path.clone(), hint: k.hint.clone() }, verified_times: times, logged, builder: None })
+            }
+            _ => {
+                if self.identities.is_empty() {
+                    return Err(Refusal::new(Reason::Identity, format!("{} is signed keyless (a certificate), and no trust.identities are configured", path.display())));
+                }
+                if !logged && bundle.verification_material.timestamp_verification_data.rfc3161_timestamps.is_empty() {
+                    return Err(Refusal::new(
+                        Reason::Signature,
+                        format!(
+                            "{} is signed keyless but carries no signed timestamp or log entry: no verified time to check its short-lived certificate against",
+                            path.display()
+                        ),
+                    ));
+                }
+                let mut policy = VerificationPolicy::any_identity();
+                if !self.verify_sct {
+                    policy = policy.skip_sct();
+                }
+                if !logged {
+                    policy = policy.skip_tlog_unsafe();
+                }
+                let result = self.verifier.verify(bytes, bundle, &policy).map_err(at)?;
+                let signer = self.allowed_identity(&result, path)?;
+                Ok(Verified { signer, verified_times: result.verified_timestamps().to_vec(), logged: result.tlog_verified() && logged, builder: None })
+            }
+        }
+    }
+
+    /// A key-signed bundle with neither a timestamp nor a log entry (`cosign sign-blob --key
+    /// --tlog-upload=false`, `thaw sign --bundle`). Verified here because `sigstore-verify` refuses
+    /// bundles without a verified time; it is the detached signature's check, on the bundle's
+    /// signature (over the artifact, or over a DSSE envelope's PAE) and its message digest.
+    fn verify_untimed_key_bundle(&self, bytes: &[u8], bundle: &Bundle, path: &Path) -> Result<Verified, Refusal> {
+        let malformed = |why: &str| Refusal::new(Reason::Signature, format!("{}: {why}", path.display()));
+        let (signed, signature): (std::borrow::Cow<[u8]>, &[u8]) = match &bundle.content {
+            SignatureContent::MessageSignature(m) => {
+                if let Some(d) = &m.message_digest {
+                    if d.algorithm != sigstore_types::HashAlgorithm::Sha2256 {
+                        return Err(malformed("message digest is not SHA2_256"));
+                    }
+                    if d.digest.as_bytes() != Sha256::digest(bytes).as_slice() {
+                        return Err(Refusal::new(Reason::Digest, format!("{}: the bundle's message digest is not this artifact's", path.display())));
+                    }
+                }
+                (bytes.into(), m.signature.as_bytes())
+            }
+            SignatureContent::DsseEnvelope(envelope) => (envelope.pae().into(), envelope.signature.sig.as_bytes()),
+            #[allow(unreachable_patterns)]
+            _ => return Err(malformed("unsupported bundle content")),
+        };
+        let signature = p256::ecdsa::Signature::from_der(signature).map_err(|_| malformed("not a DER ECDSA P-256 signature"))?;
+        let signers: Vec<&WindowedKey> =
+            self.keys.iter().filter(|k| signature::verify(std::slice::from_ref(&k.key), &signed, &signature, path).is_ok()).collect();
+        if signers.is_empty() {
+            return Err(Refusal::new(
+                Reason::Signature,
+                format!("{}: no trusted key verifies it (wrong key, or the file was modified after signing)", path.display()),
+            ));
+        }
+        let k = self.first_in_window(&signers, &[])?;
+        Ok(Verified { signer: Signer::Key { path: k.key.path.clone(), hint: k.hint.clone() }, verified_times: Vec::new(), logged: false, builder: None })
+    }
+
+    /// The certificate's identity, if a configured rule allows it.
+    fn allowed_identity(&self, result: &VerificationResult, path: &Path) -> Result<Signer, Refusal> {
+        if !result.certificate_verified() {
+            return Err(Refusal::new(Reason::Identity, format!("{}: the certificate chain was not verified", path.display())));
+        }
+        let subject = result.identity().map(|s| s.as_str().to_string()).unwrap_or_default();
+        let issuer = result.issuer().unwrap_or_default().to_string();
+        let allowed = self.identities.iter().any(|rule| {
+            rule.issuer == issuer
+                && match &rule.subject {
+                    SubjectMatch::Exact(s) => *s == subject,
+                    SubjectMatch::Regex(r) => r.is_match(&subject),
+                }
+        });
+        if !allowed {
+            return Err(Refusal::new(
+                Reason::Identity,
+                format!("{}: signed by `{subject}` (issuer `{issuer}`), which no trust.identities rule allows", path.display()),
+            ));
+        }
+        Ok(Signer::Identity { subject, issuer })
+    }
+}
+
+/// The reason of a `sigstore-verify` failure.
+fn refusal_of(path: &Path, e: sigstore_verify::Error) -> Refusal {
+    use sigstore_verify::Error as E;
+    let reason = match &e {
+        E::ArtifactMismatch(_) => Reason::Digest,
+        E::IdentityMismatch { .. } | E::IssuerMismatch { .. } | E::Certificate(_) => Reason::Identity,
+        _ => Reason::Signature,
+    };
+    Refusal::new(reason, format!("{}: {e}", path.display()))
+}
+
+/// A trusted root with nothing in it: key-signed bundles without timestamps or log entries need no
+/// more (what cosign accepts with `--trusted-root` of just the media type).
+fn empty_root() -> sigstore_trust_root::TrustedRoot {
+    sigstore_trust_root::TrustedRoot::from_json(r#"{"mediaType":"application/vnd.dev.sigstore.trustedroot+json;version=0.1"}"#)
+        .expect("the empty trusted root parses")
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_EVIDENCE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX_EVIDENCE_BYTES {
+        return Err(format!("{} is larger than {} bytes", path.display(), MAX_EVIDENCE_BYTES));
+    }
+    Ok(bytes)
+}
+
+/// A v0.3 Sigstore bundle of `bytes` signed with `key`: what `cosign sign-blob --key
+/// --new-bundle-format --tlog-upload=false` writes (a key hint, the SHA-256 message digest and the
+/// DER ECDSA signature; no timestamp or log entry, as offline signing can have none).
+pub fn key_bundle(key: &signature::PrivateKey, bytes: &[u8]) -> String {
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let bundle = serde_json::json!({
+        "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "verificationMaterial": { "publicKey": { "hint": b64(&Sha256::digest(key.public_key_der())) } },
+        "messageSignature": {
+            "messageDigest": { "algorithm": "SHA2_256", "digest": b64(&Sha256::digest(bytes)) },
+            "signature": key.sign(bytes),
+        }
+    });
+    bundle.to_string()
+}
+
+/// Reads and parses a Sigstore bundle.
+pub fn read_bundle(path: &Path) -> Result<Bundle, Refusal> {
+    let bytes = read_bounded(path).map_err(|e| Refusal::new(Reason::Unreadable, format!("unsigned: {e}")))?;
+    serde_json::from_slice(&bytes).map_err(|e| Refusal::new(Reason::Signature, format!("{} is not a Sigstore bundle: {e}", path.display())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
