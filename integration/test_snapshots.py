@@ -1,7 +1,8 @@
 """Post-init snapshots against the real Envoy: a heavy-init guest's init runs once per snapshot,
 not per worker or per instance; new Envoy processes resume the stored snapshot without running
 init; a snapshot made at build time by `thaw snapshot` is resumed; a damaged one is refused,
-counted and replaced."""
+counted and replaced; with `snapshots.signed`, a shipped snapshot is used only when its signature
+verifies under the config's trust (an unsigned or wrongly signed one is refused and counted)."""
 
 import concurrent.futures
 import time
@@ -32,11 +33,11 @@ class Snapshots(unittest.TestCase):
         cls.upstream.close()
         h.cleanup(cls.dir)
 
-    def filters(self, snapshot_dir, snapshots=True, isolation="per_request"):
+    def filters(self, snapshot_dir, snapshots=True, isolation="per_request", signed=False):
         tenant = {"module": str(self.module), "plugin_config": CONFIG, "isolation": isolation, "call_deadline_ms": 2000}
         cfg = {"trusted_keys": [str(self.artifacts.public_key)], "tenant_from": {"header": "x-tenant-id"}, "tenants": {"heavy": tenant}}
         if snapshots:
-            cfg["snapshots"] = {"dir": str(snapshot_dir), "key": str(self.key)}
+            cfg["snapshots"] = {"dir": str(snapshot_dir), "key": str(self.key), "signed": signed}
             tenant["snapshot"] = {"source": str(self.source)}
         return [h.thaw_filter(cfg)]
 
@@ -87,6 +88,42 @@ class Snapshots(unittest.TestCase):
             self.serve_many(envoy)
             self.assertEqual(envoy.output().count(INIT_LINE), 0)
             self.assertIn("resumed stored snapshot", envoy.output())
+
+    def test_a_signed_build_time_snapshot_is_verified_before_it_is_unsealed(self):
+        snapshot_dir = self.dir / "signed-snapshots"
+        config = self.dir / "plugin-config-signed.json"
+        import json
+        config.write_text(json.dumps(CONFIG, separators=(",", ":")))
+        stored = snapshot_dir / "heavy" / "snapshot.thaw"
+
+        def build(key, bundle):
+            h.thaw("snapshot", self.source, "--tenant", "heavy", "--plugin-config", config, "--seal-key", self.key,
+                   "--snapshot-dir", snapshot_dir, "--key", key, *(["--bundle"] if bundle else []))
+
+        # Signed with the trusted key, as a detached signature and as a bundle: resumed, init not run.
+        for bundle in (False, True):
+            build(self.artifacts.private_key, bundle)
+            self.assertEqual(Path(f"{stored}.sigstore.json").exists(), bundle)
+            self.assertEqual(Path(f"{stored}.sig").exists(), not bundle)
+            with h.Envoy(self.filters(snapshot_dir, signed=True), self.upstream, self.dir, concurrency=1) as envoy:
+                self.serve_many(envoy, count=2)
+                self.assertEqual(envoy.output().count(INIT_LINE), 0)
+                self.assertIn("resumed stored snapshot", envoy.output())
+        # Signed with another key, or not at all: refused before unsealing, counted; init runs and
+        # the snapshot made now is not stored (only shipped, signed snapshots are).
+        build(self.artifacts.other_private_key, True)
+        Path(f"{stored}.sig").unlink(missing_ok=True)
+        cases = [("wrongly signed", lambda: None), ("unsigned", lambda: Path(f"{stored}.sigstore.json").unlink())]
+        for what, change in cases:
+            change()
+            shipped = stored.read_bytes()
+            with h.Envoy(self.filters(snapshot_dir, signed=True), self.upstream, self.dir, concurrency=1) as envoy:
+                self.serve_many(envoy, count=2)
+                self.assertIn("not signed under the trust (snapshots.signed)", envoy.output(), what)
+                self.assertEqual(envoy.output().count(INIT_LINE), 1, what)
+                self.assertIn("snapshotted it in memory", envoy.output(), what)
+                self.assertEqual(envoy.metric("envoy_thaw_wasm_snapshot_refused_total", "heavy"), 1, what)
+            self.assertEqual(stored.read_bytes(), shipped, what)
 
     def test_a_damaged_snapshot_is_refused_counted_and_replaced(self):
         snapshot_dir = self.dir / "damaged-snapshots"
