@@ -60,10 +60,28 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
 /// thaw's per-filter-config state behind Envoy's config pointer (CM). Field order is drop order:
 /// the root contexts (ticker thread, queue notifiers) go before the scheduler they commit to.
 struct LoadedConfig {
+    /// Envoy's pointer for this config, valid until `config_destroy` (see [`LIVE_CONFIGS`]).
+    envoy: ConfigEnvoyPtr,
     filter: Arc<FilterConfig>,
     metrics: MetricIds,
     roots: Option<RootContexts>,
     _scheduler: Option<Arc<ConfigScheduler>>,
+}
+
+/// The configs Envoy has accepted and not yet destroyed (Envoy's config pointer, as an address,
+/// and its metric ids). Only the main thread creates and destroys configs.
+static LIVE_CONFIGS: std::sync::Mutex<Vec<(usize, MetricIds)>> = std::sync::Mutex::new(Vec::new());
+
+/// Sets every live config's `wasm_artifact_refused` gauges to the process-wide tally, so a refusal
+/// is visible in `/stats/prometheus` at once, even when the config that refused it was rejected.
+fn publish_refusals(cb: &'static super::abi::Callbacks, live: &[(usize, MetricIds)]) {
+    let refusals = crate::telemetry::refusals::all();
+    for (ce, ids) in live {
+        let mut stats = ConfigStats { ce: *ce as ConfigEnvoyPtr, cb, ids: *ids };
+        for (tenant, reason, count) in &refusals {
+            stats.set_labelled(crate::telemetry::Metric::ArtifactRefused, tenant, reason.label(), *count);
+        }
+    }
 }
 
 #[no_mangle]
@@ -80,10 +98,14 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             let metrics = MetricIds::define(cb, config_envoy)?;
             let mut stats = ConfigStats { ce: config_envoy, cb, ids: metrics };
             let loaded = FilterConfig::load_json(&name, config, &mut stats);
-            // Refusals of every load so far, this one's and rejected ones' included.
-            for (tenant, reason, count) in crate::telemetry::refusals::all() {
-                stats.set_labelled(crate::telemetry::Metric::ArtifactRefused, &tenant, reason.label(), count);
+            // Refusals of every load so far, this one's and rejected ones' included, shown by this
+            // config (if accepted) and every config still serving.
+            let mut live = LIVE_CONFIGS.lock().unwrap_or_else(|p| p.into_inner());
+            if loaded.is_ok() {
+                live.push((config_envoy as usize, metrics));
             }
+            publish_refusals(cb, &live);
+            drop(live);
             let filter = Arc::new(loaded?);
             let scheduler = ConfigScheduler::new(cb, config_envoy).map(Arc::new);
             let roots = scheduler.as_ref().map(|s| {
@@ -93,7 +115,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             if scheduler.is_none() {
                 log_at!(Warn, "thaw: this Envoy has no config scheduler: proxy_on_tick and proxy_on_queue_ready will not be called");
             }
-            Ok(LoadedConfig { filter, metrics, roots, _scheduler: scheduler })
+            Ok(LoadedConfig { envoy: config_envoy, filter, metrics, roots, _scheduler: scheduler })
         });
         match loaded {
             Ok(loaded) => Box::into_raw(Box::new(loaded)) as ConfigModulePtr,
@@ -110,7 +132,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: Con
     guard("http_filter_config_destroy", || (), || {
         if !config.is_null() {
             // SAFETY: `config` came from Box::into_raw in config_new and Envoy destroys it once.
-            drop(unsafe { Box::from_raw(config as *mut LoadedConfig) });
+            let loaded = unsafe { Box::from_raw(config as *mut LoadedConfig) };
+            LIVE_CONFIGS.lock().unwrap_or_else(|p| p.into_inner()).retain(|(ce, _)| *ce != loaded.envoy as usize);
+            drop(loaded);
         }
     })
 }
