@@ -11,9 +11,10 @@ cd "$ROOT"
 BUILD="$ROOT/build"
 VENV="$ROOT/.venv"
 ENVOY_VERSION="1.40.0"
-APT_PACKAGES=(rustc-web cargo-web rust-web-src lld-19 clang-19 wasi-libc wabt wrk)
+APT_PACKAGES=(rustc-web cargo-web rust-web-src lld-19 clang-19 wasi-libc wabt wrk openssl)
 # Guests are built with Debian's rustc-web (the rustup toolchain has no wasm32 std); see examples/README.md.
 GUESTS=(auth-filter probe-filter chaos-filter heavy-init-filter conformance-filter decision-filter waf-filter)
+# openssl: the Sigstore test fixtures (integration/sigstore_fixtures.py) make their CA, TSA and log with it.
 # Raw-ABI C guests (clang-19 + wasi-libc; examples/c): older guest shapes, hostile arguments.
 C_GUESTS=(c-auth-abi010 c-auth-abi020 c-hostile-args)
 
