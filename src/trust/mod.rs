@@ -320,7 +320,7 @@ impl Trust {
                 format!("{}: the attestation's subjects do not include this artifact's sha256 {}", path.display(), hex(&digest)),
             ));
         }
-        let verified = self.verify_bundle(bytes, &bundle, path)?;
+        self.verify_bundle(bytes, &bundle, path)?;
         let builder = statement.slsa_v1_builder().map_err(|e| Refusal::new(Reason::Provenance, format!("{}: {e}", path.display())))?;
         if !builders.iter().any(|b| b == builder) {
             return Err(Refusal::new(
@@ -328,7 +328,6 @@ impl Trust {
                 format!("{}: built by `{builder}`, not an allowed builder ({})", path.display(), builders.join(", ")),
             ));
         }
-        let _ = verified;
         Ok(builder.to_string())
     }
 
@@ -377,13 +376,20 @@ impl Trust {
                 format!("{} has a transparency-log entry; verifying it needs trust.trusted_root", path.display()),
             ));
         }
+        let timestamped = !bundle.verification_material.timestamp_verification_data.rfc3161_timestamps.is_empty();
+        if timestamped && !self.has_root {
+            return Err(Refusal::new(
+                Reason::Signature,
+                format!("{} has signed timestamps; verifying them needs trust.trusted_root (its timestamp authorities)", path.display()),
+            ));
+        }
         let at = |e: sigstore_verify::Error| refusal_of(path, e);
         match &bundle.verification_material.content {
             VerificationMaterialContent::PublicKey(_) => {
                 if self.keys.is_empty() {
                     return Err(Refusal::new(Reason::Signature, format!("{} is signed with a key, and no trust.keys are configured", path.display())));
                 }
-                if !logged && bundle.verification_material.timestamp_verification_data.rfc3161_timestamps.is_empty() {
+                if !logged && !timestamped {
                     return self.verify_untimed_key_bundle(bytes, bundle, path);
                 }
                 let mut first_error = None;
@@ -422,7 +428,7 @@ impl Trust {
                 if self.identities.is_empty() {
                     return Err(Refusal::new(Reason::Identity, format!("{} is signed keyless (a certificate), and no trust.identities are configured", path.display())));
                 }
-                if !logged && bundle.verification_material.timestamp_verification_data.rfc3161_timestamps.is_empty() {
+                if !logged && !timestamped {
                     return Err(Refusal::new(
                         Reason::Signature,
                         format!(
@@ -557,4 +563,79 @@ pub fn read_bundle(path: &Path) -> Result<Bundle, Refusal> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::artifact::signature::PrivateKey;
+    use crate::config::KeySettings;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    struct TestSigner {
+        dir: tempfile::TempDir,
+        key: PrivateKey,
+        public: PathBuf,
+    }
+
+    fn signer() -> TestSigner {
+        let dir = tempfile::tempdir().unwrap();
+        let key = PrivateKey::generate();
+        let public = dir.path().join("k.pub");
+        std::fs::write(&public, key.public_key_pem()).unwrap();
+        TestSigner { dir, key, public }
+    }
+
+    fn trust(keys: Vec<KeySettings>) -> Trust {
+        let mut settings = TrustSettings::keys(Vec::new());
+        settings.keys = keys;
+        Trust::load(&settings).unwrap()
+    }
+
+    #[test]
+    fn a_windowed_key_needs_every_verified_time_inside_its_window() {
+        let s = signer();
+        let k = WindowedKey {
+            key: TrustedKey::load(&s.public).unwrap(),
+            der: DerPublicKey::from_pem(&s.key.public_key_pem()).unwrap(),
+            hint: String::new(),
+            not_before: Some(t("2027-01-01T00:00:00Z")),
+            not_after: Some(t("2027-02-01T00:00:00Z")),
+        };
+        assert!(k.check(&[t("2027-01-15T00:00:00Z")]).is_ok());
+        assert!(k.check(&[t("2027-01-01T00:00:00Z"), t("2027-02-01T00:00:00Z")]).is_ok());
+        assert_eq!(k.check(&[t("2026-12-31T23:59:59Z")]).unwrap_err().reason, Reason::RotationWindow);
+        assert_eq!(k.check(&[t("2027-01-15T00:00:00Z"), t("2027-03-01T00:00:00Z")]).unwrap_err().reason, Reason::RotationWindow);
+        let none = k.check(&[]).unwrap_err();
+        assert_eq!(none.reason, Reason::RotationWindow);
+        assert!(none.message.contains("needs a verified signing time"), "{none}");
+        let open = WindowedKey { not_before: None, not_after: None, ..k };
+        assert!(open.check(&[]).is_ok());
+    }
+
+    #[test]
+    fn untimed_bundles_and_signatures_satisfy_only_keys_without_a_window() {
+        let s = signer();
+        let bytes = b"artifact bytes";
+        let bundle = s.dir.path().join("a.sigstore.json");
+        std::fs::write(&bundle, key_bundle(&s.key, bytes)).unwrap();
+        let sig = s.dir.path().join("a.sig");
+        std::fs::write(&sig, s.key.sign(bytes)).unwrap();
+        let open = trust(vec![KeySettings { path: s.public.clone(), not_before: None, not_after: None }]);
+        let windowed = trust(vec![KeySettings { path: s.public.clone(), not_before: Some(t("2020-01-01T00:00:00Z")), not_after: None }]);
+        for evidence in [Evidence { signature: SignatureFile::Bundle(bundle.clone()), attestation: None }, Evidence::detached(&sig)] {
+            let verified = open.verify(bytes, &evidence).unwrap();
+            assert!(matches!(verified.signer, Signer::Key { .. }));
+            assert_eq!(windowed.verify(bytes, &evidence).unwrap_err().reason, Reason::RotationWindow);
+        }
+        let other = trust(vec![KeySettings { path: signer().public, not_before: None, not_after: None }]);
+        let in_bundle = Evidence { signature: SignatureFile::Bundle(bundle), attestation: None };
+        assert_eq!(other.verify(bytes, &in_bundle).unwrap_err().reason, Reason::Signature);
+        assert_eq!(open.verify(b"other bytes", &in_bundle).unwrap_err().reason, Reason::Digest);
+        let missing = Evidence::detached(s.dir.path().join("missing.sig"));
+        assert_eq!(open.verify(bytes, &missing).unwrap_err().reason, Reason::Unreadable);
+    }
 }
