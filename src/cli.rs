@@ -5,8 +5,8 @@
 
 use crate::artifact::signature::PrivateKey;
 use crate::artifact::{self, ArtifactDigest, ArtifactKind, VerifiedArtifact};
-use crate::trust::{Evidence, SignatureFile, Trust};
 use crate::engine::{self, Target};
+use crate::trust::{Evidence, SignatureFile, Trust};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -166,9 +166,8 @@ impl TrustArgs {
         if !builder_ids.is_empty() {
             trust["provenance"] = serde_json::json!({ "builder_ids": builder_ids });
         }
-        let settings = crate::config::trust_from_json(trust).map_err(|e| {
-            anyhow::anyhow!("{}", e.to_string().replace("invalid filter_config field", "invalid trust setting"))
-        })?;
+        let settings = crate::config::trust_from_json(trust)
+            .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("invalid filter_config field", "invalid trust setting")))?;
         Trust::load(&settings).map_err(anyhow::Error::msg)
     }
 }
@@ -264,7 +263,13 @@ fn run(command: Command) -> Result<()> {
             // The compile engine has the runtime's compatibility settings (see engine.rs).
             let engine = engine::compile_engine(Target::host())?;
             let (cwasm, host) = crate::snapshot::create(&engine, &tenant, &wasm, digest, None).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            let binding = crate::snapshot::Binding::new(&tenant.id, digest, &tenant.plugin_config, &tenant.vm_config, &engine::engine_fingerprint(&engine)?);
+            let binding = crate::snapshot::Binding::new(
+                &tenant.id,
+                digest,
+                &tenant.plugin_config,
+                &tenant.vm_config,
+                &engine::engine_fingerprint(&engine)?,
+            );
             let sealed = crate::snapshot::seal(&key, &binding, &host, &cwasm, encrypt);
             let signing_key = signing_key.map(|k| PrivateKey::load(&k)).transpose()?;
             let path = crate::snapshot::store(&snapshot_dir, &tenant.id, &sealed).map_err(anyhow::Error::msg)?;
@@ -392,8 +397,8 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     f.write_all(bytes)?;
     Ok(())

@@ -30,9 +30,8 @@ impl fmt::Display for TenantId {
 impl TryFrom<&str> for TenantId {
     type Error = String;
     fn try_from(name: &str) -> Result<TenantId, String> {
-        let ok = !name.is_empty()
-            && name.len() <= 128
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        let ok =
+            !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
         if ok {
             Ok(TenantId(name.into()))
         } else {
@@ -334,6 +333,11 @@ fn signed(
             SignatureFile::Detached(s.into())
         }
     };
+    if trust.require_transparency_log {
+        if let SignatureFile::Detached(_) = signature {
+            return Err(err(format!("{field}.bundle"), "required by `trust.require_transparency_log` (a detached signature carries no log entry)"));
+        }
+    }
     match (&attestation, &trust.provenance) {
         (Some(_), None) => return Err(err(format!("{field}.attestation"), "needs `trust.provenance` (the builders to allow)")),
         (None, Some(_)) => return Err(err(format!("{field}.attestation"), "required: `trust.provenance` is configured")),
@@ -350,9 +354,7 @@ pub fn trust_from_json(value: serde_json::Value) -> Result<TrustSettings, Config
 
 /// An RFC 3339 instant.
 fn instant(field: &str, value: Option<String>) -> Result<Option<jiff::Timestamp>, ConfigError> {
-    value
-        .map(|v| v.parse::<jiff::Timestamp>().map_err(|e| err(field, format!("`{v}` is not an RFC 3339 time: {e}"))))
-        .transpose()
+    value.map(|v| v.parse::<jiff::Timestamp>().map_err(|e| err(field, format!("`{v}` is not an RFC 3339 time: {e}")))).transpose()
 }
 
 fn trust_settings(trusted_keys: Option<Vec<PathBuf>>, trust: Option<RawTrust>) -> Result<TrustSettings, ConfigError> {
@@ -385,10 +387,15 @@ fn trust_settings(trusted_keys: Option<Vec<PathBuf>>, trust: Option<RawTrust>) -
                     return Err(err(f("issuer"), "must name the OIDC issuer"));
                 }
                 let subject = match (id.subject, id.subject_regex) {
-                    (Some(s), None) if !s.is_empty() => SubjectMatch::Exact(s),
-                    (None, Some(r)) => SubjectMatch::Regex(
-                        regex::Regex::new(&r).map_err(|e| err(f("subject_regex"), format!("not a regular expression: {e}")))?,
-                    ),
+                    (Some(s), None) if s.is_empty() => return Err(err(f("subject"), "must not be empty")),
+                    (Some(s), None) => SubjectMatch::Exact(s),
+                    (None, Some(r)) => {
+                        let re = regex::Regex::new(&r).map_err(|e| err(f("subject_regex"), format!("not a regular expression: {e}")))?;
+                        if re.is_match("") {
+                            return Err(err(f("subject_regex"), format!("`{r}` matches an empty subject: it would allow any signer of the issuer")));
+                        }
+                        SubjectMatch::Regex(re)
+                    }
                     _ => return Err(err(format!("trust.identities[{i}]"), "exactly one of `subject` or `subject_regex` is required")),
                 };
                 identities.push(IdentitySettings { issuer: id.issuer, subject });
@@ -680,8 +687,15 @@ mod tests {
                 "before",
             ),
             (with_trust(r#"{"identities":[{"issuer":"i","subject":"s"}]}"#), "trust.trusted_root", "identities"),
-            (with_trust(r#"{"trusted_root":"/r","identities":[{"issuer":"i","subject_regex":"("}]}"#), "trust.identities[0].subject_regex", "regular"),
+            (
+                with_trust(r#"{"trusted_root":"/r","identities":[{"issuer":"i","subject_regex":"("}]}"#),
+                "trust.identities[0].subject_regex",
+                "regular",
+            ),
             (with_trust(r#"{"trusted_root":"/r","identities":[{"issuer":"i"}]}"#), "trust.identities[0]", "exactly one"),
+            (with_trust(r#"{"trusted_root":"/r","identities":[{"issuer":"i","subject_regex":".*"}]}"#), "trust.identities[0].subject_regex", "empty"),
+            (with_trust(r#"{"trusted_root":"/r","identities":[{"issuer":"i","subject":""}]}"#), "trust.identities[0].subject", "empty"),
+            (with_trust(r#"{"trusted_root":"/r","keys":[{"key":"/a"}],"require_transparency_log":true}"#), "tenants.acme.bundle", "log entry"),
             (with_trust(r#"{"trusted_root":"/r"}"#), "trust", "at least one"),
             (with_trust(r#"{"keys":[{"key":"/a"}],"provenance":{"builder_ids":[]}}"#), "trust.provenance.builder_ids", "at least one"),
             (with_trust(r#"{"keys":[{"key":"/a"}],"provenance":{"builder_ids":["b"]}}"#), "tenants.acme.attestation", "required"),

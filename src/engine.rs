@@ -75,9 +75,7 @@ pub const DEFAULT_MAX_LIVE_INSTANCES: u32 = 1000;
 /// compatibility check lives here and nowhere else.
 fn artifact_config(target: Target) -> Config {
     let mut config = Config::new();
-    config
-        .target(target.triple())
-        .expect("the target triples above are known to Cranelift");
+    config.target(target.triple()).expect("the target triples above are known to Cranelift");
     config.cranelift_opt_level(OptLevel::Speed);
     // CPU deadlines per guest call (see proxy_wasm::instance): part of the compiled code.
     config.epoch_interruption(true);
@@ -103,7 +101,10 @@ pub fn runtime_engine_sized(max_live_instances: u32) -> Result<&'static Engine, 
     static ENGINE: OnceLock<(Result<Engine, String>, u32)> = OnceLock::new();
     let (engine, slots) = ENGINE.get_or_init(|| (new_runtime_engine(max_live_instances), max_live_instances));
     if *slots != max_live_instances {
-        crate::log_at!(Warn, "thaw: the engine already has {slots} instance slots; max_live_instances {max_live_instances} applies after a restart");
+        crate::log_at!(
+            Warn,
+            "thaw: the engine already has {slots} instance slots; max_live_instances {max_live_instances} applies after a restart"
+        );
     }
     engine.as_ref().map_err(Clone::clone)
 }
@@ -152,9 +153,7 @@ pub fn engine_fingerprint(engine: &Engine) -> anyhow::Result<Vec<u8>> {
         return Ok(fingerprint.clone());
     }
     let probe = engine.precompile_module(b"\0asm\x01\0\0\0")?;
-    let fingerprint = crate::artifact::cwasm_facts(&probe)
-        .map(|facts| facts.engine_section)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let fingerprint = crate::artifact::cwasm_facts(&probe).map(|facts| facts.engine_section).map_err(|e| anyhow::anyhow!("{e}"))?;
     cache.push((engine.clone(), fingerprint.clone()));
     Ok(fingerprint)
 }

@@ -4,21 +4,21 @@
 //! Fail-open / fail-closed is decided here and only here: unknown tenants per `unknown_tenant`,
 //! guest failures per `on_error`.
 
-use crate::artifact::{ArtifactDigest, ArtifactError, VerifiedArtifact};
 use crate::artifact::ArtifactKind;
-use crate::config::{Config, CrashLoop, OnArtifactFailure, Policy, SnapshotSettings, TenantConfig, TenantId, TenantSource};
-use crate::telemetry::refusals;
-use crate::trust::{Evidence, Trust};
-use crate::snapshot::{self, Binding, Refusal, SealKey};
+use crate::artifact::{ArtifactDigest, ArtifactError, VerifiedArtifact};
+use crate::config::{Config, CrashLoop, OnArtifactFailure, Policy, SignedFile, SnapshotSettings, TenantConfig, TenantId, TenantSource};
 use crate::engine;
 use crate::log_at;
 use crate::pool;
 use crate::proxy_wasm::abi::AbiVersion;
-use crate::proxy_wasm::{host, Action, Effect, GuestError, GuestInstance, HttpCallback, Linked, Plugin};
 use crate::proxy_wasm::grpc;
+use crate::proxy_wasm::{host, Action, Effect, GuestError, GuestInstance, HttpCallback, Linked, Plugin};
 use crate::reply_view::ReplyView;
+use crate::snapshot::{self, Binding, Refusal, SealKey};
 use crate::stream::{CallResponse, Direction, HeaderKind, HttpStream, LocalReply};
+use crate::telemetry::refusals;
 use crate::telemetry::{Metric, StatsSink};
+use crate::trust::{Evidence, Trust};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -165,7 +165,7 @@ impl FilterConfig {
             };
             // A snapshot source is an artifact like the module: verified under the same trust.
             let snapshot_source = match (&tenant.snapshot_source, &loaded) {
-                (Some(source), Ok(_)) => Some(VerifiedArtifact::read(&source.path, &source.evidence, &trust).map_err(|e| (e, "snapshot source"))),
+                (Some(source), Ok(_)) => Some(read_snapshot_source(source, &trust).map_err(|e| (e, "snapshot source"))),
                 _ => None,
             }
             .transpose();
@@ -178,6 +178,9 @@ impl FilterConfig {
                         OnArtifactFailure::RejectConfig => return Err(message),
                         OnArtifactFailure::DisableTenant => {
                             log_at!(Error, "thaw: {message}; the tenant is disabled (on_artifact_failure: disable_tenant), its requests are answered per on_error");
+                            if config.on_error == Policy::Allow {
+                                log_at!(Warn, "thaw: tenant `{}` is disabled with on_error: allow: its requests pass unfiltered", tenant.id);
+                            }
                             disabled.insert(tenant.id.clone(), message);
                             continue;
                         }
@@ -305,6 +308,18 @@ fn load_module(
     Ok((artifact.digest(), module))
 }
 
+/// Reads and verifies a snapshot source, which must be a `.wasm` (snapshots are made from it).
+fn read_snapshot_source(source: &SignedFile, trust: &Trust) -> Result<VerifiedArtifact, ArtifactError> {
+    let artifact = VerifiedArtifact::read(&source.path, &source.evidence, trust)?;
+    if crate::artifact::classify(artifact.bytes()) != Ok(ArtifactKind::Wasm) {
+        return Err(ArtifactError::NotAnArtifact {
+            path: source.path.clone(),
+            reason: "a snapshot source must be a Wasm module (.wasm): snapshots are made from it".into(),
+        });
+    }
+    Ok(artifact)
+}
+
 /// Counts a refused artifact: in this config's stats and in the process-wide tally that every
 /// accepted config shows (`telemetry::refusals`).
 fn artifact_refused(stats: &mut dyn StatsSink, tenant: &TenantId, error: &ArtifactError) {
@@ -327,12 +342,6 @@ fn resume_or_snapshot(
     stats: &mut dyn StatsSink,
 ) -> Result<Result<Plugin, Box<PendingSnapshot>>, String> {
     let id = &tenant.id;
-    if crate::artifact::classify(artifact.bytes()) != Ok(ArtifactKind::Wasm) {
-        return Err(format!(
-            "tenant `{id}`: snapshot source refused: {} is not a Wasm module (snapshots are made from the .wasm)",
-            artifact.path().display()
-        ));
-    }
     let fingerprint = engine::engine_fingerprint(engine).map_err(|e| format!("{e:#}"))?;
     let binding = Binding::new(id, artifact.digest(), &tenant.plugin_config, &tenant.vm_config, &fingerprint);
     let path = snapshot::path_for(&settings.dir, id);
@@ -348,7 +357,11 @@ fn resume_or_snapshot(
         Err(Refusal::Missing) => {}
         Err(refusal) => {
             stats.record(Metric::SnapshotRefused, id, 1);
-            log_at!(Warn, "thaw: tenant `{id}`: stored snapshot {} refused ({refusal}); nothing from it is used, replacing it", path.display());
+            log_at!(
+                Warn,
+                "thaw: tenant `{id}`: stored snapshot {} refused ({refusal}); nothing from it is used, making a new one",
+                path.display()
+            );
         }
     }
     let pending = PendingSnapshot {
@@ -381,11 +394,20 @@ impl PendingSnapshot {
         };
         if self.settings.signed {
             // Stored snapshots must be signed (shipped from build time); this one is not.
-            log_at!(Info, "thaw: tenant `{id}`: ran init once and snapshotted it in memory ({} ms; snapshots.signed: not stored)", started.elapsed().as_millis());
+            log_at!(
+                Info,
+                "thaw: tenant `{id}`: ran init once and snapshotted it in memory ({} ms; snapshots.signed: not stored)",
+                started.elapsed().as_millis()
+            );
         } else {
             let sealed = snapshot::seal(&self.seal_key, &self.binding, &host, &cwasm, self.settings.encrypt);
             match snapshot::store(&self.settings.dir, id, &sealed) {
-                Ok(path) => log_at!(Info, "thaw: tenant `{id}`: ran init once and stored its snapshot {} ({} ms)", path.display(), started.elapsed().as_millis()),
+                Ok(path) => log_at!(
+                    Info,
+                    "thaw: tenant `{id}`: ran init once and stored its snapshot {} ({} ms)",
+                    path.display(),
+                    started.elapsed().as_millis()
+                ),
                 Err(e) => log_at!(Warn, "thaw: tenant `{id}`: {e}; using the snapshot unstored"),
             }
         }
@@ -582,7 +604,13 @@ impl StreamFilter {
         let (headers, body) = reply.as_response(grpc);
         let view = ReplyView::new(stream.clone(), headers, body);
         let body_len = view.body_len();
-        let mut outcome = active.instance.on_http(HttpCallback::ResponseHeaders, Box::new(view.clone()), active.context, view.header_count(), body_len == 0);
+        let mut outcome = active.instance.on_http(
+            HttpCallback::ResponseHeaders,
+            Box::new(view.clone()),
+            active.context,
+            view.header_count(),
+            body_len == 0,
+        );
         if outcome.is_ok() && body_len > 0 {
             outcome = active.instance.on_http(HttpCallback::ResponseBody, Box::new(view.clone()), active.context, body_len, true);
         }
@@ -668,7 +696,13 @@ impl StreamFilter {
     }
 
     /// Runs one guest HTTP callback on the active instance and turns the outcome into a verdict.
-    fn run<S: HttpStream + Clone + 'static>(&mut self, mut stream: S, callback: HttpCallback, count: usize, end_of_stream: bool) -> Verdict {
+    fn run<S: HttpStream + Clone + 'static>(
+        &mut self,
+        mut stream: S,
+        callback: HttpCallback,
+        count: usize,
+        end_of_stream: bool,
+    ) -> Verdict {
         let direction = match callback {
             HttpCallback::RequestHeaders | HttpCallback::RequestBody | HttpCallback::RequestTrailers => Direction::Request,
             _ => Direction::Response,
@@ -769,7 +803,11 @@ impl StreamFilter {
         let Some(entry) = config.tenants.get(&tenant) else {
             // Disabled at load: its artifact was refused (`on_artifact_failure: disable_tenant`).
             stream.record(Metric::DisabledTenantRequest, &tenant, 1);
-            return self.per_on_error(&mut stream, "thaw: the tenant's filter artifact was refused at load; request denied\n", "thaw_tenant_disabled");
+            return self.per_on_error(
+                &mut stream,
+                "thaw: the tenant's filter artifact was refused at load; request denied\n",
+                "thaw_tenant_disabled",
+            );
         };
         if entry.crashes.is_quarantined() {
             stream.record(Metric::QuarantinedRequest, &tenant, 1);
@@ -777,7 +815,11 @@ impl StreamFilter {
         }
         if !entry.is_ready() {
             stream.record(Metric::TenantNotReady, &tenant, 1);
-            return self.per_on_error(&mut stream, "thaw: the tenant is initializing (its init calls are unanswered); request denied\n", "thaw_tenant_not_ready");
+            return self.per_on_error(
+                &mut stream,
+                "thaw: the tenant is initializing (its init calls are unanswered); request denied\n",
+                "thaw_tenant_not_ready",
+            );
         }
         let plugin = Arc::clone(entry.serving_plugin());
         let started = pool::take(&plugin, &mut stream).and_then(|mut instance| {

@@ -90,10 +90,11 @@ pub fn give_back(plugin: &Arc<Plugin>, mut instance: GuestInstance, stats: &mut 
     POOLS.with(|pools| {
         let mut pools = pools.borrow_mut();
         let uses = pools.uses;
-        let pool = pools
-            .tenants
-            .entry(plugin.uid)
-            .or_insert_with(|| TenantPool { plugin: Arc::downgrade(plugin), idle: Vec::new(), last_used: uses });
+        let pool = pools.tenants.entry(plugin.uid).or_insert_with(|| TenantPool {
+            plugin: Arc::downgrade(plugin),
+            idle: Vec::new(),
+            last_used: uses,
+        });
         if pool.idle.len() < plugin.policy.max_instances {
             pool.idle.push(instance);
             stats.record(Metric::PoolSize, &plugin.tenant, 1);

@@ -5,8 +5,10 @@
 //! send (`LocalReply::as_response`), lets the guest's response callbacks read and change it here,
 //! and sends what they leave.
 
-use crate::stream::{AttributeKind, AttributeValue, CallError, Direction, HeaderKind, HeaderPair, HttpStream, MetadataSource, MetadataValue};
 use crate::config::TenantId;
+use crate::stream::{
+    AttributeKind, AttributeValue, CallError, Direction, HeaderKind, HeaderPair, HttpStream, MetadataSource, MetadataValue,
+};
 use crate::telemetry::{Metric, StatsSink};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -138,7 +140,14 @@ impl<S: HttpStream> HttpStream for ReplyView<S> {
         self.inner.http_call(cluster, headers, body, timeout_ms)
     }
 
-    fn start_call_stream(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], end_stream: bool, timeout_ms: u64) -> Result<u64, CallError> {
+    fn start_call_stream(
+        &mut self,
+        cluster: &[u8],
+        headers: &[HeaderPair],
+        body: &[u8],
+        end_stream: bool,
+        timeout_ms: u64,
+    ) -> Result<u64, CallError> {
         self.inner.start_call_stream(cluster, headers, body, end_stream, timeout_ms)
     }
 

@@ -16,11 +16,11 @@
 use crate::config::TenantId;
 use crate::filter::FilterConfig;
 use crate::log_at;
-use crate::proxy_wasm::{GuestInstance, Plugin};
-use crate::telemetry::StatsSink;
 use crate::proxy_wasm::init_calls::{CallRequest, Readiness, Transcript};
 use crate::proxy_wasm::{grpc, shared};
+use crate::proxy_wasm::{GuestInstance, Plugin};
 use crate::stream::{CallError, CallResponse, HeaderPair, RootHost};
+use crate::telemetry::StatsSink;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -172,14 +172,22 @@ impl RootContexts {
     }
 
     /// The response of an HTTP call a root instance started (main thread); `None`: it failed.
-    pub fn on_http_call_response(&self, callout_id: u64, response: Option<CallResponse>, stats: &mut dyn StatsSink, host: &dyn Fn() -> Box<dyn RootHost>) {
+    pub fn on_http_call_response(
+        &self,
+        callout_id: u64,
+        response: Option<CallResponse>,
+        stats: &mut dyn StatsSink,
+        host: &dyn Fn() -> Box<dyn RootHost>,
+    ) {
         let Some(index) = self.pending_calls.borrow_mut().remove(&callout_id) else { return };
         // An answer to an init call: what the root instance does with it is still init.
         let init_answer = self
             .tenants
             .get(index)
             .is_some_and(|tenant| tenant.init.borrow_mut().as_mut().is_some_and(|init| init.answered(callout_id, &response)));
-        self.with_root(index, stats, host, init_answer, |instance, host| instance.on_http_call_response(None, Some(host), callout_id, response));
+        self.with_root(index, stats, host, init_answer, |instance, host| {
+            instance.on_http_call_response(None, Some(host), callout_id, response)
+        });
     }
 
     /// An event of a call stream a root instance's gRPC call or stream started (main thread).
@@ -276,7 +284,12 @@ impl RootContexts {
         let Some(recording) = init.as_mut() else { return };
         recording.failures += 1;
         if recording.failures >= MAX_INIT_TRIES {
-            log_at!(Error, "thaw: tenant `{}`: its init failed {} times; it stays not ready (requests answered per on_error)", tenant.id, recording.failures);
+            log_at!(
+                Error,
+                "thaw: tenant `{}`: its init failed {} times; it stays not ready (requests answered per on_error)",
+                tenant.id,
+                recording.failures
+            );
             return;
         }
         let wait = Duration::from_millis(100u64 << recording.failures.min(7));
@@ -339,7 +352,14 @@ impl RootHost for Recording {
     }
 
     /// A unary gRPC call sends everything at once (`end_stream`); a gRPC stream does not.
-    fn start_call_stream(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], end_stream: bool, timeout_ms: u64) -> Result<u64, CallError> {
+    fn start_call_stream(
+        &mut self,
+        cluster: &[u8],
+        headers: &[HeaderPair],
+        body: &[u8],
+        end_stream: bool,
+        timeout_ms: u64,
+    ) -> Result<u64, CallError> {
         let id = self.inner.start_call_stream(cluster, headers, body, end_stream, timeout_ms)?;
         self.started.borrow_mut().streams.push((id, !end_stream));
         Ok(id)

@@ -116,7 +116,9 @@ pub enum Refusal {
     BadSeal,
     /// A shipped snapshot whose signature does not verify under the trust (`snapshots.signed`).
     Unsigned(String),
-    WrongBinding { field: &'static str },
+    WrongBinding {
+        field: &'static str,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -331,8 +333,8 @@ pub fn create(
     let unsupported = CreateError::Unsupported;
     let wizer = wasmtime_wizer::Wizer::new();
     let (cx, instrumented) = wizer.instrument(wasm).map_err(|e| unsupported(format!("{e:#}")))?;
-    let module = wasmtime::Module::new(engine, &instrumented)
-        .map_err(|e| unsupported(format!("compiling the instrumented module: {e:#}")))?;
+    let module =
+        wasmtime::Module::new(engine, &instrumented).map_err(|e| unsupported(format!("compiling the instrumented module: {e:#}")))?;
     let plugin = Plugin::for_snapshot(engine, tenant, module, digest, init_calls).map_err(unsupported)?;
     let instance = plugin.instantiate().map_err(|e| match e {
         GuestError::Rejected { .. } => CreateError::Rejected(e),

@@ -27,8 +27,7 @@ pub enum LogLevel {
 }
 
 impl LogLevel {
-    pub const ALL: [LogLevel; 6] =
-        [LogLevel::Trace, LogLevel::Debug, LogLevel::Info, LogLevel::Warn, LogLevel::Error, LogLevel::Critical];
+    pub const ALL: [LogLevel; 6] = [LogLevel::Trace, LogLevel::Debug, LogLevel::Info, LogLevel::Warn, LogLevel::Error, LogLevel::Critical];
 }
 
 pub type HeaderPair = (Vec<u8>, Vec<u8>);
@@ -63,7 +62,14 @@ pub trait RootHost {
     /// Starts an HTTP call; returns Envoy's callout id.
     fn http_call(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], timeout_ms: u64) -> Result<u64, CallError>;
     /// Starts a call stream (gRPC); returns its id.
-    fn start_call_stream(&mut self, _cluster: &[u8], _headers: &[HeaderPair], _body: &[u8], _end_stream: bool, _timeout_ms: u64) -> Result<u64, CallError> {
+    fn start_call_stream(
+        &mut self,
+        _cluster: &[u8],
+        _headers: &[HeaderPair],
+        _body: &[u8],
+        _end_stream: bool,
+        _timeout_ms: u64,
+    ) -> Result<u64, CallError> {
         Err(CallError::Unavailable)
     }
     fn send_call_stream(&mut self, _id: u64, _data: &[u8], _end_stream: bool) -> bool {
@@ -189,12 +195,12 @@ impl LocalReply {
     /// status (`Grpc::Utility::httpToGrpcStatus`).
     pub fn effective_grpc_status(&self) -> u32 {
         self.grpc_status.unwrap_or(match self.status {
-            400 => 13, // INTERNAL
-            401 => 16, // UNAUTHENTICATED
-            403 => 7,  // PERMISSION_DENIED
-            404 => 12, // UNIMPLEMENTED
+            400 => 13,                   // INTERNAL
+            401 => 16,                   // UNAUTHENTICATED
+            403 => 7,                    // PERMISSION_DENIED
+            404 => 12,                   // UNIMPLEMENTED
             429 | 502 | 503 | 504 => 14, // UNAVAILABLE
-            _ => 2,    // UNKNOWN
+            _ => 2,                      // UNKNOWN
         })
     }
 
@@ -239,11 +245,8 @@ impl LocalReply {
             .find(|(k, _)| k == b":status")
             .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
             .filter(|s| (200..600).contains(s));
-        let envoys: &[&[u8]] = if grpc {
-            &[b":status", b"content-type", b"content-length", b"grpc-message"]
-        } else {
-            &[b":status", b"content-length"]
-        };
+        let envoys: &[&[u8]] =
+            if grpc { &[b":status", b"content-type", b"content-length", b"grpc-message"] } else { &[b":status", b"content-length"] };
         let mut reply = self.clone();
         if !grpc {
             reply.status = status.unwrap_or(self.status);

@@ -53,7 +53,7 @@ fn many_tenants_stay_within_a_small_budget() {
     let budget_mb = 8;
     let config = Config {
         trust: thaw::config::TrustSettings::keys(vec![guest.public.clone()]),
-            on_artifact_failure: Default::default(),
+        on_artifact_failure: Default::default(),
         tenant_from: TenantSource::Header("x-tenant-id".into()),
         unknown_tenant: Policy::Deny,
         on_error: Policy::Deny,
@@ -61,7 +61,7 @@ fn many_tenants_stay_within_a_small_budget() {
         memory_budget_mb: budget_mb,
         max_live_instances: thaw::engine::DEFAULT_MAX_LIVE_INSTANCES,
         crash_loop: DEFAULT_CRASH_LOOP,
-            snapshots: None,
+        snapshots: None,
         tenants,
     };
     let config = Arc::new(FilterConfig::load("budget", &config, &mut NoStats).unwrap());
@@ -94,7 +94,7 @@ fn ten_thousand_tenants_load_and_serve() {
         (0..10_000).map(|i| guest.tenant(&format!("tenant-{i}"), format!("{{\"n\":{i}}}").into_bytes(), pooled)).collect();
     let config = Config {
         trust: thaw::config::TrustSettings::keys(vec![guest.public.clone()]),
-            on_artifact_failure: Default::default(),
+        on_artifact_failure: Default::default(),
         tenant_from: TenantSource::Header("x-tenant-id".into()),
         unknown_tenant: Policy::Deny,
         on_error: Policy::Deny,

@@ -55,9 +55,8 @@ impl HttpStream for Fake {
     fn header_values(&self, kind: HeaderKind, key: &[u8]) -> Option<Vec<Vec<u8>>> {
         // A host bug on demand: this Envoy "panics" when asked for `x-panic`.
         assert!(key != b"x-panic", "the fake stream panics when asked for x-panic");
-        (kind == HeaderKind::RequestHeaders).then(|| {
-            self.0.borrow().request.iter().filter(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.clone()).collect()
-        })
+        (kind == HeaderKind::RequestHeaders)
+            .then(|| self.0.borrow().request.iter().filter(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.clone()).collect())
     }
     fn headers(&self, kind: HeaderKind) -> Option<Vec<HeaderPair>> {
         (kind == HeaderKind::RequestHeaders).then(|| self.0.borrow().request.clone())
@@ -141,13 +140,10 @@ impl Workspace {
 }
 
 fn auth_filter_wasm() -> Vec<u8> {
-    let dir = std::env::var_os("THAW_GUESTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("build/guests"));
+    let dir =
+        std::env::var_os("THAW_GUESTS").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("build/guests"));
     let path = dir.join("auth-filter.wasm");
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!("{}: {e}; build the example guests first: ./bazel-free-build.sh build", path.display())
-    })
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; build the example guests first: ./bazel-free-build.sh build", path.display()))
 }
 
 /// Runs one request through the driver: request headers, then stream completion.

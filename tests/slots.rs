@@ -45,7 +45,7 @@ fn running_out_of_instance_slots_is_a_counted_refusal() {
     let guest = common::pass_through_guest(1);
     let config = Config {
         trust: thaw::config::TrustSettings::keys(vec![guest.public.clone()]),
-            on_artifact_failure: Default::default(),
+        on_artifact_failure: Default::default(),
         tenant_from: TenantSource::Header("x-tenant-id".into()),
         unknown_tenant: Policy::Deny,
         on_error: Policy::Deny,

@@ -57,7 +57,8 @@ impl HttpStream for Recorder {
 }
 
 fn heavy_wasm() -> Vec<u8> {
-    let dir = std::env::var_os("THAW_GUESTS").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("build/guests"));
+    let dir =
+        std::env::var_os("THAW_GUESTS").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("build/guests"));
     let path = dir.join("heavy-init-filter.wasm");
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; build the guests first: ./bazel-free-build.sh build", path.display()))
 }
@@ -199,7 +200,16 @@ fn wrong_snapshots_are_refused_counted_and_replaced() {
         ("other module", sealed_for(Binding::new(&acme, ArtifactDigest([1; 32]), SMALL.as_bytes(), b"", &fingerprint))),
         ("other config", sealed_for(Binding::new(&acme, source_digest, b"{}", b"", &fingerprint))),
         ("other engine", sealed_for(Binding::new(&acme, source_digest, SMALL.as_bytes(), b"", b"another engine"))),
-        ("another key", snapshot::seal(&SealKey::from_secret(&[7; 32]).unwrap(), &Binding::new(&acme, source_digest, SMALL.as_bytes(), b"", &fingerprint), &HostSnapshot::default(), b"x", false)),
+        (
+            "another key",
+            snapshot::seal(
+                &SealKey::from_secret(&[7; 32]).unwrap(),
+                &Binding::new(&acme, source_digest, SMALL.as_bytes(), b"", &fingerprint),
+                &HostSnapshot::default(),
+                b"x",
+                false,
+            ),
+        ),
     ];
     for (what, bytes) in cases {
         std::fs::write(&stored, &bytes).unwrap();

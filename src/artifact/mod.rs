@@ -10,8 +10,8 @@
 pub mod signature;
 
 use crate::engine::{self, Target};
-use sha2::{Digest, Sha256};
 use crate::trust::{Evidence, Reason, Refusal, Trust, Verified};
+use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use wasmtime::{Engine, Module};
@@ -57,9 +57,7 @@ pub struct CwasmFacts {
 pub fn cwasm_facts(bytes: &[u8]) -> Result<CwasmFacts, String> {
     use object::{Object, ObjectSection};
     let file = object::File::parse(bytes).map_err(|e| format!("not a Wasmtime precompiled module (ELF: {e})"))?;
-    let section = file
-        .section_by_name(".wasmtime.engine")
-        .ok_or("not a Wasmtime precompiled module (no .wasmtime.engine section)")?;
+    let section = file.section_by_name(".wasmtime.engine").ok_or("not a Wasmtime precompiled module (no .wasmtime.engine section)")?;
     let data = section.data().map_err(|e| format!("unreadable engine section: {e}"))?;
     // Layout (wasmtime engine/serialization.rs): format byte 0, u8 length + version string, then a
     // postcard record whose first field is the target triple (varint length + bytes).
@@ -139,14 +137,32 @@ pub fn classify(bytes: &[u8]) -> Result<ArtifactKind, String> {
 /// Why an artifact was refused. Every variant names the file; the caller adds the tenant.
 #[derive(Debug)]
 pub enum ArtifactError {
-    Unreadable { path: PathBuf, reason: String },
+    Unreadable {
+        path: PathBuf,
+        reason: String,
+    },
     /// Refused by the trust policy (signature, identity, window, provenance, digest).
     Refused(Refusal),
-    NotAnArtifact { path: PathBuf, reason: String },
-    JitNotAllowed { path: PathBuf },
-    WrongArchitecture { path: PathBuf, found: String, host: &'static str },
-    WrongEngine { path: PathBuf, reason: String },
-    LoadFailed { path: PathBuf, reason: String },
+    NotAnArtifact {
+        path: PathBuf,
+        reason: String,
+    },
+    JitNotAllowed {
+        path: PathBuf,
+    },
+    WrongArchitecture {
+        path: PathBuf,
+        found: String,
+        host: &'static str,
+    },
+    WrongEngine {
+        path: PathBuf,
+        reason: String,
+    },
+    LoadFailed {
+        path: PathBuf,
+        reason: String,
+    },
 }
 
 impl fmt::Display for ArtifactError {
@@ -155,16 +171,12 @@ impl fmt::Display for ArtifactError {
             ArtifactError::Unreadable { path, reason } => write!(f, "cannot read artifact {}: {reason}", path.display()),
             ArtifactError::Refused(r) => r.fmt(f),
             ArtifactError::NotAnArtifact { path, reason } => write!(f, "{} is not a Wasm artifact: {reason}", path.display()),
-            ArtifactError::JitNotAllowed { path } => write!(
-                f,
-                "{} is a plain .wasm module; compile it with `thaw compile` or set allow_jit: true",
-                path.display()
-            ),
-            ArtifactError::WrongArchitecture { path, found, host } => write!(
-                f,
-                "{} was compiled for {found}, this host is {host} (wrong architecture)",
-                path.display()
-            ),
+            ArtifactError::JitNotAllowed { path } => {
+                write!(f, "{} is a plain .wasm module; compile it with `thaw compile` or set allow_jit: true", path.display())
+            }
+            ArtifactError::WrongArchitecture { path, found, host } => {
+                write!(f, "{} was compiled for {found}, this host is {host} (wrong architecture)", path.display())
+            }
             ArtifactError::WrongEngine { path, reason } => {
                 write!(f, "{} was compiled by an incompatible engine: {reason}", path.display())
             }
@@ -197,8 +209,7 @@ pub struct VerifiedArtifact {
 impl VerifiedArtifact {
     /// Reads `path` once and verifies `evidence` over those bytes under `trust`.
     pub fn read(path: &Path, evidence: &Evidence, trust: &Trust) -> Result<VerifiedArtifact, ArtifactError> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| ArtifactError::Unreadable { path: path.into(), reason: e.to_string() })?;
+        let bytes = std::fs::read(path).map_err(|e| ArtifactError::Unreadable { path: path.into(), reason: e.to_string() })?;
         let verified = trust.verify(&bytes, evidence).map_err(ArtifactError::Refused)?;
         let digest = ArtifactDigest::of(&bytes);
         Ok(VerifiedArtifact { path: path.into(), bytes, digest, verified })
@@ -234,14 +245,10 @@ impl VerifiedArtifact {
             ArtifactKind::Precompiled(facts) => {
                 let host = Target::host();
                 if Target::from_triple(&facts.target_triple) != Some(host) {
-                    return Err(ArtifactError::WrongArchitecture {
-                        path: path(),
-                        found: facts.target_triple,
-                        host: host.name(),
-                    });
+                    return Err(ArtifactError::WrongArchitecture { path: path(), found: facts.target_triple, host: host.name() });
                 }
-                let ours = engine::engine_fingerprint(engine)
-                    .map_err(|e| ArtifactError::LoadFailed { path: path(), reason: format!("{e:#}") })?;
+                let ours =
+                    engine::engine_fingerprint(engine).map_err(|e| ArtifactError::LoadFailed { path: path(), reason: format!("{e:#}") })?;
                 if facts.engine_section != ours {
                     let ours = wasmtime_version_in_section(&ours);
                     let reason = if facts.wasmtime_version != ours {

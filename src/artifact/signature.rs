@@ -17,12 +17,26 @@ use std::path::{Path, PathBuf};
 /// Why a key or signature could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignatureError {
-    KeyUnreadable { path: PathBuf, reason: String },
-    KeyInvalid { path: PathBuf, reason: String },
-    SignatureUnreadable { path: PathBuf, reason: String },
-    SignatureMalformed { path: PathBuf, reason: String },
+    KeyUnreadable {
+        path: PathBuf,
+        reason: String,
+    },
+    KeyInvalid {
+        path: PathBuf,
+        reason: String,
+    },
+    SignatureUnreadable {
+        path: PathBuf,
+        reason: String,
+    },
+    SignatureMalformed {
+        path: PathBuf,
+        reason: String,
+    },
     /// Well-formed, but no trusted key verifies it over these bytes.
-    NotTrusted { path: PathBuf },
+    NotTrusted {
+        path: PathBuf,
+    },
 }
 
 impl fmt::Display for SignatureError {
@@ -57,9 +71,13 @@ pub struct TrustedKey {
 }
 
 impl TrustedKey {
+    /// The DER SubjectPublicKeyInfo of the key.
+    pub fn spki_der(&self) -> Vec<u8> {
+        self.key.to_public_key_der().expect("encoding a P-256 public key as SPKI").into_vec()
+    }
+
     pub fn load(path: &Path) -> Result<TrustedKey, SignatureError> {
-        let pem = std::fs::read_to_string(path)
-            .map_err(|e| SignatureError::KeyUnreadable { path: path.into(), reason: e.to_string() })?;
+        let pem = std::fs::read_to_string(path).map_err(|e| SignatureError::KeyUnreadable { path: path.into(), reason: e.to_string() })?;
         let key = VerifyingKey::from_public_key_pem(pem.trim())
             .map_err(|e| SignatureError::KeyInvalid { path: path.into(), reason: e.to_string() })?;
         Ok(TrustedKey { path: path.into(), key })
@@ -68,16 +86,17 @@ impl TrustedKey {
 
 /// Reads a signature file: base64 (surrounding whitespace ignored) of a DER ECDSA signature.
 pub fn read_signature(path: &Path) -> Result<Signature, SignatureError> {
-    let text = std::fs::read(path)
-        .map_err(|e| SignatureError::SignatureUnreadable { path: path.into(), reason: e.to_string() })?;
+    use std::io::Read;
+    // A signature is ~100 bytes; read at most 4 KiB of whatever the file is.
+    let unreadable = |e: std::io::Error| SignatureError::SignatureUnreadable { path: path.into(), reason: e.to_string() };
+    let mut text = Vec::new();
+    std::fs::File::open(path).and_then(|f| f.take(4096).read_to_end(&mut text)).map_err(unreadable)?;
     parse_signature(&text).map_err(|reason| SignatureError::SignatureMalformed { path: path.into(), reason })
 }
 
 pub fn parse_signature(text: &[u8]) -> Result<Signature, String> {
     let trimmed = text.trim_ascii();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(trimmed)
-        .map_err(|e| format!("not base64: {e}"))?;
+    let der = base64::engine::general_purpose::STANDARD.decode(trimmed).map_err(|e| format!("not base64: {e}"))?;
     Signature::from_der(&der).map_err(|_| "not a DER ECDSA P-256 signature".to_string())
 }
 
@@ -100,13 +119,10 @@ pub struct PrivateKey(SigningKey);
 
 impl PrivateKey {
     pub fn load(path: &Path) -> Result<PrivateKey, SignatureError> {
-        let pem = std::fs::read_to_string(path)
-            .map_err(|e| SignatureError::KeyUnreadable { path: path.into(), reason: e.to_string() })?;
+        let pem = std::fs::read_to_string(path).map_err(|e| SignatureError::KeyUnreadable { path: path.into(), reason: e.to_string() })?;
         let pem = pem.trim();
         SigningKey::from_pkcs8_pem(pem)
-            .or_else(|e| {
-                p256::SecretKey::from_sec1_pem(pem).map(SigningKey::from).map_err(|_| e)
-            })
+            .or_else(|e| p256::SecretKey::from_sec1_pem(pem).map(SigningKey::from).map_err(|_| e))
             .map(PrivateKey)
             .map_err(|e| SignatureError::KeyInvalid { path: path.into(), reason: e.to_string() })
     }
@@ -131,10 +147,7 @@ impl PrivateKey {
     }
 
     pub fn public_key_pem(&self) -> String {
-        self.0
-            .verifying_key()
-            .to_public_key_pem(LineEnding::LF)
-            .expect("encoding a P-256 public key as SPKI")
+        self.0.verifying_key().to_public_key_pem(LineEnding::LF).expect("encoding a P-256 public key as SPKI")
     }
 }
 
@@ -143,10 +156,7 @@ mod tests {
     use super::*;
 
     fn trusted(key: &PrivateKey) -> TrustedKey {
-        TrustedKey {
-            path: "test.pub".into(),
-            key: VerifyingKey::from_public_key_pem(&key.public_key_pem()).unwrap(),
-        }
+        TrustedKey { path: "test.pub".into(), key: VerifyingKey::from_public_key_pem(&key.public_key_pem()).unwrap() }
     }
 
     #[test]

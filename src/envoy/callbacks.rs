@@ -4,8 +4,8 @@
 use super::abi::{self, Callbacks, ConfigEnvoyPtr, EnvoyBuffer, FilterEnvoyPtr, HttpHeader, ModuleBuffer};
 use crate::config::{RouteConfig, TenantId};
 use crate::stream::{
-    AttributeKind, AttributeValue, CallError, Direction, HeaderKind, HeaderPair, HttpStream, LocalReply, LogLevel, MetadataSource, MetadataValue,
-    RootHost,
+    AttributeKind, AttributeValue, CallError, Direction, HeaderKind, HeaderPair, HttpStream, LocalReply, LogLevel, MetadataSource,
+    MetadataValue, RootHost,
 };
 use crate::telemetry::{Metric, MetricKind, StatsSink};
 use std::sync::OnceLock;
@@ -113,10 +113,19 @@ impl RootHost for ConfigCaller {
         start_callout(cluster, headers, |id, c, h, n| unsafe { callout(self.ce, id, c, h, n, ModuleBuffer::of(body), timeout_ms) })
     }
 
-    fn start_call_stream(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], end_stream: bool, timeout_ms: u64) -> Result<u64, CallError> {
+    fn start_call_stream(
+        &mut self,
+        cluster: &[u8],
+        headers: &[HeaderPair],
+        body: &[u8],
+        end_stream: bool,
+        timeout_ms: u64,
+    ) -> Result<u64, CallError> {
         let start = self.cb.http_filter_config_start_http_stream.ok_or(CallError::Unavailable)?;
         // SAFETY: as in `http_call`.
-        start_callout(cluster, headers, |id, c, h, n| unsafe { start(self.ce, id, c, h, n, ModuleBuffer::of(body), end_stream, timeout_ms) })
+        start_callout(cluster, headers, |id, c, h, n| unsafe {
+            start(self.ce, id, c, h, n, ModuleBuffer::of(body), end_stream, timeout_ms)
+        })
     }
 
     fn send_call_stream(&mut self, id: u64, data: &[u8], end_stream: bool) -> bool {
@@ -188,8 +197,9 @@ impl StatsSink for ConfigStats {
         }
         let labels = [ModuleBuffer::of(tenant.as_str().as_bytes()), ModuleBuffer::of(second.as_bytes())];
         let id = self.ids.0[metric.index()];
-        // SAFETY: `ce` is the config pointer of the running config hook; `id` was defined on it
-        // with two labels; the label buffers are borrowed for the call.
+        // SAFETY: main thread; `ce` is a live config's pointer (the one being created, or one in
+        // hooks' LIVE_CONFIGS, not yet destroyed); `id` was defined on it with two labels; the
+        // label buffers are borrowed for the call.
         unsafe { (self.cb.http_filter_config_set_gauge)(self.ce, id, labels.as_ptr(), labels.len(), value) };
     }
 }
@@ -326,9 +336,7 @@ impl HttpStream for EnvoyStream {
         let mut count = 0usize;
         // SAFETY: `fe` is the live stream of the current hook; out-pointers are valid locals; `key`
         // is borrowed for the call.
-        let found = unsafe {
-            (self.cb.http_get_header)(self.fe, header_type(kind), ModuleBuffer::of(key), &mut out, 0, &mut count)
-        };
+        let found = unsafe { (self.cb.http_get_header)(self.fe, header_type(kind), ModuleBuffer::of(key), &mut out, 0, &mut count) };
         if !found || count == 0 {
             return Some(Vec::new());
         }
@@ -440,10 +448,19 @@ impl HttpStream for EnvoyStream {
         start_callout(cluster, headers, |id, c, h, n| unsafe { callout(self.fe, id, c, h, n, ModuleBuffer::of(body), timeout_ms) })
     }
 
-    fn start_call_stream(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], end_stream: bool, timeout_ms: u64) -> Result<u64, CallError> {
+    fn start_call_stream(
+        &mut self,
+        cluster: &[u8],
+        headers: &[HeaderPair],
+        body: &[u8],
+        end_stream: bool,
+        timeout_ms: u64,
+    ) -> Result<u64, CallError> {
         let start = self.cb.http_filter_start_http_stream.ok_or(CallError::Unavailable)?;
         // SAFETY: live stream; the pointers `start_callout` passes are valid for the call.
-        start_callout(cluster, headers, |id, c, h, n| unsafe { start(self.fe, id, c, h, n, ModuleBuffer::of(body), end_stream, timeout_ms) })
+        start_callout(cluster, headers, |id, c, h, n| unsafe {
+            start(self.fe, id, c, h, n, ModuleBuffer::of(body), end_stream, timeout_ms)
+        })
     }
 
     fn send_call_stream(&mut self, id: u64, data: &[u8], end_stream: bool) -> bool {

@@ -7,13 +7,13 @@
 //! it with `try_borrow_mut`, so a re-entrant hook sees "busy" instead of an aliased `&mut`.
 
 use super::abi::{self, ConfigEnvoyPtr, ConfigModulePtr, EnvoyBuffer, FilterEnvoyPtr, FilterModulePtr, HttpHeader};
-use crate::telemetry::StatsSink as _;
 use super::callbacks::{self, ConfigCaller, ConfigScheduler, ConfigStats, EnvoyStream, MetricIds};
-use crate::root::RootContexts;
 use crate::config::RouteConfig;
 use crate::filter::{CallStreamEvent, FilterConfig, StreamFilter, Verdict};
-use crate::stream::{Direction, HttpStream, LocalReply};
 use crate::log_at;
+use crate::root::RootContexts;
+use crate::stream::{Direction, HttpStream, LocalReply};
+use crate::telemetry::StatsSink as _;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -72,15 +72,20 @@ struct LoadedConfig {
 /// and its metric ids). Only the main thread creates and destroys configs.
 static LIVE_CONFIGS: std::sync::Mutex<Vec<(usize, MetricIds)>> = std::sync::Mutex::new(Vec::new());
 
-/// Sets every live config's `wasm_artifact_refused` gauges to the process-wide tally, so a refusal
-/// is visible in `/stats/prometheus` at once, even when the config that refused it was rejected.
-fn publish_refusals(cb: &'static super::abi::Callbacks, live: &[(usize, MetricIds)]) {
+/// Sets the `wasm_artifact_refused` gauges of `creating` (the config being created) and of every
+/// live config to the process-wide tally, so a refusal is visible in `/stats/prometheus` at once,
+/// even when the config that refused it was rejected. Main thread.
+fn publish_refusals(creating: &mut ConfigStats) {
     let refusals = crate::telemetry::refusals::all();
-    for (ce, ids) in live {
-        let mut stats = ConfigStats { ce: *ce as ConfigEnvoyPtr, cb, ids: *ids };
+    let live = LIVE_CONFIGS.lock().unwrap_or_else(|p| p.into_inner());
+    let others = live.iter().map(|(ce, ids)| ConfigStats { ce: *ce as ConfigEnvoyPtr, cb: creating.cb, ids: *ids });
+    for mut stats in others {
         for (tenant, reason, count) in &refusals {
             stats.set_labelled(crate::telemetry::Metric::ArtifactRefused, tenant, reason.label(), *count);
         }
+    }
+    for (tenant, reason, count) in &refusals {
+        creating.set_labelled(crate::telemetry::Metric::ArtifactRefused, tenant, reason.label(), *count);
     }
 }
 
@@ -98,14 +103,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             let metrics = MetricIds::define(cb, config_envoy)?;
             let mut stats = ConfigStats { ce: config_envoy, cb, ids: metrics };
             let loaded = FilterConfig::load_json(&name, config, &mut stats);
-            // Refusals of every load so far, this one's and rejected ones' included, shown by this
-            // config (if accepted) and every config still serving.
-            let mut live = LIVE_CONFIGS.lock().unwrap_or_else(|p| p.into_inner());
-            if loaded.is_ok() {
-                live.push((config_envoy as usize, metrics));
-            }
-            publish_refusals(cb, &live);
-            drop(live);
+            // Refusals of every load so far, this one's included, shown by every config still
+            // serving, whether this one is accepted or not.
+            publish_refusals(&mut stats);
             let filter = Arc::new(loaded?);
             let scheduler = ConfigScheduler::new(cb, config_envoy).map(Arc::new);
             let roots = scheduler.as_ref().map(|s| {
@@ -115,6 +115,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             if scheduler.is_none() {
                 log_at!(Warn, "thaw: this Envoy has no config scheduler: proxy_on_tick and proxy_on_queue_ready will not be called");
             }
+            // Accepted: from here on Envoy destroys it through config_destroy, which unregisters it.
+            LIVE_CONFIGS.lock().unwrap_or_else(|p| p.into_inner()).push((config_envoy as usize, metrics));
             Ok(LoadedConfig { envoy: config_envoy, filter, metrics, roots, _scheduler: scheduler })
         });
         match loaded {
@@ -129,21 +131,22 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: ConfigModulePtr) {
-    guard("http_filter_config_destroy", || (), || {
-        if !config.is_null() {
-            // SAFETY: `config` came from Box::into_raw in config_new and Envoy destroys it once.
-            let loaded = unsafe { Box::from_raw(config as *mut LoadedConfig) };
-            LIVE_CONFIGS.lock().unwrap_or_else(|p| p.into_inner()).retain(|(ce, _)| *ce != loaded.envoy as usize);
-            drop(loaded);
-        }
-    })
+    guard(
+        "http_filter_config_destroy",
+        || (),
+        || {
+            if !config.is_null() {
+                // SAFETY: `config` came from Box::into_raw in config_new and Envoy destroys it once.
+                let loaded = unsafe { Box::from_raw(config as *mut LoadedConfig) };
+                LIVE_CONFIGS.lock().unwrap_or_else(|p| p.into_inner()).retain(|(ce, _)| *ce != loaded.envoy as usize);
+                drop(loaded);
+            }
+        },
+    )
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
-    name: EnvoyBuffer,
-    config: EnvoyBuffer,
-) -> *const c_void {
+pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(name: EnvoyBuffer, config: EnvoyBuffer) -> *const c_void {
     guard("http_filter_per_route_config_new", std::ptr::null, || {
         // SAFETY: both buffers were passed to this hook by Envoy.
         let (name, config) = unsafe { (bytes(name), bytes(config)) };
@@ -159,12 +162,16 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(config: *const c_void) {
-    guard("http_filter_per_route_config_destroy", || (), || {
-        if !config.is_null() {
-            // SAFETY: `config` came from Box::into_raw in per_route_config_new; destroyed once.
-            drop(unsafe { Box::from_raw(config as *mut RouteConfig) });
-        }
-    })
+    guard(
+        "http_filter_per_route_config_destroy",
+        || (),
+        || {
+            if !config.is_null() {
+                // SAFETY: `config` came from Box::into_raw in per_route_config_new; destroyed once.
+                drop(unsafe { Box::from_raw(config as *mut RouteConfig) });
+            }
+        },
+    )
 }
 
 /// thaw's per-stream state behind Envoy's stream pointer (FM).
@@ -186,14 +193,18 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(config: ConfigModulePt
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(fm: FilterModulePtr) {
-    guard("http_filter_destroy", || (), || {
-        if !fm.is_null() {
-            // SAFETY: `fm` came from Box::into_raw in http_filter_new; Envoy destroys it once,
-            // after every other hook of the stream.
-            let state = unsafe { Box::from_raw(fm as *mut StreamState) };
-            state.filter.into_inner().on_destroy();
-        }
-    })
+    guard(
+        "http_filter_destroy",
+        || (),
+        || {
+            if !fm.is_null() {
+                // SAFETY: `fm` came from Box::into_raw in http_filter_new; Envoy destroys it once,
+                // after every other hook of the stream.
+                let state = unsafe { Box::from_raw(fm as *mut StreamState) };
+                state.filter.into_inner().on_destroy();
+            }
+        },
+    )
 }
 
 /// Runs a stream hook with the stream's state and a handle to the Envoy stream. A panic fails
@@ -216,13 +227,17 @@ fn with_stream<R>(
     // `perform` below, which is why `state` is not used after it).
     let state = unsafe { &*(fm as *const StreamState) };
     let mut stream = EnvoyStream::new(fe, cb, state.metrics);
-    let ran = guard(hook, || None, || match state.filter.try_borrow_mut() {
-        Ok(mut filter) => {
-            let result = f(&mut filter, stream);
-            Some(Ok((result, filter.take_deferred())))
-        }
-        Err(_) => Some(Err(())),
-    });
+    let ran = guard(
+        hook,
+        || None,
+        || match state.filter.try_borrow_mut() {
+            Ok(mut filter) => {
+                let result = f(&mut filter, stream);
+                Some(Ok((result, filter.take_deferred())))
+            }
+            Err(_) => Some(Err(())),
+        },
+    );
     match ran {
         Some(Ok((result, deferred))) => {
             guard(hook, || (), || crate::filter::perform(deferred, &mut stream));
@@ -293,7 +308,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(fe: Filte
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(fe: FilterEnvoyPtr, fm: FilterModulePtr, end_of_stream: bool) -> u32 {
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    fe: FilterEnvoyPtr,
+    fm: FilterModulePtr,
+    end_of_stream: bool,
+) -> u32 {
     with_stream("response_headers", fe, fm, STOP, STOP, |f, s| headers_status(f.on_response_headers(s, end_of_stream)))
 }
 
@@ -317,16 +336,20 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(fe: Filter
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(ce: ConfigEnvoyPtr, cm: ConfigModulePtr, event_id: u64) {
-    guard("http_filter_config_scheduled", || (), || {
-        let Some(cb) = callbacks::resolved() else { return };
-        // SAFETY: `cm` is the live pointer config_new returned; Envoy runs this on the main thread,
-        // the only thread that touches `roots`.
-        let config = unsafe { &*(cm as *const LoadedConfig) };
-        if let Some(roots) = &config.roots {
-            let host = || Box::new(ConfigCaller { ce, cb }) as Box<dyn crate::stream::RootHost>;
-            roots.run(event_id, &mut ConfigStats { ce, cb, ids: config.metrics }, &host);
-        }
-    })
+    guard(
+        "http_filter_config_scheduled",
+        || (),
+        || {
+            let Some(cb) = callbacks::resolved() else { return };
+            // SAFETY: `cm` is the live pointer config_new returned; Envoy runs this on the main thread,
+            // the only thread that touches `roots`.
+            let config = unsafe { &*(cm as *const LoadedConfig) };
+            if let Some(roots) = &config.roots {
+                let host = || Box::new(ConfigCaller { ce, cb }) as Box<dyn crate::stream::RootHost>;
+                roots.run(event_id, &mut ConfigStats { ce, cb, ids: config.metrics }, &host);
+            }
+        },
+    )
 }
 
 #[no_mangle]
@@ -340,30 +363,38 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
     body_chunks: *const EnvoyBuffer,
     body_chunks_size: usize,
 ) {
-    guard("http_filter_config_http_callout_done", || (), || {
-        let Some(cb) = callbacks::resolved() else { return };
-        // SAFETY: `cm` is the live pointer config_new returned; this runs on the main thread.
-        let config = unsafe { &*(cm as *const LoadedConfig) };
-        // SAFETY: the arrays Envoy passed to this hook.
-        let response = unsafe { call_response(result, headers, headers_size, body_chunks, body_chunks_size) };
-        if let Some(roots) = &config.roots {
-            let host = || Box::new(ConfigCaller { ce, cb }) as Box<dyn crate::stream::RootHost>;
-            roots.on_http_call_response(callout_id, response, &mut ConfigStats { ce, cb, ids: config.metrics }, &host);
-        }
-    })
+    guard(
+        "http_filter_config_http_callout_done",
+        || (),
+        || {
+            let Some(cb) = callbacks::resolved() else { return };
+            // SAFETY: `cm` is the live pointer config_new returned; this runs on the main thread.
+            let config = unsafe { &*(cm as *const LoadedConfig) };
+            // SAFETY: the arrays Envoy passed to this hook.
+            let response = unsafe { call_response(result, headers, headers_size, body_chunks, body_chunks_size) };
+            if let Some(roots) = &config.roots {
+                let host = || Box::new(ConfigCaller { ce, cb }) as Box<dyn crate::stream::RootHost>;
+                roots.on_http_call_response(callout_id, response, &mut ConfigStats { ce, cb, ids: config.metrics }, &host);
+            }
+        },
+    )
 }
 
 /// A config-level call-stream event (a root instance's gRPC call or stream), main thread.
 fn config_call_stream_event(hook: &'static str, ce: ConfigEnvoyPtr, cm: ConfigModulePtr, stream_id: u64, event: CallStreamEvent) {
-    guard(hook, || (), || {
-        let Some(cb) = callbacks::resolved() else { return };
-        // SAFETY: `cm` is the live pointer config_new returned; this runs on the main thread.
-        let config = unsafe { &*(cm as *const LoadedConfig) };
-        if let Some(roots) = &config.roots {
-            let host = || Box::new(ConfigCaller { ce, cb }) as Box<dyn crate::stream::RootHost>;
-            roots.on_call_stream(stream_id, event, &mut ConfigStats { ce, cb, ids: config.metrics }, &host);
-        }
-    })
+    guard(
+        hook,
+        || (),
+        || {
+            let Some(cb) = callbacks::resolved() else { return };
+            // SAFETY: `cm` is the live pointer config_new returned; this runs on the main thread.
+            let config = unsafe { &*(cm as *const LoadedConfig) };
+            if let Some(roots) = &config.roots {
+                let host = || Box::new(ConfigCaller { ce, cb }) as Box<dyn crate::stream::RootHost>;
+                roots.on_call_stream(stream_id, event, &mut ConfigStats { ce, cb, ids: config.metrics }, &host);
+            }
+        },
+    )
 }
 
 #[no_mangle]
@@ -413,7 +444,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_complet
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_reset(ce: ConfigEnvoyPtr, cm: ConfigModulePtr, stream_id: u64, _reason: u32) {
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_reset(
+    ce: ConfigEnvoyPtr,
+    cm: ConfigModulePtr,
+    stream_id: u64,
+    _reason: u32,
+) {
     config_call_stream_event("http_filter_config_http_stream_reset", ce, cm, stream_id, CallStreamEvent::Reset)
 }
 
@@ -540,7 +576,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(fe: F
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(fe: FilterEnvoyPtr, fm: FilterModulePtr, stream_id: u64, _reason: u32) {
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    fe: FilterEnvoyPtr,
+    fm: FilterModulePtr,
+    stream_id: u64,
+    _reason: u32,
+) {
     call_stream_event("http_stream_reset", fe, fm, stream_id, CallStreamEvent::Reset)
 }
 
@@ -551,7 +592,15 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(fe: Filt
 pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(_fe: FilterEnvoyPtr, _fm: FilterModulePtr, _event_id: u64) {}
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(_fe: FilterEnvoyPtr, _fm: FilterModulePtr) {}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    _fe: FilterEnvoyPtr,
+    _fm: FilterModulePtr,
+) {
+}
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(_fe: FilterEnvoyPtr, _fm: FilterModulePtr) {}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    _fe: FilterEnvoyPtr,
+    _fm: FilterModulePtr,
+) {
+}

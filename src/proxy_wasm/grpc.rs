@@ -65,11 +65,8 @@ pub fn advance(state: &mut CallState, event: CallStreamEvent) -> (Vec<Delivery>,
                 out.push(Delivery::Close(code, message));
             } else {
                 let body = state.pop_message().unwrap_or_default();
-                let response = CallResponse {
-                    headers: std::mem::take(&mut state.headers),
-                    body,
-                    trailers: std::mem::take(&mut state.trailers),
-                };
+                let response =
+                    CallResponse { headers: std::mem::take(&mut state.headers), body, trailers: std::mem::take(&mut state.trailers) };
                 out.push(Delivery::CallDone((code, message), response));
             }
             return (out, true);

@@ -23,7 +23,10 @@ pub enum Effect {
     Close,
     /// `proxy_grpc_call` (a unary call) or `proxy_grpc_stream` (`stream: true`) started Envoy call
     /// stream `id`.
-    GrpcStarted { id: u64, stream: bool },
+    GrpcStarted {
+        id: u64,
+        stream: bool,
+    },
     /// `proxy_grpc_cancel` of Envoy call stream `id`.
     GrpcCancelled(u64),
 }

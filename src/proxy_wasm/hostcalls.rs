@@ -11,10 +11,10 @@ use super::abi::{self, errno, BufferType, MapType, Status};
 use super::header_map;
 use super::host::{CallKind, Effect, HostState};
 use super::memory::{self, HostError, HostResult};
+use super::{properties, shared};
 use crate::log_at;
 use crate::stream::{Direction, HeaderKind, LocalReply, LogLevel};
 use crate::telemetry::Metric;
-use super::{properties, shared};
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -89,7 +89,8 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         c.data_mut().tick_period_ms = period as u32 as u64;
         Ok(Status::Ok as i32)
     })?;
-    linker.func_wrap(env, "proxy_define_metric", |c: C, t: i32, np: i32, nl: i32, out: i32| status(proxy_define_metric(c, t, np, nl, out)))?;
+    linker
+        .func_wrap(env, "proxy_define_metric", |c: C, t: i32, np: i32, nl: i32, out: i32| status(proxy_define_metric(c, t, np, nl, out)))?;
     linker.func_wrap(env, "proxy_increment_metric", |c: C, id: i32, delta: i64| status(guest_metric(c, id, MetricOp::Increment(delta))))?;
     linker.func_wrap(env, "proxy_record_metric", |c: C, id: i32, value: i64| status(guest_metric(c, id, MetricOp::Record(value))))?;
     linker.func_wrap(env, "proxy_get_metric", |c: C, id: i32, out: i32| status(guest_metric(c, id, MetricOp::Get(out))))?;
@@ -107,7 +108,9 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(env, "pthread_equal", |_: C, a: i32, b: i32| Ok((a == b) as i32))?;
     linker.func_wrap(env, "emscripten_notify_memory_growth", |_: C, _memory: i32| Ok(()))?;
     // ABI 0.1.0 only (Envoy's host links them for 0.1.0 guests).
-    linker.func_wrap(env, "proxy_get_configuration", |c: C, ptr_out: i32, len_out: i32| status(proxy_get_configuration(c, ptr_out, len_out)))?;
+    linker.func_wrap(env, "proxy_get_configuration", |c: C, ptr_out: i32, len_out: i32| {
+        status(proxy_get_configuration(c, ptr_out, len_out))
+    })?;
     linker.func_wrap(env, "proxy_continue_request", |c: C| status(stream_effect(c, 0, false)))?;
     linker.func_wrap(env, "proxy_continue_response", |c: C| status(stream_effect(c, 1, false)))?;
     linker.func_wrap(env, "proxy_clear_route_cache", |_: C| Ok(Status::Ok as i32))?;
@@ -125,27 +128,37 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             status(proxy_grpc_call(c, [up, ul, sp, sl, mp, ml, hp, hl, bp, bl], timeout, out))
         },
     )?;
-    linker.func_wrap(env, "proxy_grpc_stream", |c: C, up: i32, ul: i32, sp: i32, sl: i32, mp: i32, ml: i32, hp: i32, hl: i32, out: i32| {
-        status(proxy_grpc_stream(c, [up, ul, sp, sl, mp, ml, hp, hl], out))
-    })?;
-    linker.func_wrap(env, "proxy_grpc_send", |c: C, token: i32, mp: i32, ml: i32, end: i32| status(proxy_grpc_send(c, token, mp, ml, end)))?;
+    linker.func_wrap(
+        env,
+        "proxy_grpc_stream",
+        |c: C, up: i32, ul: i32, sp: i32, sl: i32, mp: i32, ml: i32, hp: i32, hl: i32, out: i32| {
+            status(proxy_grpc_stream(c, [up, ul, sp, sl, mp, ml, hp, hl], out))
+        },
+    )?;
+    linker
+        .func_wrap(env, "proxy_grpc_send", |c: C, token: i32, mp: i32, ml: i32, end: i32| status(proxy_grpc_send(c, token, mp, ml, end)))?;
     linker.func_wrap(env, "proxy_grpc_close", |c: C, token: i32| status(proxy_grpc_close(c, token)))?;
     linker.func_wrap(env, "proxy_grpc_cancel", |c: C, token: i32| status(proxy_grpc_cancel(c, token)))?;
     linker.func_wrap(env, "proxy_get_property", |c: C, pp: i32, pl: i32, ptr_out: i32, len_out: i32| {
         status(proxy_get_property(c, pp, pl, ptr_out, len_out))
     })?;
-    linker.func_wrap(env, "proxy_set_property", |c: C, pp: i32, pl: i32, vp: i32, vl: i32| status(proxy_set_property(c, pp, pl, vp, vl)))?;
+    linker
+        .func_wrap(env, "proxy_set_property", |c: C, pp: i32, pl: i32, vp: i32, vl: i32| status(proxy_set_property(c, pp, pl, vp, vl)))?;
     linker.func_wrap(env, "proxy_get_shared_data", |c: C, kp: i32, kl: i32, ptr_out: i32, len_out: i32, cas_out: i32| {
         status(proxy_get_shared_data(c, kp, kl, ptr_out, len_out, cas_out))
     })?;
     linker.func_wrap(env, "proxy_set_shared_data", |c: C, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32| {
         status(proxy_set_shared_data(c, kp, kl, vp, vl, cas))
     })?;
-    linker.func_wrap(env, "proxy_register_shared_queue", |c: C, np: i32, nl: i32, out: i32| status(proxy_register_shared_queue(c, np, nl, out)))?;
+    linker.func_wrap(env, "proxy_register_shared_queue", |c: C, np: i32, nl: i32, out: i32| {
+        status(proxy_register_shared_queue(c, np, nl, out))
+    })?;
     linker.func_wrap(env, "proxy_resolve_shared_queue", |c: C, vp: i32, vl: i32, np: i32, nl: i32, out: i32| {
         status(proxy_resolve_shared_queue(c, vp, vl, np, nl, out))
     })?;
-    linker.func_wrap(env, "proxy_enqueue_shared_queue", |c: C, id: i32, vp: i32, vl: i32| status(proxy_enqueue_shared_queue(c, id, vp, vl)))?;
+    linker.func_wrap(env, "proxy_enqueue_shared_queue", |c: C, id: i32, vp: i32, vl: i32| {
+        status(proxy_enqueue_shared_queue(c, id, vp, vl))
+    })?;
     linker.func_wrap(env, "proxy_dequeue_shared_queue", |c: C, id: i32, ptr_out: i32, len_out: i32| {
         status(proxy_dequeue_shared_queue(c, id, ptr_out, len_out))
     })?;
@@ -169,7 +182,8 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         linker.func_wrap(w, "fd_fdstat_get", |c: C, fd: i32, out: i32| fd_fdstat_get(c, fd, out))?;
         linker.func_wrap(w, "fd_prestat_get", |_: C, _: i32, _: i32| Ok(errno::BADF))?;
         linker.func_wrap(w, "fd_prestat_dir_name", |_: C, _: i32, _: i32, _: i32| Ok(errno::NOSYS))?;
-        linker.func_wrap(w, "path_open", |_: C, _: i32, _: i32, _: i32, _: i32, _: i32, _: i64, _: i64, _: i32, _: i32| Ok(errno::NOENT))?;
+        linker
+            .func_wrap(w, "path_open", |_: C, _: i32, _: i32, _: i32, _: i32, _: i32, _: i64, _: i64, _: i32, _: i32| Ok(errno::NOENT))?;
         linker.func_wrap(w, "clock_time_get", |c: C, id: i32, _precision: i64, out: i32| clock_time_get(c, id, out))?;
         linker.func_wrap(w, "random_get", |c: C, ptr: i32, len: i32| wasi(random_get(c, ptr, len)))?;
         linker.func_wrap(w, "environ_sizes_get", |c: C, count: i32, size: i32| wasi(zero_sizes(c, count, size)))?;
@@ -411,7 +425,14 @@ fn proxy_grpc_call(mut c: C, args: [i32; 10], timeout: i32, token_out: i32) -> H
 }
 
 /// Starts a call stream through the request's stream, or a root context's config callouts.
-fn start_call_stream(c: &mut C, cluster: &[u8], headers: &[crate::stream::HeaderPair], body: &[u8], end_stream: bool, timeout: u64) -> HostResult<u64> {
+fn start_call_stream(
+    c: &mut C,
+    cluster: &[u8],
+    headers: &[crate::stream::HeaderPair],
+    body: &[u8],
+    end_stream: bool,
+    timeout: u64,
+) -> HostResult<u64> {
     let state = c.data_mut();
     let started = match (state.stream.as_mut(), state.root_host.as_mut()) {
         (Some(stream), _) => stream.start_call_stream(cluster, headers, body, end_stream, timeout),
@@ -698,7 +719,12 @@ fn proxy_get_header_map_value(mut c: C, map: i32, kp: i32, kl: i32, ptr_out: i32
             let kind = http_map_now(&c, map)?;
             c.data().stream.as_ref().and_then(|s| s.header_values(kind, &key)).ok_or(Status::BadArgument)?
         }
-        _ => map_pairs(&c, map).ok_or(Status::BadArgument)?.into_iter().filter(|(k, _)| k.eq_ignore_ascii_case(&key)).map(|(_, v)| v).collect(),
+        _ => map_pairs(&c, map)
+            .ok_or(Status::BadArgument)?
+            .into_iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(&key))
+            .map(|(_, v)| v)
+            .collect(),
     };
     if values.is_empty() {
         // ABI 0.1.0 guests read a missing header as an empty value (Envoy's host).
@@ -939,15 +965,17 @@ fn proxy_http_call(mut c: C, args: [i32; 8], timeout: i32, token_out: i32) -> Ho
                     *count += 1;
                     Ok(REPLAY_ID_BASE + *count as u64)
                 }
-                InitCalls::Replay(replay) => match replay.make(&CallRequest { cluster: cluster.clone(), headers: headers.clone(), body: body.clone() }) {
-                    Some(id) => Ok(id),
-                    // The instance would start in another state than the tenant's root instance:
-                    // it must not serve (it fails; the request is answered per `on_error`).
-                    None => {
-                        let why = format!("tenant `{}`: an HTTP call during init differs from the recorded ones", state.tenant);
-                        return Err(HostError::Trap(wasmtime::Error::msg(why)));
+                InitCalls::Replay(replay) => {
+                    match replay.make(&CallRequest { cluster: cluster.clone(), headers: headers.clone(), body: body.clone() }) {
+                        Some(id) => Ok(id),
+                        // The instance would start in another state than the tenant's root instance:
+                        // it must not serve (it fails; the request is answered per `on_error`).
+                        None => {
+                            let why = format!("tenant `{}`: an HTTP call during init differs from the recorded ones", state.tenant);
+                            return Err(HostError::Trap(wasmtime::Error::msg(why)));
+                        }
                     }
-                },
+                }
                 InitCalls::Refused => return Err(Status::InternalFailure.into()),
             }
         }

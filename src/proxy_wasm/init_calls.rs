@@ -98,11 +98,13 @@ mod tests {
 
     #[test]
     fn a_replay_answers_only_the_recorded_calls_in_order() {
-        let call = |path: &str| CallRequest { cluster: b"rules".to_vec(), headers: vec![(b":path".to_vec(), path.as_bytes().to_vec())], body: vec![] };
-        let transcript = Arc::new(Transcript {
-            calls: vec![(call("/a"), None), (call("/b"), Some(CallResponse::default()))],
-            arrival: vec![1, 0],
-        });
+        let call = |path: &str| CallRequest {
+            cluster: b"rules".to_vec(),
+            headers: vec![(b":path".to_vec(), path.as_bytes().to_vec())],
+            body: vec![],
+        };
+        let transcript =
+            Arc::new(Transcript { calls: vec![(call("/a"), None), (call("/b"), Some(CallResponse::default()))], arrival: vec![1, 0] });
         let mut replay = Replay::new(transcript);
         assert_eq!(replay.make(&call("/b")), None, "out of order");
         assert_eq!(replay.make(&call("/a")), Some(REPLAY_ID_BASE));

@@ -106,7 +106,8 @@ impl Linked {
         hostcalls::add_to_linker(&mut linker).map_err(|e| format!("host functions: {e:#}"))?;
         hostcalls::add_stubs_for_unknown_imports(&mut linker, module)?;
         if let Some(init) = snapshot_allowlist {
-            hostcalls::forbid_outside_snapshot_allowlist(&mut linker, module, init == SnapshotInit::ReplayingCalls).map_err(|e| format!("{e:#}"))?;
+            hostcalls::forbid_outside_snapshot_allowlist(&mut linker, module, init == SnapshotInit::ReplayingCalls)
+                .map_err(|e| format!("{e:#}"))?;
         }
         let pre = linker.instantiate_pre(module).map_err(|e| format!("cannot link the module: {e:#}"))?;
         Ok(Linked { pre, initial_memory_bytes, abi, shape })
@@ -191,7 +192,13 @@ impl Plugin {
     }
 
     /// A plugin whose module is a post-init snapshot: instances skip init and get `host` restored.
-    pub fn resumed(engine: &Engine, tenant: &TenantConfig, module: Module, digest: ArtifactDigest, host: HostSnapshot) -> Result<Plugin, String> {
+    pub fn resumed(
+        engine: &Engine,
+        tenant: &TenantConfig,
+        module: Module,
+        digest: ArtifactDigest,
+        host: HostSnapshot,
+    ) -> Result<Plugin, String> {
         Plugin::build(engine, tenant, module, digest, Some(host), None)
     }
 
@@ -228,7 +235,13 @@ impl Plugin {
     }
 
     /// A tenant's plugin from an already linked module (tenants sharing an artifact share it).
-    pub fn from_linked(engine: &Engine, tenant: &TenantConfig, linked: &Linked, digest: ArtifactDigest, resume: Option<HostSnapshot>) -> Plugin {
+    pub fn from_linked(
+        engine: &Engine,
+        tenant: &TenantConfig,
+        linked: &Linked,
+        digest: ArtifactDigest,
+        resume: Option<HostSnapshot>,
+    ) -> Plugin {
         static NEXT_UID: AtomicU64 = AtomicU64::new(1);
         let tick_ms = EPOCH_TICK.as_millis().max(1) as u64;
         Plugin {
@@ -262,7 +275,12 @@ impl Plugin {
                 Some(transcript) => InitCalls::Replay(Replay::new(Arc::clone(transcript))),
                 None => {
                     let reason = "its init's HTTP calls are not answered yet".to_string();
-                    return Err(GuestError::Failed { tenant: self.tenant.clone(), hook: "instantiate", kind: FailureKind::Refused, reason });
+                    return Err(GuestError::Failed {
+                        tenant: self.tenant.clone(),
+                        hook: "instantiate",
+                        kind: FailureKind::Refused,
+                        reason,
+                    });
                 }
             },
         };
@@ -286,7 +304,11 @@ impl Plugin {
         self.instantiate_with(super::init_calls::InitCalls::Refused, Some(host))
     }
 
-    fn instantiate_with(&self, init_calls: super::init_calls::InitCalls, root_host: Option<Box<dyn crate::stream::RootHost>>) -> Result<GuestInstance, GuestError> {
+    fn instantiate_with(
+        &self,
+        init_calls: super::init_calls::InitCalls,
+        root_host: Option<Box<dyn crate::stream::RootHost>>,
+    ) -> Result<GuestInstance, GuestError> {
         let cap = (self.policy.memory_limit_mb as usize) << 20;
         let mut state = HostState::new(self.tenant.clone(), self.plugin_config.clone(), self.vm_config.clone(), cap);
         state.root_id = self.root_id.clone();
@@ -302,11 +324,8 @@ impl Plugin {
             Err(e) => {
                 let kind = classify(&e, &store.data().limits);
                 // Not a trap and not a cap: the memory budget or the instance slots ran out.
-                let kind = if kind == FailureKind::Trap && e.downcast_ref::<wasmtime::Trap>().is_none() {
-                    FailureKind::Refused
-                } else {
-                    kind
-                };
+                let kind =
+                    if kind == FailureKind::Trap && e.downcast_ref::<wasmtime::Trap>().is_none() { FailureKind::Refused } else { kind };
                 return Err(GuestError::Failed { tenant: self.tenant.clone(), hook: "instantiate", kind, reason: format!("{e:#}") });
             }
         };
@@ -601,11 +620,10 @@ impl GuestInstance {
         self.store.set_epoch_deadline(self.deadline_ticks);
         // A panic in host code during the call (a thaw bug) unwinds through the guest's frames:
         // the instance may be cut off mid-call, so it is failed, never reused.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&self.exports, &mut self.store)))
-            .unwrap_or_else(|panic| {
-                let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
-                Err(wasmtime::Error::msg(format!("host panic during the call: {}", what.unwrap_or_default())))
-            });
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&self.exports, &mut self.store))).unwrap_or_else(|panic| {
+            let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+            Err(wasmtime::Error::msg(format!("host panic during the call: {}", what.unwrap_or_default())))
+        });
         self.store.data_mut().stream = None;
         self.store.data_mut().phase = Phase::Other;
         result.map_err(|e| {
@@ -684,7 +702,11 @@ impl GuestInstance {
 
     /// Captures this instance's post-init memories and globals into a new module with `wizer`.
     /// Refused for an instance that has served any request: a snapshot never holds request data.
-    pub fn snapshot(mut self, wizer: &wasmtime_wizer::Wizer, cx: wasmtime_wizer::ModuleContext<'_>) -> Result<(Vec<u8>, HostSnapshot), String> {
+    pub fn snapshot(
+        mut self,
+        wizer: &wasmtime_wizer::Wizer,
+        cx: wasmtime_wizer::ModuleContext<'_>,
+    ) -> Result<(Vec<u8>, HostSnapshot), String> {
         if self.requests > 0 {
             return Err(format!("this instance has served {} requests; snapshots are taken only before any request", self.requests));
         }
@@ -860,7 +882,13 @@ impl GuestInstance {
     }
 
     /// `proxy_on_request_headers` (kept for callers that drive only headers).
-    pub fn on_request_headers(&mut self, stream: Box<dyn HttpStream>, context: u32, num_headers: usize, end_of_stream: bool) -> Result<Action, GuestError> {
+    pub fn on_request_headers(
+        &mut self,
+        stream: Box<dyn HttpStream>,
+        context: u32,
+        num_headers: usize,
+        end_of_stream: bool,
+    ) -> Result<Action, GuestError> {
         self.on_http(HttpCallback::RequestHeaders, stream, context, num_headers, end_of_stream)
     }
 

@@ -7,13 +7,13 @@
 //! [`properties`], process-wide shared data and queues in [`shared`].
 
 pub mod abi;
+pub mod grpc;
 pub mod header_map;
 pub mod host;
 pub mod hostcalls;
 pub mod init_calls;
 pub mod instance;
 pub mod memory;
-pub mod grpc;
 pub mod properties;
 pub mod shared;
 

@@ -189,7 +189,11 @@ mod tests {
         let path = b"metadata\0filter_metadata\0envoy.filters.http.lua\0user\0";
         assert_eq!(
             structured(&segments(path)),
-            Some(Source::Metadata { source: MetadataSource::Dynamic, namespace: b"envoy.filters.http.lua".to_vec(), key: b"user".to_vec() })
+            Some(Source::Metadata {
+                source: MetadataSource::Dynamic,
+                namespace: b"envoy.filters.http.lua".to_vec(),
+                key: b"user".to_vec()
+            })
         );
         let route = segments(b"xds\0route_metadata\0filter_metadata\0ns\0k");
         assert!(matches!(structured(&route), Some(Source::Metadata { source: MetadataSource::Route, .. })));

@@ -76,6 +76,10 @@ impl CryptoProvider for RustCrypto {
     }
 
     fn verify_prehashed(&self, scheme: SigningScheme, key: &[u8], digest: &[u8], signature: &[u8]) -> Result<()> {
+        // sigstore-crypto checks this too; p256/p384 would silently truncate a longer input.
+        if scheme.hash_algorithm().map(|h| h.digest_size()) != Some(digest.len()) {
+            return Err(invalid(scheme));
+        }
         match scheme {
             SigningScheme::EcdsaP256Sha256 | SigningScheme::EcdsaP256Sha384 => {
                 let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(key).map_err(|_| invalid(scheme))?;

@@ -238,16 +238,15 @@ impl Trust {
         for (i, k) in settings.keys.iter().enumerate() {
             let field = format!("{}[{i}].key", settings.keys_field);
             let key = TrustedKey::load(&k.path).map_err(|e| format!("invalid filter_config field `{field}`: {e}"))?;
-            let pem = std::fs::read_to_string(&k.path).map_err(|e| format!("invalid filter_config field `{field}`: {e}"))?;
-            let der = DerPublicKey::from_pem(pem.trim()).map_err(|e| format!("invalid filter_config field `{field}`: {e}"))?;
+            let der = DerPublicKey::new(key.spki_der());
             let hint = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(der.as_bytes()));
             keys.push(WindowedKey { key, der, hint, not_before: k.not_before, not_after: k.not_after });
         }
         let (root, has_root) = match &settings.trusted_root {
             Some(path) => {
                 let text = read_bounded(path).map_err(|e| format!("invalid filter_config field `trust.trusted_root`: {e}"))?;
-                let text = String::from_utf8(text)
-                    .map_err(|_| "invalid filter_config field `trust.trusted_root`: not UTF-8 JSON".to_string())?;
+                let text =
+                    String::from_utf8(text).map_err(|_| "invalid filter_config field `trust.trusted_root`: not UTF-8 JSON".to_string())?;
                 let root = sigstore_trust_root::TrustedRoot::from_json(&text)
                     .map_err(|e| format!("invalid filter_config field `trust.trusted_root`: {}: {e}", path.display()))?;
                 (root, true)
@@ -288,6 +287,10 @@ impl Trust {
     /// seal binds it to a source whose provenance was checked).
     pub fn verify_signature(&self, bytes: &[u8], signature: &SignatureFile) -> Result<Verified, Refusal> {
         match signature {
+            SignatureFile::Detached(path) if self.require_tlog => Err(Refusal::new(
+                Reason::Signature,
+                format!("{} is a detached signature: it carries no log entry, and trust.require_transparency_log is set", path.display()),
+            )),
             SignatureFile::Detached(path) => self.verify_detached(bytes, path),
             SignatureFile::Bundle(path) => {
                 let bundle = read_bundle(path)?;
@@ -309,8 +312,9 @@ impl Trust {
         let SignatureContent::DsseEnvelope(envelope) = &bundle.content else {
             return Err(Refusal::new(Reason::Provenance, format!("{} is not an attestation (no DSSE envelope)", path.display())));
         };
-        // The statement is checked first, so that an attestation about another file says so
-        // rather than failing as a bad signature.
+        // The signature first (under the same trust; sigstore-verify also binds the subject),
+        // then what the statement says.
+        self.verify_bundle(bytes, &bundle, path)?;
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         let statement = provenance::Statement::parse(&envelope.payload_type, envelope.payload.as_bytes())
             .map_err(|e| Refusal::new(Reason::Provenance, format!("{}: {e}", path.display())))?;
@@ -320,7 +324,6 @@ impl Trust {
                 format!("{}: the attestation's subjects do not include this artifact's sha256 {}", path.display(), hex(&digest)),
             ));
         }
-        self.verify_bundle(bytes, &bundle, path)?;
         let builder = statement.slsa_v1_builder().map_err(|e| Refusal::new(Reason::Provenance, format!("{}: {e}", path.display())))?;
         if !builders.iter().any(|b| b == builder) {
             return Err(Refusal::new(
@@ -333,10 +336,12 @@ impl Trust {
 
     fn verify_detached(&self, bytes: &[u8], path: &Path) -> Result<Verified, Refusal> {
         let sig = signature::read_signature(path).map_err(|e| {
-            let reason = if matches!(e, signature::SignatureError::SignatureUnreadable { .. }) { Reason::Unreadable } else { Reason::Signature };
+            let reason =
+                if matches!(e, signature::SignatureError::SignatureUnreadable { .. }) { Reason::Unreadable } else { Reason::Signature };
             Refusal::new(reason, e.to_string())
         })?;
-        let signers: Vec<&WindowedKey> = self.keys.iter().filter(|k| signature::verify(std::slice::from_ref(&k.key), bytes, &sig, path).is_ok()).collect();
+        let signers: Vec<&WindowedKey> =
+            self.keys.iter().filter(|k| signature::verify(std::slice::from_ref(&k.key), bytes, &sig, path).is_ok()).collect();
         if signers.is_empty() {
             return Err(Refusal::new(Reason::Signature, signature::SignatureError::NotTrusted { path: path.into() }.to_string()));
         }
@@ -370,6 +375,12 @@ impl Trust {
                 format!("{} has no transparency-log entry, and trust.require_transparency_log is set", path.display()),
             ));
         }
+        if self.require_tlog && bundle.verification_material.tlog_entries.iter().any(|e| e.inclusion_proof.is_none()) {
+            return Err(Refusal::new(
+                Reason::Signature,
+                format!("{} has a log entry without an inclusion proof, and trust.require_transparency_log is set", path.display()),
+            ));
+        }
         if logged && !self.has_root {
             return Err(Refusal::new(
                 Reason::Signature,
@@ -387,7 +398,10 @@ impl Trust {
         match &bundle.verification_material.content {
             VerificationMaterialContent::PublicKey(_) => {
                 if self.keys.is_empty() {
-                    return Err(Refusal::new(Reason::Signature, format!("{} is signed with a key, and no trust.keys are configured", path.display())));
+                    return Err(Refusal::new(
+                        Reason::Signature,
+                        format!("{} is signed with a key, and no trust.keys are configured", path.display()),
+                    ));
                 }
                 if !logged && !timestamped {
                     return self.verify_untimed_key_bundle(bytes, bundle, path);
@@ -414,19 +428,26 @@ impl Trust {
                     let e = first_error.expect("keys is not empty");
                     // Any key's failure other than "wrong key" is the bundle's, and says more.
                     return Err(match at(e) {
-                        r if r.reason == Reason::Signature => Refusal::new(
-                            Reason::Signature,
-                            format!("{}: no trusted key verifies it ({})", path.display(), r.message),
-                        ),
+                        r if r.reason == Reason::Signature => {
+                            Refusal::new(Reason::Signature, format!("{}: no trusted key verifies it ({})", path.display(), r.message))
+                        }
                         r => r,
                     });
                 }
                 let k = self.first_in_window(&signers, &times)?;
-                Ok(Verified { signer: Signer::Key { path: k.key.path.clone(), hint: k.hint.clone() }, verified_times: times, logged, builder: None })
+                Ok(Verified {
+                    signer: Signer::Key { path: k.key.path.clone(), hint: k.hint.clone() },
+                    verified_times: times,
+                    logged,
+                    builder: None,
+                })
             }
             _ => {
                 if self.identities.is_empty() {
-                    return Err(Refusal::new(Reason::Identity, format!("{} is signed keyless (a certificate), and no trust.identities are configured", path.display())));
+                    return Err(Refusal::new(
+                        Reason::Identity,
+                        format!("{} is signed keyless (a certificate), and no trust.identities are configured", path.display()),
+                    ));
                 }
                 if !logged && !timestamped {
                     return Err(Refusal::new(
@@ -446,7 +467,12 @@ impl Trust {
                 }
                 let result = self.verifier.verify(bytes, bundle, &policy).map_err(at)?;
                 let signer = self.allowed_identity(&result, path)?;
-                Ok(Verified { signer, verified_times: result.verified_timestamps().to_vec(), logged: result.tlog_verified() && logged, builder: None })
+                Ok(Verified {
+                    signer,
+                    verified_times: result.verified_timestamps().to_vec(),
+                    logged: result.tlog_verified() && logged,
+                    builder: None,
+                })
             }
         }
     }
@@ -464,7 +490,10 @@ impl Trust {
                         return Err(malformed("message digest is not SHA2_256"));
                     }
                     if d.digest.as_bytes() != Sha256::digest(bytes).as_slice() {
-                        return Err(Refusal::new(Reason::Digest, format!("{}: the bundle's message digest is not this artifact's", path.display())));
+                        return Err(Refusal::new(
+                            Reason::Digest,
+                            format!("{}: the bundle's message digest is not this artifact's", path.display()),
+                        ));
                     }
                 }
                 (bytes.into(), m.signature.as_bytes())
@@ -483,7 +512,12 @@ impl Trust {
             ));
         }
         let k = self.first_in_window(&signers, &[])?;
-        Ok(Verified { signer: Signer::Key { path: k.key.path.clone(), hint: k.hint.clone() }, verified_times: Vec::new(), logged: false, builder: None })
+        Ok(Verified {
+            signer: Signer::Key { path: k.key.path.clone(), hint: k.hint.clone() },
+            verified_times: Vec::new(),
+            logged: false,
+            builder: None,
+        })
     }
 
     /// The certificate's identity, if a configured rule allows it.
@@ -491,8 +525,10 @@ impl Trust {
         if !result.certificate_verified() {
             return Err(Refusal::new(Reason::Identity, format!("{}: the certificate chain was not verified", path.display())));
         }
-        let subject = result.identity().map(|s| s.as_str().to_string()).unwrap_or_default();
-        let issuer = result.issuer().unwrap_or_default().to_string();
+        let (Some(subject), Some(issuer)) = (result.identity(), result.issuer()) else {
+            return Err(Refusal::new(Reason::Identity, format!("{}: the certificate names no identity (SAN) or no issuer", path.display())));
+        };
+        let (subject, issuer) = (subject.as_str().to_string(), issuer.to_string());
         let allowed = self.identities.iter().any(|rule| {
             rule.issuer == issuer
                 && match &rule.subject {
@@ -600,7 +636,7 @@ mod tests {
         let s = signer();
         let k = WindowedKey {
             key: TrustedKey::load(&s.public).unwrap(),
-            der: DerPublicKey::from_pem(&s.key.public_key_pem()).unwrap(),
+            der: DerPublicKey::new(s.key.public_key_der()),
             hint: String::new(),
             not_before: Some(t("2027-01-01T00:00:00Z")),
             not_after: Some(t("2027-02-01T00:00:00Z")),
