@@ -3,6 +3,7 @@
 //! call through the host, per guest artifact. Prints a markdown table of medians with their
 //! spread (p10-p90) over repeated samples. Run: `cargo bench --bench micro` (guests in
 //! build/guests or $THAW_GUESTS).
+#![deny(unsafe_code)]
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -104,7 +105,7 @@ fn main() {
         let trust = Trust::load(&thaw::config::TrustSettings::keys(vec![public.clone()])).unwrap();
         let artifact = VerifiedArtifact::read(&path, &Evidence::detached(&sig_path), &trust).unwrap();
         let deserialize = measure(30, 10, || {
-            artifact.load(runtime, false).unwrap();
+            thaw::native::load_artifact(runtime, &artifact, false).unwrap();
         });
         let tenant = TenantConfig {
             id: TenantId::try_from(guest).unwrap(),
@@ -116,13 +117,12 @@ fn main() {
             instances: InstancePolicy { call_deadline_ms: 10_000, ..InstancePolicy::DEFAULT },
             snapshot_source: None,
         };
-        let (module, _) = artifact.load(runtime, false).unwrap();
+        let (module, _) = thaw::native::load_artifact(runtime, &artifact, false).unwrap();
         let plugin = Plugin::new(runtime, &tenant, module, ArtifactDigest::of(&cwasm)).unwrap();
         let fresh = measure(30, 5, || drop(plugin.instantiate().unwrap()));
-        let (snap_cwasm, host) = thaw::snapshot::create(runtime, &tenant, &wasm, ArtifactDigest::of(&wasm), None).unwrap();
-        // SAFETY: bytes this process compiled just now (the benchmark's own snapshot).
-        let snap_module = unsafe { wasmtime::Module::deserialize(runtime, &snap_cwasm) }.unwrap();
-        let resumed = Plugin::resumed(runtime, &tenant, snap_module, ArtifactDigest::of(&wasm), host).unwrap();
+        let snapshot = thaw::snapshot::create(runtime, &tenant, &wasm, ArtifactDigest::of(&wasm), None).unwrap();
+        let snap_module = thaw::native::load_created(runtime, &snapshot).unwrap();
+        let resumed = Plugin::resumed(runtime, &tenant, snap_module, ArtifactDigest::of(&wasm), snapshot.host().clone()).unwrap();
         let resume = measure(30, 50, || drop(resumed.instantiate().unwrap()));
         if let Some(n) = only_per_request {
             // One loop of `n` per_request requests on the resumed plugin, nothing else: for

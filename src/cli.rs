@@ -214,7 +214,7 @@ fn run(command: Command) -> Result<()> {
             // never loaded unverified (it came from `thaw compile`, which checks; loading refuses
             // a module without an ABI version too).
             if artifact::classify(&bytes).ok() == Some(ArtifactKind::Wasm) {
-                artifact::declared_abi(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                crate::proxy_wasm::abi::declared_abi(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             }
             let (output, written) = match (output, bundle) {
                 (_, Some(b)) => (b, crate::trust::key_bundle(&key, &bytes)),
@@ -262,7 +262,7 @@ fn run(command: Command) -> Result<()> {
             let key = crate::snapshot::SealKey::load(&seal_key).map_err(anyhow::Error::msg)?;
             // The compile engine has the runtime's compatibility settings (see engine.rs).
             let engine = engine::compile_engine(Target::host())?;
-            let (cwasm, host) = crate::snapshot::create(&engine, &tenant, &wasm, digest, None).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let created = crate::snapshot::create(&engine, &tenant, &wasm, digest, None).map_err(|e| anyhow::anyhow!("{e:?}"))?;
             let binding = crate::snapshot::Binding::new(
                 &tenant.id,
                 digest,
@@ -270,7 +270,7 @@ fn run(command: Command) -> Result<()> {
                 &tenant.vm_config,
                 &engine::engine_fingerprint(&engine)?,
             );
-            let sealed = crate::snapshot::seal(&key, &binding, &host, &cwasm, encrypt);
+            let sealed = crate::snapshot::seal(&key, &binding, &created, encrypt);
             let signing_key = signing_key.map(|k| PrivateKey::load(&k)).transpose()?;
             let path = crate::snapshot::store(&snapshot_dir, &tenant.id, &sealed).map_err(anyhow::Error::msg)?;
             eprintln!("snapshot of {} for tenant `{}` -> {} ({} bytes)", input.display(), tenant.id, path.display(), sealed.len());
@@ -306,7 +306,7 @@ fn compile(input: &Path, output: &Path, target: Option<&str>) -> Result<()> {
     if artifact::classify(&wasm).ok() != Some(ArtifactKind::Wasm) {
         bail!("{} is not a Wasm binary module", input.display());
     }
-    artifact::declared_abi(&wasm).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+    crate::proxy_wasm::abi::declared_abi(&wasm).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
     let engine = engine::compile_engine(target)?;
     let cwasm = engine.precompile_module(&wasm).with_context(|| format!("compiling {}", input.display()))?;
     write_atomically(output, &cwasm)?;
@@ -351,7 +351,7 @@ fn inspect(file: &Path, evidence: &EvidenceArgs, trust: &TrustArgs) -> Result<()
                 if compatible { "yes".to_string() } else { format!("no ({})", incompatibility(facts, host)) }
             );
             match (&verified, compatible) {
-                (Some(v), true) => Some(v.load(&engine, false)?.0),
+                (Some(v), true) => Some(crate::native::load_artifact(&engine, v, false)?.0),
                 (None, _) => {
                     println!("imports/exports: not shown: precompiled code is loaded only after its signature verifies");
                     None
@@ -373,7 +373,7 @@ fn inspect(file: &Path, evidence: &EvidenceArgs, trust: &TrustArgs) -> Result<()
     Ok(())
 }
 
-fn incompatibility(facts: &artifact::CwasmFacts, host: Target) -> String {
+fn incompatibility(facts: &engine::CwasmFacts, host: Target) -> String {
     if Target::from_triple(&facts.target_triple) != Some(host) {
         format!("built for {}", facts.target_triple)
     } else if facts.wasmtime_version != engine::WASMTIME_MAJOR {

@@ -335,7 +335,10 @@ fn signed(
     };
     if trust.require_transparency_log {
         if let SignatureFile::Detached(_) = signature {
-            return Err(err(format!("{field}.bundle"), "required by `trust.require_transparency_log` (a detached signature carries no log entry)"));
+            return Err(err(
+                format!("{field}.bundle"),
+                "required by `trust.require_transparency_log` (a detached signature carries no log entry)",
+            ));
         }
     }
     match (&attestation, &trust.provenance) {
@@ -392,7 +395,10 @@ fn trust_settings(trusted_keys: Option<Vec<PathBuf>>, trust: Option<RawTrust>) -
                     (None, Some(r)) => {
                         let re = regex::Regex::new(&r).map_err(|e| err(f("subject_regex"), format!("not a regular expression: {e}")))?;
                         if re.is_match("") {
-                            return Err(err(f("subject_regex"), format!("`{r}` matches an empty subject: it would allow any signer of the issuer")));
+                            return Err(err(
+                                f("subject_regex"),
+                                format!("`{r}` matches an empty subject: it would allow any signer of the issuer"),
+                            ));
                         }
                         SubjectMatch::Regex(re)
                     }
@@ -693,9 +699,17 @@ mod tests {
                 "regular",
             ),
             (with_trust(r#"{"trusted_root":"/r","identities":[{"issuer":"i"}]}"#), "trust.identities[0]", "exactly one"),
-            (with_trust(r#"{"trusted_root":"/r","identities":[{"issuer":"i","subject_regex":".*"}]}"#), "trust.identities[0].subject_regex", "empty"),
+            (
+                with_trust(r#"{"trusted_root":"/r","identities":[{"issuer":"i","subject_regex":".*"}]}"#),
+                "trust.identities[0].subject_regex",
+                "empty",
+            ),
             (with_trust(r#"{"trusted_root":"/r","identities":[{"issuer":"i","subject":""}]}"#), "trust.identities[0].subject", "empty"),
-            (with_trust(r#"{"trusted_root":"/r","keys":[{"key":"/a"}],"require_transparency_log":true}"#), "tenants.acme.bundle", "log entry"),
+            (
+                with_trust(r#"{"trusted_root":"/r","keys":[{"key":"/a"}],"require_transparency_log":true}"#),
+                "tenants.acme.bundle",
+                "log entry",
+            ),
             (with_trust(r#"{"trusted_root":"/r"}"#), "trust", "at least one"),
             (with_trust(r#"{"keys":[{"key":"/a"}],"provenance":{"builder_ids":[]}}"#), "trust.provenance.builder_ids", "at least one"),
             (with_trust(r#"{"keys":[{"key":"/a"}],"provenance":{"builder_ids":["b"]}}"#), "tenants.acme.attestation", "required"),

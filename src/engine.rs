@@ -1,13 +1,14 @@
 //! The one Wasmtime configuration shared by the CLI (which compiles `.cwasm`) and the runtime (which
 //! loads them), so an artifact built by `thaw compile` always loads into `libthaw.so` of the same
-//! version. Also owns the one `unsafe` deserialization call and the engine-compatibility check.
+//! version. Also reads a `.cwasm`'s engine section (what compiled it, for which target, with which
+//! settings) and computes this engine's, for the compatibility check.
 //!
-//! Neighbours: `artifact` decides *whether* bytes may be deserialized (signature first); this module
-//! only knows *how*.
+//! Neighbours: `native` is the one place that deserializes, given proof that the bytes may be
+//! trusted (`artifact`, `snapshot`); this module knows nothing of artifacts or trust.
 
 use std::sync::OnceLock;
 use std::time::Duration;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, Module, OptLevel, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
 /// CPU architectures thaw compiles for. Compiling with an explicit target (never the host's
 /// detected CPU features) keeps a `.cwasm` loadable on every host of that architecture.
@@ -143,6 +144,76 @@ fn start_epoch_ticker(engine: Engine) {
         .expect("spawning the epoch ticker thread");
 }
 
+/// Facts read from a `.cwasm`'s ELF header and `.wasmtime.engine` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CwasmFacts {
+    /// Wasmtime major version that compiled it.
+    pub wasmtime_version: String,
+    /// Target triple it was compiled for.
+    pub target_triple: String,
+    /// The raw engine section: equal to this host's iff every compatibility setting matches.
+    pub engine_section: Vec<u8>,
+}
+
+/// Reads the facts of a Wasmtime precompiled module without loading it.
+pub fn cwasm_facts(bytes: &[u8]) -> Result<CwasmFacts, String> {
+    use object::{Object, ObjectSection};
+    let file = object::File::parse(bytes).map_err(|e| format!("not a Wasmtime precompiled module (ELF: {e})"))?;
+    let section = file.section_by_name(".wasmtime.engine").ok_or("not a Wasmtime precompiled module (no .wasmtime.engine section)")?;
+    let data = section.data().map_err(|e| format!("unreadable engine section: {e}"))?;
+    // Layout (wasmtime engine/serialization.rs): format byte 0, u8 length + version string, then a
+    // postcard record whose first field is the target triple (varint length + bytes).
+    let mut cursor = Cursor(data);
+    if cursor.byte()? != 0 {
+        return Err("unknown engine section format".into());
+    }
+    let version_len = cursor.byte()? as usize;
+    let version = cursor.take(version_len)?;
+    let triple_len = cursor.varint()?;
+    let triple = cursor.take(triple_len)?;
+    Ok(CwasmFacts {
+        wasmtime_version: String::from_utf8_lossy(version).into_owned(),
+        target_triple: String::from_utf8_lossy(triple).into_owned(),
+        engine_section: data.to_vec(),
+    })
+}
+
+/// A cursor over untrusted bytes that never indexes out of bounds.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn byte(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err("truncated engine section".into());
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn varint(&mut self) -> Result<usize, String> {
+        let mut value = 0usize;
+        for shift in (0..35).step_by(7) {
+            let b = self.byte()?;
+            value |= ((b & 0x7f) as usize) << shift;
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err("bad varint in engine section".into())
+    }
+}
+
+/// The Wasmtime version recorded in an engine section.
+pub fn wasmtime_version_in_section(section: &[u8]) -> String {
+    let mut cursor = Cursor(section);
+    let _ = cursor.byte();
+    let len = cursor.byte().unwrap_or(0) as usize;
+    cursor.take(len).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()
+}
+
 /// The `.wasmtime.engine` section an engine writes into every artifact it compiles: its version,
 /// target triple and every setting that must match for an artifact to load.
 /// Computed once per engine (it compiles a probe module).
@@ -153,26 +224,7 @@ pub fn engine_fingerprint(engine: &Engine) -> anyhow::Result<Vec<u8>> {
         return Ok(fingerprint.clone());
     }
     let probe = engine.precompile_module(b"\0asm\x01\0\0\0")?;
-    let fingerprint = crate::artifact::cwasm_facts(&probe).map(|facts| facts.engine_section).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let fingerprint = cwasm_facts(&probe).map(|facts| facts.engine_section).map_err(|e| anyhow::anyhow!("{e}"))?;
     cache.push((engine.clone(), fingerprint.clone()));
     Ok(fingerprint)
-}
-
-/// Why precompiled bytes may be trusted as native code.
-pub(crate) enum Trust {
-    /// A signature from a trusted key verified over exactly these bytes (`VerifiedArtifact`).
-    SignatureVerified,
-    /// A snapshot whose seal (HMAC with thaw's snapshot key) verified, or that this process just
-    /// compiled itself (`filter`, snapshots).
-    SealedByThaw,
-}
-
-/// Deserializes precompiled native code: the one place thaw does.
-pub(crate) fn deserialize_trusted(engine: &Engine, bytes: &[u8], _why: Trust) -> anyhow::Result<Module> {
-    // SAFETY: Wasmtime requires that the bytes were produced by `Engine::precompile_module` of a
-    // compatible engine and not tampered with. Callers hold a `Trust` reason: either a trusted
-    // key's signature verified over exactly these bytes, or thaw produced them (sealed with its
-    // snapshot key, seal verified). The bytes are in private memory that cannot change between
-    // that check and this call.
-    unsafe { Module::deserialize(engine, bytes) }
 }

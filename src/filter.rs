@@ -179,7 +179,11 @@ impl FilterConfig {
                         OnArtifactFailure::DisableTenant => {
                             log_at!(Error, "thaw: {message}; the tenant is disabled (on_artifact_failure: disable_tenant), its requests are answered per on_error");
                             if config.on_error == Policy::Allow {
-                                log_at!(Warn, "thaw: tenant `{}` is disabled with on_error: allow: its requests pass unfiltered", tenant.id);
+                                log_at!(
+                                    Warn,
+                                    "thaw: tenant `{}` is disabled with on_error: allow: its requests pass unfiltered",
+                                    tenant.id
+                                );
                             }
                             disabled.insert(tenant.id.clone(), message);
                             continue;
@@ -300,7 +304,7 @@ fn load_module(
     if let Some(module) = by_digest.get(&artifact.digest()) {
         return Ok((artifact.digest(), module.clone()));
     }
-    let (module, jit) = artifact.load(engine, allow_jit)?;
+    let (module, jit) = crate::native::load_artifact(engine, &artifact, allow_jit)?;
     if jit {
         log_at!(Warn, "thaw: tenant `{}`: {} is plain Wasm, JIT-compiled at config load (allow_jit)", tenant.id, tenant.module.display());
     }
@@ -348,11 +352,11 @@ fn resume_or_snapshot(
     let started = Instant::now();
     match snapshot::load(&settings.dir, seal_key, id, &binding, settings.signed.then_some(trust)) {
         Ok(unsealed) => {
-            let module = engine::deserialize_trusted(engine, &unsealed.cwasm, engine::Trust::SealedByThaw)
+            let module = crate::native::load_unsealed(engine, &unsealed)
                 .map_err(|e| format!("tenant `{id}`: snapshot {}: {e:#}", path.display()))?;
             stats.record(Metric::AotLoad, id, started.elapsed().as_micros() as i64);
             log_at!(Info, "thaw: tenant `{id}`: resumed stored snapshot {} (init not run)", path.display());
-            return Plugin::resumed(engine, tenant, module, artifact.digest(), unsealed.host).map(Ok);
+            return Plugin::resumed(engine, tenant, module, artifact.digest(), unsealed.host().clone()).map(Ok);
         }
         Err(Refusal::Missing) => {}
         Err(refusal) => {
@@ -384,7 +388,7 @@ impl PendingSnapshot {
     /// stores it, and loads the snapshot; `None` when init cannot be snapshotted (logged).
     fn take(&self, init_calls: Option<Arc<crate::proxy_wasm::init_calls::Transcript>>) -> Result<Option<Plugin>, String> {
         let (id, started) = (&self.tenant.id, Instant::now());
-        let (cwasm, host) = match snapshot::create(self.engine, &self.tenant, &self.wasm, self.digest, init_calls) {
+        let created = match snapshot::create(self.engine, &self.tenant, &self.wasm, self.digest, init_calls) {
             Ok(made) => made,
             Err(snapshot::CreateError::Rejected(e)) => return Err(e.to_string()),
             Err(snapshot::CreateError::Unsupported(why)) => {
@@ -400,7 +404,7 @@ impl PendingSnapshot {
                 started.elapsed().as_millis()
             );
         } else {
-            let sealed = snapshot::seal(&self.seal_key, &self.binding, &host, &cwasm, self.settings.encrypt);
+            let sealed = snapshot::seal(&self.seal_key, &self.binding, &created, self.settings.encrypt);
             match snapshot::store(&self.settings.dir, id, &sealed) {
                 Ok(path) => log_at!(
                     Info,
@@ -411,9 +415,8 @@ impl PendingSnapshot {
                 Err(e) => log_at!(Warn, "thaw: tenant `{id}`: {e}; using the snapshot unstored"),
             }
         }
-        let module =
-            engine::deserialize_trusted(self.engine, &cwasm, engine::Trust::SealedByThaw).map_err(|e| format!("tenant `{id}`: {e:#}"))?;
-        Plugin::resumed(self.engine, &self.tenant, module, self.digest, host).map(Some)
+        let module = crate::native::load_created(self.engine, &created).map_err(|e| format!("tenant `{id}`: {e:#}"))?;
+        Plugin::resumed(self.engine, &self.tenant, module, self.digest, created.host().clone()).map(Some)
     }
 }
 

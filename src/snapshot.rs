@@ -62,15 +62,7 @@ impl Binding {
     }
 }
 
-/// Host-side state a guest's init left behind, restored on resume.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostSnapshot {
-    pub root_context_id: u32,
-    /// `proxy_set_tick_period_milliseconds` during init (0: none).
-    pub tick_period_ms: u64,
-    /// Metrics defined during init, in definition order: (type, name).
-    pub metrics: Vec<(u32, String)>,
-}
+pub use crate::proxy_wasm::host::HostSnapshot;
 
 #[derive(Serialize, Deserialize)]
 struct Header {
@@ -136,8 +128,36 @@ impl fmt::Display for Refusal {
 
 /// A snapshot whose seal and binding verified: the precompiled module and the host state.
 pub struct Unsealed {
-    pub cwasm: Vec<u8>,
-    pub host: HostSnapshot,
+    cwasm: Vec<u8>,
+    host: HostSnapshot,
+}
+
+impl Unsealed {
+    /// The precompiled snapshot (deserialized only by `native`).
+    pub fn cwasm(&self) -> &[u8] {
+        &self.cwasm
+    }
+
+    pub fn host(&self) -> &HostSnapshot {
+        &self.host
+    }
+}
+
+/// A snapshot this process made (`create`): its precompiled code and the host state to restore.
+/// Only `create` makes one; `native::load_created` deserializes it.
+pub struct Created {
+    cwasm: Vec<u8>,
+    host: HostSnapshot,
+}
+
+impl Created {
+    pub fn cwasm(&self) -> &[u8] {
+        &self.cwasm
+    }
+
+    pub fn host(&self) -> &HostSnapshot {
+        &self.host
+    }
 }
 
 /// Where a tenant's snapshot lives: one directory per tenant, never shared.
@@ -146,7 +166,8 @@ pub fn path_for(dir: &Path, tenant: &TenantId) -> PathBuf {
 }
 
 /// Seals a snapshot into the bytes of a snapshot file.
-pub fn seal(key: &SealKey, binding: &Binding, host: &HostSnapshot, cwasm: &[u8], encrypt: bool) -> Vec<u8> {
+pub fn seal(key: &SealKey, binding: &Binding, snapshot: &Created, encrypt: bool) -> Vec<u8> {
+    let (host, cwasm) = (&snapshot.host, &snapshot.cwasm[..]);
     let mut nonce = [0u8; 12];
     if encrypt {
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
@@ -289,9 +310,9 @@ mod tests {
         let key = SealKey::from_secret(&[1; 32]).unwrap();
         let host = HostSnapshot { root_context_id: 1, tick_period_ms: 50, metrics: vec![(0, "m".into())] };
         for encrypt in [false, true] {
-            let file = seal(&key, &binding(), &host, b"precompiled", encrypt);
+            let file = seal(&key, &binding(), &Created { cwasm: b"precompiled".to_vec(), host: host.clone() }, encrypt);
             let open = unseal(&key, &binding(), &file).unwrap();
-            assert_eq!((open.cwasm.as_slice(), &open.host), (&b"precompiled"[..], &host));
+            assert_eq!((open.cwasm(), open.host()), (&b"precompiled"[..], &host));
             assert_eq!(unseal(&SealKey::from_secret(&[2; 32]).unwrap(), &binding(), &file).err(), Some(Refusal::BadSeal));
             let mut other = binding();
             other.config_digest = "x".into();
@@ -328,7 +349,7 @@ pub fn create(
     wasm: &[u8],
     digest: ArtifactDigest,
     init_calls: Option<std::sync::Arc<crate::proxy_wasm::init_calls::Transcript>>,
-) -> Result<(Vec<u8>, HostSnapshot), CreateError> {
+) -> Result<Created, CreateError> {
     use crate::proxy_wasm::{GuestError, Plugin};
     let unsupported = CreateError::Unsupported;
     let wizer = wasmtime_wizer::Wizer::new();
@@ -342,5 +363,5 @@ pub fn create(
     })?;
     let (snapshot_wasm, host) = instance.snapshot(&wizer, cx).map_err(unsupported)?;
     let cwasm = engine.precompile_module(&snapshot_wasm).map_err(|e| unsupported(format!("precompiling the snapshot: {e:#}")))?;
-    Ok((cwasm, host))
+    Ok(Created { cwasm, host })
 }

@@ -15,7 +15,7 @@ use thaw::config::{
 use thaw::engine::{self, Target};
 use thaw::filter::{FilterConfig, StreamFilter};
 use thaw::proxy_wasm::Plugin;
-use thaw::snapshot::{self, Binding, HostSnapshot, SealKey};
+use thaw::snapshot::{self, Binding, SealKey};
 use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
 use thaw::telemetry::{Metric, StatsSink};
 
@@ -188,7 +188,10 @@ fn wrong_snapshots_are_refused_counted_and_replaced() {
     let acme = TenantId::try_from("acme").unwrap();
     let fingerprint = engine::engine_fingerprint(engine::runtime_engine().unwrap()).unwrap();
     let source_digest = ArtifactDigest::of(&std::fs::read(&s.source.path).unwrap());
-    let sealed_for = |binding: Binding| snapshot::seal(&seal_key, &binding, &HostSnapshot::default(), b"not code", false);
+    // A real snapshot (only `snapshot::create` makes one), sealed for the wrong things.
+    let source = std::fs::read(&s.source.path).unwrap();
+    let created = snapshot::create(engine::runtime_engine().unwrap(), &s.tenant("acme", SMALL), &source, source_digest, None).unwrap();
+    let sealed_for = |binding: Binding| snapshot::seal(&seal_key, &binding, &created, false);
 
     let mut tampered = original.clone();
     let middle = tampered.len() / 2;
@@ -205,8 +208,7 @@ fn wrong_snapshots_are_refused_counted_and_replaced() {
             snapshot::seal(
                 &SealKey::from_secret(&[7; 32]).unwrap(),
                 &Binding::new(&acme, source_digest, SMALL.as_bytes(), b"", &fingerprint),
-                &HostSnapshot::default(),
-                b"x",
+                &created,
                 false,
             ),
         ),

@@ -156,3 +156,25 @@ pub const MAX_FD_WRITE_BYTES: usize = 1024 * 1024;
 pub const MAX_RANDOM_GET_BYTES: usize = 64 * 1024;
 /// Most table elements an instance may grow to (a bound on indirect-call tables).
 pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// The proxy-wasm ABI version a `.wasm` declares (an exported function named
+/// `proxy_abi_version_<x>_<y>_<z>`), read from its export section without compiling it. A module
+/// that declares none is refused with Envoy's own words: Envoy's Wasm filter will not run it.
+pub fn declared_abi(wasm: &[u8]) -> Result<crate::proxy_wasm::abi::AbiVersion, String> {
+    let mut functions = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        match payload.map_err(|e| format!("not a valid Wasm module: {e}"))? {
+            wasmparser::Payload::ExportSection(exports) => {
+                for export in exports {
+                    let export = export.map_err(|e| format!("not a valid Wasm module: {e}"))?;
+                    if export.kind == wasmparser::ExternalKind::Func {
+                        functions.push(export.name);
+                    }
+                }
+            }
+            wasmparser::Payload::CodeSectionStart { .. } => break,
+            _ => {}
+        }
+    }
+    AbiVersion::declared(functions.into_iter()).ok_or_else(|| MISSING_ABI_VERSION.to_string())
+}

@@ -287,3 +287,14 @@ impl HostState {
         self.phase.has_map(kind) || (held && !matches!(self.phase, Phase::Other | Phase::Configure))
     }
 }
+
+/// Host-side state a guest's init left behind, restored on resume from a snapshot (and sealed into
+/// its file by `snapshot`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostSnapshot {
+    pub root_context_id: u32,
+    /// `proxy_set_tick_period_milliseconds` during init (0: none).
+    pub tick_period_ms: u64,
+    /// Metrics defined during init, in definition order: (type, name).
+    pub metrics: Vec<(u32, String)>,
+}

@@ -4,13 +4,13 @@
 //! marks the instance failed; the driver then drops it and answers per `on_error`.
 
 use super::abi::{self, AbiVersion, Action};
+use super::host::HostSnapshot;
 use super::host::{Effect, HostState, Phase};
 use super::hostcalls;
 use super::memory::GuestMemory;
 use crate::artifact::ArtifactDigest;
 use crate::config::{InstancePolicy, TenantConfig, TenantId};
 use crate::engine::EPOCH_TICK;
-use crate::snapshot::HostSnapshot;
 use crate::stream::HttpStream;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -526,7 +526,10 @@ impl Trust {
             return Err(Refusal::new(Reason::Identity, format!("{}: the certificate chain was not verified", path.display())));
         }
         let (Some(subject), Some(issuer)) = (result.identity(), result.issuer()) else {
-            return Err(Refusal::new(Reason::Identity, format!("{}: the certificate names no identity (SAN) or no issuer", path.display())));
+            return Err(Refusal::new(
+                Reason::Identity,
+                format!("{}: the certificate names no identity (SAN) or no issuer", path.display()),
+            ));
         };
         let (subject, issuer) = (subject.as_str().to_string(), issuer.to_string());
         let allowed = self.identities.iter().any(|rule| {
