@@ -7,13 +7,13 @@
 
 use std::path::PathBuf;
 use std::time::Instant;
-use thaw::artifact::signature::{self, PrivateKey, TrustedKey};
 use thaw::artifact::{ArtifactDigest, VerifiedArtifact};
 use thaw::config::{InstancePolicy, TenantConfig, TenantId};
 use thaw::engine::{self, Target};
 use thaw::proxy_wasm::Plugin;
 use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
 use thaw::telemetry::{Metric, StatsSink};
+use thaw::trust::signature::{self, PrivateKey, TrustedKey};
 use thaw::trust::{Evidence, Trust};
 
 #[derive(Clone)]

@@ -3,9 +3,9 @@
 //! (`trust`, built from cosign-style flags) as the runtime, so what the CLI builds and verifies is
 //! what `libthaw.so` loads.
 
-use crate::artifact::signature::PrivateKey;
 use crate::artifact::{self, ArtifactDigest, ArtifactKind, VerifiedArtifact};
 use crate::engine::{self, Target};
+use crate::trust::signature::PrivateKey;
 use crate::trust::{Evidence, SignatureFile, Trust};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};

@@ -4,11 +4,10 @@
 //! Every unknown field or bad value is an error whose message names the field. Only parsing and
 //! validation live here; loading artifacts is `filter::FilterConfig::load`.
 
-use crate::trust::{Evidence, SignatureFile};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A tenant's name, as written in the config and sent in the tenant header or route config.
@@ -75,6 +74,37 @@ pub struct TenantConfig {
     pub snapshot_source: Option<SignedFile>,
 }
 
+/// What vouches for a file: a detached cosign signature or a Sigstore bundle, and optionally a
+/// build-provenance attestation (a DSSE bundle).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Evidence {
+    pub signature: SignatureFile,
+    pub attestation: Option<PathBuf>,
+}
+
+impl Evidence {
+    /// A detached signature, no attestation.
+    pub fn detached(signature: impl Into<PathBuf>) -> Evidence {
+        Evidence { signature: SignatureFile::Detached(signature.into()), attestation: None }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum SignatureFile {
+    /// base64 DER ECDSA, as `cosign sign-blob --key --output-signature` writes.
+    Detached(PathBuf),
+    /// A Sigstore bundle (`application/vnd.dev.sigstore.bundle.v0.3+json`).
+    Bundle(PathBuf),
+}
+
+impl SignatureFile {
+    pub fn path(&self) -> &Path {
+        match self {
+            SignatureFile::Detached(p) | SignatureFile::Bundle(p) => p,
+        }
+    }
+}
+
 /// A file and what vouches for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedFile {
@@ -82,7 +112,7 @@ pub struct SignedFile {
     pub evidence: Evidence,
 }
 
-/// Who may sign artifacts (`trust`, or its shorthand `trusted_keys`). See `crate::trust`.
+/// Who may sign artifacts (`trust`, or its shorthand `trusted_keys`). Checked by the `trust` module.
 #[derive(Clone, Debug)]
 pub struct TrustSettings {
     /// A Sigstore `trusted_root.json`: certificate authorities, timestamp authorities, logs.
@@ -214,6 +244,14 @@ pub struct Config {
     pub snapshots: Option<SnapshotSettings>,
     pub tenants: Vec<TenantConfig>,
 }
+
+// Limits the engine is built with (`engine`), and bounds of the knobs below.
+
+/// Largest linear memory any guest instance may grow to (the per-instance memory cap).
+pub const MAX_MEMORY_BYTES: usize = 128 * 1024 * 1024;
+/// Default for the most guest instances alive at once in one process, across all workers
+/// (`max_live_instances`: the pooling allocator's slots).
+pub const DEFAULT_MAX_LIVE_INSTANCES: u32 = 1000;
 
 /// Defaults, each a documented knob (README, "Isolation and bounds").
 pub const DEFAULT_CALL_DEADLINE_MS: u64 = 10;
@@ -545,7 +583,7 @@ impl Config {
                 return Err(err(format!("{field}.module"), "must name a .cwasm file"));
             }
             let f = |name: &str| format!("{field}.{name}");
-            let max_memory_mb = (crate::engine::MAX_MEMORY_BYTES >> 20) as u64;
+            let max_memory_mb = (MAX_MEMORY_BYTES >> 20) as u64;
             let instances = InstancePolicy {
                 isolation: t.isolation.unwrap_or_default(),
                 max_requests: knob(&f("max_requests"), t.max_requests, DEFAULT_MAX_REQUESTS, 1..=u64::MAX)?,
@@ -582,12 +620,7 @@ impl Config {
             on_error: raw.on_error,
             allow_jit: raw.allow_jit,
             memory_budget_mb: knob("memory_budget_mb", raw.memory_budget_mb, DEFAULT_MEMORY_BUDGET_MB, 1..=1 << 20)?,
-            max_live_instances: knob(
-                "max_live_instances",
-                raw.max_live_instances,
-                crate::engine::DEFAULT_MAX_LIVE_INSTANCES as u64,
-                1..=100_000,
-            )? as u32,
+            max_live_instances: knob("max_live_instances", raw.max_live_instances, DEFAULT_MAX_LIVE_INSTANCES as u64, 1..=100_000)? as u32,
             crash_loop: match raw.crash_loop {
                 None => DEFAULT_CRASH_LOOP,
                 Some(c) => CrashLoop {

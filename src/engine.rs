@@ -66,11 +66,6 @@ pub const WASMTIME_MAJOR: &str = "40";
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Upper bound on a guest's native stack use per call.
 pub const MAX_WASM_STACK: usize = 512 * 1024;
-/// Largest linear memory any guest instance may grow to (the per-instance memory cap).
-pub const MAX_MEMORY_BYTES: usize = 128 * 1024 * 1024;
-/// Default for the most guest instances alive at once in one process, across all workers
-/// (`max_live_instances`: the pooling allocator's slots).
-pub const DEFAULT_MAX_LIVE_INSTANCES: u32 = 1000;
 
 /// Settings that decide whether a `.cwasm` is compatible. Everything that goes into Wasmtime's
 /// compatibility check lives here and nowhere else.
@@ -92,7 +87,7 @@ pub fn compile_engine(target: Target) -> anyhow::Result<Engine> {
 
 /// The process-wide runtime engine with the default number of instance slots.
 pub fn runtime_engine() -> Result<&'static Engine, String> {
-    runtime_engine_sized(DEFAULT_MAX_LIVE_INSTANCES)
+    runtime_engine_sized(crate::config::DEFAULT_MAX_LIVE_INSTANCES)
 }
 
 /// The process-wide runtime engine (host architecture, pooling allocator with `max_live_instances`
@@ -119,7 +114,7 @@ fn new_runtime_engine(max_live_instances: u32) -> Result<Engine, String> {
                 .total_core_instances(max_live_instances)
                 .total_memories(max_live_instances)
                 .total_tables(max_live_instances)
-                .max_memory_size(MAX_MEMORY_BYTES)
+                .max_memory_size(crate::config::MAX_MEMORY_BYTES)
                 // Measured (BENCHMARKS.md, micro): resetting a slot's memory by scanning for dirty
                 // pages and restoring them in place (Linux 6.7+, else madvise) and batching the
                 // decommits halves the cost of a fresh instance per request.

@@ -278,6 +278,30 @@ impl FilterConfig {
     }
 }
 
+impl FilterConfig {
+    /// What root contexts (`root`) need of each tenant, in tenant-name order.
+    pub fn root_tenants(self: &Arc<Self>) -> Vec<crate::root::TenantRoot> {
+        let mut ids: Vec<&TenantId> = self.tenants.keys().collect();
+        ids.sort();
+        ids.into_iter()
+            .map(|id| {
+                let t = &self.tenants[id];
+                let (config, tenant) = (Arc::clone(self), id.clone());
+                crate::root::TenantRoot {
+                    id: id.clone(),
+                    plugin: Arc::clone(&t.plugin),
+                    tick_period_ms: t.tick_period_ms,
+                    on_init_answered: Box::new(move |transcript| {
+                        if let Some(t) = config.tenants.get(&tenant) {
+                            t.on_init_calls_answered(transcript);
+                        }
+                    }),
+                }
+            })
+            .collect()
+    }
+}
+
 /// What it takes to snapshot a tenant later: its verified `.wasm` and the snapshot's binding.
 /// Kept for a tenant whose init makes HTTP calls: its snapshot is taken once they are answered
 /// (`Tenant::snapshot_after_init`).

@@ -14,7 +14,6 @@
 //! once none is outstanding, the transcript is the tenant's readiness (`proxy_wasm::init_calls`).
 
 use crate::config::TenantId;
-use crate::filter::FilterConfig;
 use crate::log_at;
 use crate::proxy_wasm::init_calls::{CallRequest, Readiness, Transcript};
 use crate::proxy_wasm::{grpc, shared};
@@ -35,9 +34,21 @@ const TICKER_RESOLUTION: Duration = Duration::from_millis(5);
 /// Asks Envoy to run an event on the main thread; callable from any thread.
 pub type Commit = Arc<dyn Fn(u64) + Send + Sync>;
 
+/// What root contexts need of a tenant; the filter config supplies it (`FilterConfig::root_tenants`).
+pub struct TenantRoot {
+    pub id: TenantId,
+    pub plugin: Arc<Plugin>,
+    /// The tick period the guest's init set (0: no ticks).
+    pub tick_period_ms: u64,
+    /// Run on the main thread once the tenant's init calls are all answered, before it is ready
+    /// (a snapshot, when configured, is taken then).
+    pub on_init_answered: Box<dyn Fn(&Arc<Transcript>)>,
+}
+
 struct RootTenant {
     id: TenantId,
     plugin: Arc<Plugin>,
+    on_init_answered: Box<dyn Fn(&Arc<Transcript>)>,
     root: RefCell<Option<GuestInstance>>,
     period_ms: Arc<AtomicU64>,
     /// Registered with `shared` for this tenant's queues (kept alive here).
@@ -64,7 +75,6 @@ const MAX_INIT_TRIES: u32 = 8;
 const INIT_EVENT: u32 = u32::MAX;
 
 pub struct RootContexts {
-    config: Arc<FilterConfig>,
     /// Asks Envoy to run an event on the main thread (init retries use it).
     commit: Commit,
     tenants: Vec<RootTenant>,
@@ -84,18 +94,15 @@ fn event(index: usize, queue: u32) -> u64 {
 }
 
 impl RootContexts {
-    /// Starts root contexts for every tenant of `config`: the ticker thread for those with a tick
-    /// period, queue notifications for all. `commit(event)` asks Envoy to call `run(event)` on the
-    /// main thread.
-    pub fn start(config: &Arc<FilterConfig>, commit: Commit) -> RootContexts {
+    /// Starts root contexts for `tenants`: the ticker thread for those with a tick period, queue
+    /// notifications for all. `commit(event)` asks Envoy to call `run(event)` on the main thread.
+    pub fn start(tenants: Vec<TenantRoot>, commit: Commit) -> RootContexts {
         let alive = Arc::new(RwLock::new(true));
-        let mut ids: Vec<&TenantId> = config.tenants.keys().collect();
-        ids.sort();
-        let tenants: Vec<RootTenant> = ids
+        let tenants: Vec<RootTenant> = tenants
             .into_iter()
             .enumerate()
-            .map(|(index, id)| {
-                let t = &config.tenants[id];
+            .map(|(index, t)| {
+                let id = &t.id;
                 let (commit, alive) = (Arc::clone(&commit), Arc::clone(&alive));
                 let notifier: shared::Notifier = Arc::new(move |queue: u32| {
                     // Holding the read lock: the config cannot finish dropping mid-commit.
@@ -111,8 +118,9 @@ impl RootContexts {
                     failures: 0,
                 });
                 RootTenant {
-                    id: id.clone(),
-                    plugin: Arc::clone(&t.plugin),
+                    id: t.id,
+                    plugin: t.plugin,
+                    on_init_answered: t.on_init_answered,
                     root: RefCell::new(None),
                     period_ms: Arc::new(AtomicU64::new(t.tick_period_ms)),
                     _queue_notifier: notifier,
@@ -140,7 +148,6 @@ impl RootContexts {
             }
         }
         RootContexts {
-            config: Arc::clone(config),
             commit: Arc::clone(&commit),
             tenants,
             pending_calls: RefCell::new(HashMap::new()),
@@ -254,9 +261,7 @@ impl RootContexts {
             if result.is_ok() && recording.outstanding.is_empty() {
                 let transcript = Arc::new(std::mem::take(&mut recording.transcript));
                 // A snapshot (when configured) is taken now, before the tenant is ready.
-                if let Some(t) = self.config.tenants.get(&tenant.id) {
-                    t.on_init_calls_answered(&transcript);
-                }
+                (tenant.on_init_answered)(&transcript);
                 let _ = recording.readiness.set(Arc::clone(&transcript));
                 *init = None;
                 log_at!(Info, "thaw: tenant `{}`: ready ({} init calls answered)", tenant.id, transcript.calls.len());

@@ -4,7 +4,6 @@
 //! with a fake. Nothing behind this trait touches raw pointers.
 
 use crate::config::TenantId;
-pub use crate::proxy_wasm::properties::{MetadataSource, MetadataValue};
 
 /// The four header maps of an HTTP stream.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -15,19 +14,33 @@ pub enum HeaderKind {
     ResponseTrailers,
 }
 
-/// Log levels, in Envoy's (and proxy-wasm's) order.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
-pub enum LogLevel {
-    Trace = 0,
-    Debug = 1,
-    Info = 2,
-    Warn = 3,
-    Error = 4,
-    Critical = 5,
+/// Whose metadata (`envoy_dynamic_module_type_metadata_source`, Envoy's `abi.h` order).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MetadataSource {
+    Dynamic = 0,
+    Route = 1,
+    Cluster = 2,
+    Host = 3,
 }
 
-impl LogLevel {
-    pub const ALL: [LogLevel; 6] = [LogLevel::Trace, LogLevel::Debug, LogLevel::Info, LogLevel::Warn, LogLevel::Error, LogLevel::Critical];
+/// A metadata value, typed as Envoy holds it (`google.protobuf.Value`).
+#[derive(Clone, PartialEq, Debug)]
+pub enum MetadataValue {
+    String(Vec<u8>),
+    Number(f64),
+    Bool(bool),
+}
+
+impl MetadataValue {
+    /// As Envoy's Wasm host serializes it: a string raw, a number as an 8-byte little-endian
+    /// double (always a double, as protobuf holds it), a bool as one byte.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            MetadataValue::String(s) => s.clone(),
+            MetadataValue::Number(n) => n.to_le_bytes().to_vec(),
+            MetadataValue::Bool(b) => vec![*b as u8],
+        }
+    }
 }
 
 pub type HeaderPair = (Vec<u8>, Vec<u8>);

@@ -6,7 +6,6 @@
 //! config being created, or a test fake). Every metric is labelled by `tenant`.
 
 use crate::config::TenantId;
-use crate::stream::LogLevel;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum MetricKind {
@@ -198,16 +197,48 @@ impl StatsSink for NoStats {
     fn record(&mut self, _: Metric, _: &TenantId, _: i64) {}
 }
 
-/// Logs `message` at `level` through Envoy when loaded by Envoy, else to stderr.
+/// Log levels, in Envoy's (and proxy-wasm's) order.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub enum LogLevel {
+    Trace = 0,
+    Debug = 1,
+    Info = 2,
+    Warn = 3,
+    Error = 4,
+    Critical = 5,
+}
+
+impl LogLevel {
+    pub const ALL: [LogLevel; 6] = [LogLevel::Trace, LogLevel::Debug, LogLevel::Info, LogLevel::Warn, LogLevel::Error, LogLevel::Critical];
+}
+
+/// Where log lines go when thaw runs inside Envoy: installed once by `envoy` at program init
+/// (lower layers only know this module, never the FFI layer).
+pub struct LogSink {
+    pub log: fn(LogLevel, &str),
+    /// The lowest level the sink would print now.
+    pub lowest_enabled: fn() -> LogLevel,
+}
+
+static LOG_SINK: std::sync::OnceLock<LogSink> = std::sync::OnceLock::new();
+
+/// Sends logging to `sink` from now on (the first call wins).
+pub fn install_log_sink(sink: LogSink) {
+    let _ = LOG_SINK.set(sink);
+}
+
+/// Logs `message` at `level` through the installed sink (Envoy's logger), else to stderr.
 pub fn log(level: LogLevel, message: &str) {
-    if !crate::envoy::callbacks::log(level, message) && level >= stderr_level() {
-        eprintln!("[thaw][{level:?}] {message}");
+    match LOG_SINK.get() {
+        Some(sink) => (sink.log)(level, message),
+        None if level >= stderr_level() => eprintln!("[thaw][{level:?}] {message}"),
+        None => {}
     }
 }
 
-/// The lowest level Envoy would print now (what `proxy_get_log_level` answers).
+/// The lowest level that would be printed now (what `proxy_get_log_level` answers).
 pub fn current_level() -> LogLevel {
-    crate::envoy::callbacks::lowest_enabled_level().unwrap_or_else(stderr_level)
+    LOG_SINK.get().map(|sink| (sink.lowest_enabled)()).unwrap_or_else(stderr_level)
 }
 
 fn stderr_level() -> LogLevel {
@@ -223,6 +254,6 @@ fn stderr_level() -> LogLevel {
 #[macro_export]
 macro_rules! log_at {
     ($level:ident, $($arg:tt)*) => {
-        $crate::telemetry::log($crate::stream::LogLevel::$level, &format!($($arg)*))
+        $crate::telemetry::log($crate::telemetry::LogLevel::$level, &format!($($arg)*))
     };
 }

@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use thaw::artifact::signature::PrivateKey;
 use thaw::config::{Config, InstancePolicy, Isolation, Policy, TenantConfig, TenantId, TenantSource, DEFAULT_CRASH_LOOP};
 use thaw::engine::{self, Target};
 use thaw::filter::{FilterConfig, StreamFilter, Verdict};
 use thaw::pool;
 use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
 use thaw::telemetry::{Metric, NoStats, StatsSink};
+use thaw::trust::signature::PrivateKey;
 
 #[derive(Default)]
 struct FakeState {
@@ -130,7 +130,7 @@ impl Workspace {
             on_error,
             allow_jit: false,
             memory_budget_mb: thaw::config::DEFAULT_MEMORY_BUDGET_MB,
-            max_live_instances: thaw::engine::DEFAULT_MAX_LIVE_INSTANCES,
+            max_live_instances: thaw::config::DEFAULT_MAX_LIVE_INSTANCES,
             crash_loop: DEFAULT_CRASH_LOOP,
             snapshots: None,
             tenants,

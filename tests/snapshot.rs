@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use thaw::artifact::signature::PrivateKey;
 use thaw::artifact::ArtifactDigest;
 use thaw::config::{
     Config, InstancePolicy, Policy, SignedFile, SnapshotSettings, TenantConfig, TenantId, TenantSource, DEFAULT_CRASH_LOOP,
@@ -18,6 +17,7 @@ use thaw::proxy_wasm::Plugin;
 use thaw::snapshot::{self, Binding, SealKey};
 use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
 use thaw::telemetry::{Metric, StatsSink};
+use thaw::trust::signature::PrivateKey;
 
 /// Records metrics; answers headers from nothing; keeps the local replies.
 #[derive(Clone, Default)]
@@ -119,7 +119,7 @@ impl Setup {
             on_error: Policy::Deny,
             allow_jit: false,
             memory_budget_mb: DEFAULT_MEMORY_BUDGET_MB,
-            max_live_instances: thaw::engine::DEFAULT_MAX_LIVE_INSTANCES,
+            max_live_instances: thaw::config::DEFAULT_MAX_LIVE_INSTANCES,
             crash_loop: DEFAULT_CRASH_LOOP,
             snapshots: Some(SnapshotSettings { dir: self.snapshot_dir(), key: self.seal_key.clone(), encrypt, signed: false }),
             tenants,

@@ -1,13 +1,10 @@
-//! Tenant artifacts: reading them, checking their signatures, telling what they are, and the only
-//! path from bytes on disk to a loaded `Module`.
+//! Tenant artifacts: reading them once, checking what vouches for them, and telling what they are.
 //!
 //! Trust rule: an artifact's bytes are read once into private memory, its signature (or Sigstore
 //! bundle, and attestation) is verified over exactly those bytes under the configured `trust`, and
 //! only a [`VerifiedArtifact`] (which only [`VerifiedArtifact::read`] makes) can be compiled or
-//! deserialized. Neighbours: `signature` (detached cosign signatures), `crate::trust` (the policy
-//! and Sigstore bundles), `engine` (the one deserialize call).
-
-pub mod signature;
+//! deserialized (`crate::native`). Neighbours: `crate::trust` (the policy, detached cosign
+//! signatures and Sigstore bundles), `crate::engine` (the engine section of a `.cwasm`).
 
 use crate::engine::CwasmFacts;
 use crate::trust::{Evidence, Reason, Refusal, Trust, Verified};

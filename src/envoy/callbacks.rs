@@ -4,10 +4,10 @@
 use super::abi::{self, Callbacks, ConfigEnvoyPtr, EnvoyBuffer, FilterEnvoyPtr, HttpHeader, ModuleBuffer};
 use crate::config::{RouteConfig, TenantId};
 use crate::stream::{
-    AttributeKind, AttributeValue, CallError, Direction, HeaderKind, HeaderPair, HttpStream, LocalReply, LogLevel, MetadataSource,
-    MetadataValue, RootHost,
+    AttributeKind, AttributeValue, CallError, Direction, HeaderKind, HeaderPair, HttpStream, LocalReply, MetadataSource, MetadataValue,
+    RootHost,
 };
-use crate::telemetry::{Metric, MetricKind, StatsSink};
+use crate::telemetry::{LogLevel, Metric, MetricKind, StatsSink};
 use std::sync::OnceLock;
 
 static CALLBACKS: OnceLock<Callbacks> = OnceLock::new();
@@ -18,7 +18,9 @@ pub fn init() -> Result<&'static Callbacks, String> {
         return Ok(cb);
     }
     let resolved = Callbacks::resolve()?;
-    Ok(CALLBACKS.get_or_init(|| resolved))
+    let cb = CALLBACKS.get_or_init(|| resolved);
+    crate::telemetry::install_log_sink(crate::telemetry::LogSink { log, lowest_enabled: lowest_enabled_level });
+    Ok(cb)
 }
 
 /// The callbacks, once resolved (i.e. when running inside Envoy).
@@ -26,19 +28,18 @@ pub fn resolved() -> Option<&'static Callbacks> {
     CALLBACKS.get()
 }
 
-/// Logs through Envoy; false when not running inside Envoy.
-pub fn log(level: LogLevel, message: &str) -> bool {
-    let Some(cb) = resolved() else { return false };
+/// Logs through Envoy (the telemetry log sink, installed by `init`).
+fn log(level: LogLevel, message: &str) {
+    let Some(cb) = resolved() else { return };
     // SAFETY: `log` takes a borrowed buffer for the duration of the call; `message` outlives it.
     unsafe { (cb.log)(level as u32, ModuleBuffer::of(message.as_bytes())) };
-    true
 }
 
-/// The lowest level Envoy's `dynamic_modules` logger has enabled, when inside Envoy.
-pub fn lowest_enabled_level() -> Option<LogLevel> {
-    let cb = resolved()?;
+/// The lowest level Envoy's `dynamic_modules` logger has enabled.
+fn lowest_enabled_level() -> LogLevel {
+    let Some(cb) = resolved() else { return LogLevel::Critical };
     // SAFETY: `log_enabled` takes a level by value and has no other preconditions.
-    LogLevel::ALL.into_iter().find(|l| unsafe { (cb.log_enabled)(*l as u32) }).or(Some(LogLevel::Critical))
+    LogLevel::ALL.into_iter().find(|l| unsafe { (cb.log_enabled)(*l as u32) }).unwrap_or(LogLevel::Critical)
 }
 
 fn header_type(kind: HeaderKind) -> u32 {

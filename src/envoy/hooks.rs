@@ -110,7 +110,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             let scheduler = ConfigScheduler::new(cb, config_envoy).map(Arc::new);
             let roots = scheduler.as_ref().map(|s| {
                 let s = Arc::clone(s);
-                RootContexts::start(&filter, Arc::new(move |event| s.commit(event)))
+                RootContexts::start(filter.root_tenants(), Arc::new(move |event| s.commit(event)))
             });
             if scheduler.is_none() {
                 log_at!(Warn, "thaw: this Envoy has no config scheduler: proxy_on_tick and proxy_on_queue_ready will not be called");

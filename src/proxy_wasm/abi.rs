@@ -2,7 +2,8 @@
 //! Every limit lives here with its reason. Guest pointers and lengths have no limit of their own
 //! beyond guest memory (bounded by the instance's memory cap), as in Envoy's host.
 
-use crate::stream::{HeaderKind, LogLevel};
+use crate::stream::HeaderKind;
+use crate::telemetry::LogLevel;
 
 /// `proxy_status_t`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

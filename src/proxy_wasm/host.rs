@@ -6,7 +6,6 @@
 //! the filter driver after the call returns.
 
 use super::abi::MAX_TABLE_ELEMENTS;
-use super::memory::GuestMemory;
 use crate::config::TenantId;
 use crate::stream::{Direction, HttpStream, LocalReply};
 use std::collections::HashMap;
@@ -297,4 +296,12 @@ pub struct HostSnapshot {
     pub tick_period_ms: u64,
     /// Metrics defined during init, in definition order: (type, name).
     pub metrics: Vec<(u32, String)>,
+}
+
+/// The guest exports the host needs on every hostcall, looked up once after instantiation.
+#[derive(Clone)]
+pub struct GuestMemory {
+    pub memory: wasmtime::Memory,
+    /// `proxy_on_memory_allocate` or, for older guests, `malloc`.
+    pub allocate: wasmtime::TypedFunc<i32, i32>,
 }

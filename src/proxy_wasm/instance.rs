@@ -4,10 +4,9 @@
 //! marks the instance failed; the driver then drops it and answers per `on_error`.
 
 use super::abi::{self, AbiVersion, Action};
-use super::host::HostSnapshot;
 use super::host::{Effect, HostState, Phase};
+use super::host::{GuestMemory, HostSnapshot};
 use super::hostcalls;
-use super::memory::GuestMemory;
 use crate::artifact::ArtifactDigest;
 use crate::config::{InstancePolicy, TenantConfig, TenantId};
 use crate::engine::EPOCH_TICK;

@@ -3,16 +3,8 @@
 //! `INVALID_MEMORY_ACCESS` for the guest, never a host fault.
 
 use super::abi::Status;
-use super::host::HostState;
-use wasmtime::{Caller, Memory, TypedFunc};
-
-/// The guest exports the host needs on every hostcall, looked up once after instantiation.
-#[derive(Clone)]
-pub struct GuestMemory {
-    pub memory: Memory,
-    /// `proxy_on_memory_allocate` or, for older guests, `malloc`.
-    pub allocate: TypedFunc<i32, i32>,
-}
+use super::host::{GuestMemory, HostState};
+use wasmtime::Caller;
 
 /// How a hostcall ends when it does not succeed: a status for the guest, or a trap.
 #[derive(Debug)]

@@ -4,7 +4,7 @@
 //! host does: strings as raw bytes, integers as 8-byte little-endian, booleans as one byte, maps
 //! (headers) as a serialized header map.
 
-use crate::stream::{AttributeKind, AttributeValue, HeaderKind};
+use crate::stream::{AttributeKind, AttributeValue, HeaderKind, MetadataSource};
 
 /// Where a property's value comes from.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -23,35 +23,6 @@ pub enum Source {
     Metadata { source: MetadataSource, namespace: Vec<u8>, key: Vec<u8> },
     /// `filter_state.<key>`: a filter-state object's bytes.
     FilterState(Vec<u8>),
-}
-
-/// Whose metadata (`envoy_dynamic_module_type_metadata_source`, Envoy's `abi.h` order).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum MetadataSource {
-    Dynamic = 0,
-    Route = 1,
-    Cluster = 2,
-    Host = 3,
-}
-
-/// A metadata value, typed as Envoy holds it (`google.protobuf.Value`).
-#[derive(Clone, PartialEq, Debug)]
-pub enum MetadataValue {
-    String(Vec<u8>),
-    Number(f64),
-    Bool(bool),
-}
-
-impl MetadataValue {
-    /// As Envoy's Wasm host serializes it: a string raw, a number as an 8-byte little-endian
-    /// double (always a double, as protobuf holds it), a bool as one byte.
-    pub fn encode(&self) -> Vec<u8> {
-        match self {
-            MetadataValue::String(s) => s.clone(),
-            MetadataValue::Number(n) => n.to_le_bytes().to_vec(),
-            MetadataValue::Bool(b) => vec![*b as u8],
-        }
-    }
 }
 
 /// The path's NUL-separated segments (a trailing NUL allowed).
@@ -172,6 +143,7 @@ pub fn encode(value: AttributeValue) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::MetadataValue;
 
     #[test]
     fn paths_are_nul_separated_and_map_to_attributes() {

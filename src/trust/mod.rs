@@ -7,18 +7,20 @@
 //! thaw's own: which keys (with rotation windows checked against verified times), which keyless
 //! identities (issuer plus exact subject or regex), whether a log entry is required, and what a
 //! build-provenance attestation must say (`provenance`). Detached cosign signatures
-//! (`artifact::signature`) remain as the shorthand for key-pair signing without a bundle.
+//! (`signature`) remain as the shorthand for key-pair signing without a bundle.
 //!
 //! Every refusal carries a [`Reason`], the label under which it is counted in Envoy's stats.
 
 pub mod crypto;
 pub mod provenance;
+pub mod signature;
 
-use crate::artifact::signature::{self, TrustedKey};
+pub use crate::config::{Evidence, SignatureFile};
 use crate::config::{IdentitySettings, SubjectMatch, TrustSettings};
 use base64::Engine as _;
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
+use signature::TrustedKey;
 use sigstore_types::bundle::{SignatureContent, VerificationMaterialContent};
 use sigstore_types::{Bundle, DerPublicKey};
 use sigstore_verify::{PublicKeyVerificationPolicy, VerificationPolicy, VerificationResult, Verifier};
@@ -93,37 +95,6 @@ impl fmt::Display for Refusal {
 }
 
 impl std::error::Error for Refusal {}
-
-/// What vouches for a file: a detached cosign signature or a Sigstore bundle, and optionally a
-/// build-provenance attestation (a DSSE bundle).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Evidence {
-    pub signature: SignatureFile,
-    pub attestation: Option<PathBuf>,
-}
-
-impl Evidence {
-    /// A detached signature, no attestation.
-    pub fn detached(signature: impl Into<PathBuf>) -> Evidence {
-        Evidence { signature: SignatureFile::Detached(signature.into()), attestation: None }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum SignatureFile {
-    /// base64 DER ECDSA, as `cosign sign-blob --key --output-signature` writes.
-    Detached(PathBuf),
-    /// A Sigstore bundle (`application/vnd.dev.sigstore.bundle.v0.3+json`).
-    Bundle(PathBuf),
-}
-
-impl SignatureFile {
-    pub fn path(&self) -> &Path {
-        match self {
-            SignatureFile::Detached(p) | SignatureFile::Bundle(p) => p,
-        }
-    }
-}
 
 /// Who signed, as verified.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -607,8 +578,8 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::artifact::signature::PrivateKey;
     use crate::config::KeySettings;
+    use signature::PrivateKey;
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()

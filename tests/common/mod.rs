@@ -2,9 +2,9 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use thaw::artifact::signature::PrivateKey;
 use thaw::config::{InstancePolicy, TenantConfig, TenantId};
 use thaw::engine::{self, Target};
+use thaw::trust::signature::PrivateKey;
 
 /// A pass-through guest compiled with thaw's engine and signed, with its trusted public key.
 pub struct SignedGuest {
