@@ -247,9 +247,13 @@ class EnforcementEnvoy:
             # A guest failure must show as what it is in every case, not as a quarantine that a
             # few earlier failures put the tenant in.
             "crash_loop": {"failures": 1000000},
+            # V8 runs the guest without a CPU deadline; the decision tenants get one far above what
+            # a guest call takes (about a millisecond), so a loaded CI machine that deschedules a
+            # worker mid-call (the deadline counts epoch ticks, i.e. wall time) is not mistaken for
+            # a parity difference (a 503 seen once with two builds running beside the suite).
             "tenants": {
-                "per-request": {"module": str(decision), "isolation": "per_request"},
-                "pooled": {"module": str(decision), "isolation": "pooled"},
+                "per-request": {"module": str(decision), "isolation": "per_request", "call_deadline_ms": 1000},
+                "pooled": {"module": str(decision), "isolation": "pooled", "call_deadline_ms": 1000},
                 "chaos": {"module": str(chaos), "isolation": "per_request"},
             },
         })
