@@ -3,7 +3,8 @@
 #   deps   install what the build needs, idempotently (apt, a project-local venv with Envoy, cosign)
 #   build  libthaw.so, the thaw CLI, the example guests, their signed .cwasm (dev key in build/)
 #   run    build, then serve the demo: Envoy + thaw + the signed auth filter on 127.0.0.1
-#   test   build, then run every test: unit, host tests, and the integration suite against real Envoy
+#   test   build, then check formatting and lints and run every test: unit, host tests, and the
+#          integration suite against real Envoy
 #   bench  build, then run the benchmark harness (not part of test)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -150,6 +151,9 @@ cmd_bench() {
 
 cmd_test() {
   cmd_build
+  log "rustfmt and clippy (warnings are errors)"
+  cargo fmt --check
+  cargo clippy --release --locked --all-targets -- -D warnings
   log "unit and host tests"
   THAW_GUESTS="$BUILD/guests" cargo test --release --locked
   log "integration suite against the real Envoy $ENVOY_VERSION"

@@ -143,7 +143,8 @@ impl FilterConfig {
         let mut by_digest: HashMap<ArtifactDigest, Module> = HashMap::new();
         let mut linked: HashMap<ArtifactDigest, Linked> = HashMap::new();
         // Init-check results: the tick period the guest's init set, and whether init made calls.
-        let mut init_checked: HashMap<(ArtifactDigest, Vec<u8>, Vec<u8>), (u64, bool)> = HashMap::new();
+        type InitKey = (ArtifactDigest, Vec<u8>, Vec<u8>);
+        let mut init_checked: HashMap<InitKey, (u64, bool)> = HashMap::new();
         let seal_key = match &config.snapshots {
             Some(settings) => Some(SealKey::load(&settings.key).map_err(|e| format!("invalid filter_config field `snapshots.key`: {e}"))?),
             None => None,

@@ -42,13 +42,16 @@ pub struct TenantRoot {
     pub tick_period_ms: u64,
     /// Run on the main thread once the tenant's init calls are all answered, before it is ready
     /// (a snapshot, when configured, is taken then).
-    pub on_init_answered: Box<dyn Fn(&Arc<Transcript>)>,
+    pub on_init_answered: OnInitAnswered,
 }
+
+/// See [`TenantRoot::on_init_answered`].
+pub type OnInitAnswered = Box<dyn Fn(&Arc<Transcript>)>;
 
 struct RootTenant {
     id: TenantId,
     plugin: Arc<Plugin>,
-    on_init_answered: Box<dyn Fn(&Arc<Transcript>)>,
+    on_init_answered: OnInitAnswered,
     root: RefCell<Option<GuestInstance>>,
     period_ms: Arc<AtomicU64>,
     /// Registered with `shared` for this tenant's queues (kept alive here).

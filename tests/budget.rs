@@ -12,8 +12,11 @@ use thaw::proxy_wasm::host;
 use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
 use thaw::telemetry::{Metric, NoStats, StatsSink};
 
+/// The stream's request headers, and the metrics recorded on it.
+type Seen = (Vec<HeaderPair>, Vec<(Metric, i64)>);
+
 #[derive(Clone)]
-struct Stream(std::rc::Rc<std::cell::RefCell<(Vec<HeaderPair>, Vec<(Metric, i64)>)>>);
+struct Stream(std::rc::Rc<std::cell::RefCell<Seen>>);
 
 impl StatsSink for Stream {
     fn record(&mut self, metric: Metric, _: &TenantId, value: i64) {

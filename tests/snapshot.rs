@@ -20,8 +20,11 @@ use thaw::telemetry::{Metric, StatsSink};
 use thaw::trust::signature::PrivateKey;
 
 /// Records metrics; answers headers from nothing; keeps the local replies.
+/// What a `Recorder` saw: metrics, local replies, headers set.
+type Recorded = (Vec<(Metric, String)>, Vec<LocalReply>, Vec<HeaderPair>);
+
 #[derive(Clone, Default)]
-struct Recorder(std::rc::Rc<std::cell::RefCell<(Vec<(Metric, String)>, Vec<LocalReply>, Vec<HeaderPair>)>>);
+struct Recorder(std::rc::Rc<std::cell::RefCell<Recorded>>);
 
 impl Recorder {
     fn count(&self, metric: Metric) -> usize {
@@ -257,7 +260,7 @@ fn a_snapshot_is_never_taken_after_a_request() {
     // The request's outcome does not matter (this plugin's init allowlist also applies to it);
     // that the instance served one does.
     let _ = instance.on_request_headers(Box::new(Recorder::default()), context, 0, true);
-    let err = instance.snapshot(&wizer, cx).err().expect("a served instance must not be snapshotted");
+    let err = instance.snapshot(&wizer, cx).expect_err("a served instance must not be snapshotted");
     assert!(err.contains("served 1 requests"), "{err}");
 }
 

@@ -150,7 +150,7 @@ pub struct MetricIds([usize; Metric::ALL.len()]);
 impl MetricIds {
     /// Defines every metric of `telemetry::Metric` with Envoy, labelled by tenant. Only possible
     /// during config creation (Envoy freezes definitions afterwards).
-    pub fn define(cb: &Callbacks, ce: ConfigEnvoyPtr) -> Result<MetricIds, String> {
+    pub(super) fn define(cb: &Callbacks, ce: ConfigEnvoyPtr) -> Result<MetricIds, String> {
         let mut ids = [0usize; Metric::ALL.len()];
         for metric in Metric::ALL {
             let label: Vec<ModuleBuffer> = metric.labels().iter().map(|l| ModuleBuffer::of(l.as_bytes())).collect();
@@ -221,7 +221,7 @@ unsafe impl Sync for ConfigScheduler {}
 
 impl ConfigScheduler {
     /// A scheduler for the config being created; `None` when this Envoy has none.
-    pub fn new(cb: &Callbacks, ce: ConfigEnvoyPtr) -> Option<ConfigScheduler> {
+    pub(super) fn new(cb: &Callbacks, ce: ConfigEnvoyPtr) -> Option<ConfigScheduler> {
         let (new, commit, delete) =
             (cb.http_filter_config_scheduler_new?, cb.http_filter_config_scheduler_commit?, cb.http_filter_config_scheduler_delete?);
         // SAFETY: `ce` is the config pointer of the running config hook.

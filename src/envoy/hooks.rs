@@ -5,6 +5,10 @@
 //! Re-entrancy: Envoy may call back into thaw while thaw is inside a callback (sending a local
 //! reply runs Envoy's encoder path). The per-stream state lives in a `RefCell` and every hook takes
 //! it with `try_borrow_mut`, so a re-entrant hook sees "busy" instead of an aliased `&mut`.
+// Envoy's hooks are `extern "C"` entry points: their pointer arguments come from Envoy, valid as
+// its ABI documents for the call, and they cannot be `unsafe fn` in that ABI. Each dereference has
+// its SAFETY note.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use super::abi::{self, ConfigEnvoyPtr, ConfigModulePtr, EnvoyBuffer, FilterEnvoyPtr, FilterModulePtr, HttpHeader};
 use super::callbacks::{self, ConfigCaller, ConfigScheduler, ConfigStats, EnvoyStream, MetricIds};
@@ -470,6 +474,7 @@ unsafe fn call_response(
         // SAFETY: the headers and chunks Envoy passed to this hook (either may be NULL with a zero
         // count), each buffer valid for the hook.
         headers: unsafe { header_pairs(headers, headers_size) },
+        // SAFETY: as above, for the body chunks.
         body: unsafe { chunks_bytes(body_chunks, body_chunks_size) },
         trailers: Vec::new(),
     })

@@ -807,7 +807,9 @@ impl GuestInstance {
             self.store.data_mut().calls.remove(token);
         }
         let (root_id, token) = (self.root_context_id as i32, token as i32);
-        let (export, response, status, n): (&'static str, CallResponse, Option<(u32, Vec<u8>)>, i32) = match delivery {
+        // The export to call, the response to hold for it, the gRPC status to report, its size.
+        type Delivered = (&'static str, CallResponse, Option<(u32, Vec<u8>)>, i32);
+        let (export, response, status, n): Delivered = match delivery {
             D::CallDone((0, message), response) => {
                 let n = response.body.len() as i32;
                 ("proxy_on_grpc_receive", response, Some((0, message)), n)

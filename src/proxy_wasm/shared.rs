@@ -10,8 +10,11 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 /// Called with a queue id when something is enqueued onto one of a tenant's queues.
 pub type Notifier = Arc<dyn Fn(u32) + Send + Sync>;
 
-fn notifiers() -> &'static Mutex<HashMap<String, Vec<Weak<dyn Fn(u32) + Send + Sync>>>> {
-    static NOTIFIERS: OnceLock<Mutex<HashMap<String, Vec<Weak<dyn Fn(u32) + Send + Sync>>>>> = OnceLock::new();
+/// Each tenant's queue watchers, held weakly (a config that is gone stops being notified).
+type Watchers = Mutex<HashMap<String, Vec<Weak<dyn Fn(u32) + Send + Sync>>>>;
+
+fn notifiers() -> &'static Watchers {
+    static NOTIFIERS: OnceLock<Watchers> = OnceLock::new();
     NOTIFIERS.get_or_init(Default::default)
 }
 
@@ -38,8 +41,11 @@ fn notify(tenant: &str, id: u32) {
 
 type Key = (String, Vec<u8>);
 
-fn data() -> &'static Mutex<HashMap<Key, (Vec<u8>, u32)>> {
-    static DATA: OnceLock<Mutex<HashMap<Key, (Vec<u8>, u32)>>> = OnceLock::new();
+/// Shared data: each key's value and its compare-and-swap token.
+type Data = Mutex<HashMap<Key, (Vec<u8>, u32)>>;
+
+fn data() -> &'static Data {
+    static DATA: OnceLock<Data> = OnceLock::new();
     DATA.get_or_init(Default::default)
 }
 
