@@ -89,7 +89,15 @@ SRC
   rm -rf "$tmp"
 }
 
+# clippy and rustfmt come with the rustup toolchain; added only if this one lacks them.
+deps_rust() {
+  cargo clippy --version >/dev/null 2>&1 && cargo fmt --version >/dev/null 2>&1 && return 0
+  log "rust: adding clippy and rustfmt to the toolchain"
+  rustup component add clippy rustfmt
+}
+
 cmd_deps() {
+  deps_rust
   deps_apt
   deps_venv
   deps_cosign
