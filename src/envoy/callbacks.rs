@@ -102,8 +102,8 @@ fn start_callout(
 
 /// A root context's access to Envoy: the filter config's own HTTP callouts (main thread).
 pub struct ConfigCaller {
-    pub ce: ConfigEnvoyPtr,
-    pub cb: &'static Callbacks,
+    pub(super) ce: ConfigEnvoyPtr,
+    pub(super) cb: &'static Callbacks,
 }
 
 impl RootHost for ConfigCaller {
@@ -173,9 +173,9 @@ impl MetricIds {
 
 /// Records metrics during config creation (main thread), through the config pointer.
 pub struct ConfigStats {
-    pub ce: ConfigEnvoyPtr,
-    pub cb: &'static Callbacks,
-    pub ids: MetricIds,
+    pub(super) ce: ConfigEnvoyPtr,
+    pub(super) cb: &'static Callbacks,
+    pub(super) ids: MetricIds,
 }
 
 impl StatsSink for ConfigStats {
@@ -243,8 +243,9 @@ impl Drop for ConfigScheduler {
     }
 }
 
-/// One Envoy HTTP stream, valid for the duration of the hook that created it.
-#[derive(Clone, Copy)]
+/// One Envoy HTTP stream, valid for the duration of the hook that created it. Not `Copy`, and its
+/// pointer is private: only `hooks` makes one, from the pointer Envoy passed to the running hook.
+#[derive(Clone)]
 pub struct EnvoyStream {
     fe: FilterEnvoyPtr,
     cb: &'static Callbacks,

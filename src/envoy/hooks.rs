@@ -236,7 +236,7 @@ fn with_stream<R>(
         || None,
         || match state.filter.try_borrow_mut() {
             Ok(mut filter) => {
-                let result = f(&mut filter, stream);
+                let result = f(&mut filter, stream.clone());
                 Some(Ok((result, filter.take_deferred())))
             }
             Err(_) => Some(Err(())),
