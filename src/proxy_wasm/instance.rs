@@ -578,16 +578,6 @@ pub struct GuestInstance {
 }
 
 impl GuestInstance {
-    /// False once a call failed: the instance must not serve again.
-    pub fn is_healthy(&self) -> bool {
-        !self.failed
-    }
-
-    /// Linear memory this instance holds.
-    pub fn memory_bytes(&self) -> usize {
-        self.store.data().limits.bytes()
-    }
-
     /// Whether a pooled instance is due for retirement under `policy` at `now`.
     pub fn is_retired(&self, policy: &InstancePolicy, now: Instant) -> bool {
         self.failed

@@ -237,10 +237,6 @@ impl Trust {
         })
     }
 
-    pub fn requires_provenance(&self) -> bool {
-        self.builder_ids.is_some()
-    }
-
     /// Checks `evidence` for `bytes` (read once by the caller; nothing else is read but the evidence).
     pub fn verify(&self, bytes: &[u8], evidence: &Evidence) -> Result<Verified, Refusal> {
         let mut verified = self.verify_signature(bytes, &evidence.signature)?;
