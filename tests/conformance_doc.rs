@@ -1,9 +1,10 @@
 //! CONFORMANCE.md names every host function of the table (`hostcalls::host_functions`), each in
-//! full in the first cell of a row of its module's section, so the document cannot silently fall
-//! behind the host.
+//! full in the first cell of a row of its module's section, and says which of them a snapshotted
+//! init may call exactly as their rows' policies do, so the document cannot silently fall behind
+//! the host.
 
 use std::collections::BTreeSet;
-use thaw::proxy_wasm::hostcalls::{self, Imports};
+use thaw::proxy_wasm::hostcalls::{self, Imports, Snapshot};
 
 fn doc() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/CONFORMANCE.md")).unwrap()
@@ -42,4 +43,22 @@ fn conformance_md_has_a_row_for_every_host_function() {
             .collect();
         assert!(missing.is_empty(), "CONFORMANCE.md's section `{heading}` has no row for: {missing:?}");
     }
+}
+
+#[test]
+fn conformance_md_says_what_a_snapshotted_init_may_call_as_the_table_does() {
+    let doc = doc();
+    let rows = rows(section(&doc, "Host functions during a snapshotted init"));
+    for policy in [Snapshot::Allowed, Snapshot::WhenReplaying, Snapshot::Forbidden] {
+        let label = format!("{policy:?}");
+        let row = rows.iter().find(|r| names(r[0]).contains(label.as_str())).unwrap_or_else(|| panic!("no row for `{label}`"));
+        let documented = names(row[1]);
+        let table: BTreeSet<&str> =
+            hostcalls::host_functions().filter(|f| f.imports == Imports::Env && f.snapshot == policy).map(|f| f.name).collect();
+        assert_eq!(documented, table, "CONFORMANCE.md's `{label}` row lists other `env` functions than the table's");
+    }
+    // The WASI functions are summed up as one ("every WASI function"), which holds while all are.
+    let wasi: Vec<_> = hostcalls::host_functions().filter(|f| f.imports == Imports::Wasi && f.snapshot != Snapshot::Allowed).collect();
+    assert!(wasi.is_empty(), "CONFORMANCE.md says every WASI function is allowed; not so: {wasi:?}");
+    assert!(rows.iter().any(|r| names(r[0]).contains("Allowed") && r[1].contains("every WASI function")));
 }

@@ -283,11 +283,16 @@ host_functions! {
     env proxy_set_property(path: i32, path_len: i32, value: i32, value_len: i32) -> i32, Forbidden,
         |c| status(proxy_set_property(c, path, path_len, value, value_len));
 
-    env proxy_get_shared_data(key: i32, key_len: i32, ptr_out: i32, len_out: i32, cas_out: i32) -> i32, Allowed,
+    // Shared data and queues are per-tenant, process-wide host state (`shared`) that a snapshot
+    // does not hold: an instance resumed in another process would lack what init wrote (and the
+    // queue ids init was given), and a value init read would be baked in. Recording them into
+    // `HostSnapshot` is not exactly right either (CAS tokens and queue ids are in guest memory,
+    // and other instances of the tenant share the state), so a snapshot of such an init is refused.
+    env proxy_get_shared_data(key: i32, key_len: i32, ptr_out: i32, len_out: i32, cas_out: i32) -> i32, Forbidden,
         |c| status(proxy_get_shared_data(c, key, key_len, ptr_out, len_out, cas_out));
-    env proxy_set_shared_data(key: i32, key_len: i32, value: i32, value_len: i32, cas: i32) -> i32, Allowed,
+    env proxy_set_shared_data(key: i32, key_len: i32, value: i32, value_len: i32, cas: i32) -> i32, Forbidden,
         |c| status(proxy_set_shared_data(c, key, key_len, value, value_len, cas));
-    env proxy_register_shared_queue(name: i32, name_len: i32, id_out: i32) -> i32, Allowed,
+    env proxy_register_shared_queue(name: i32, name_len: i32, id_out: i32) -> i32, Forbidden,
         |c| status(proxy_register_shared_queue(c, name, name_len, id_out));
     env proxy_resolve_shared_queue(vm_id: i32, vm_id_len: i32, name: i32, name_len: i32, id_out: i32) -> i32, Forbidden,
         |c| status(proxy_resolve_shared_queue(c, vm_id, vm_id_len, name, name_len, id_out));
