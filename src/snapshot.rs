@@ -150,6 +150,12 @@ pub struct Created {
     host: HostSnapshot,
 }
 
+impl fmt::Debug for Created {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Created {{ {} bytes of native code, host: {:?} }}", self.cwasm.len(), self.host)
+    }
+}
+
 impl Created {
     pub fn cwasm(&self) -> &[u8] {
         &self.cwasm
@@ -337,12 +343,13 @@ pub enum CreateError {
     Unsupported(String),
 }
 
-/// Runs `wasm`'s init for `tenant` once (under the snapshot allowlist), captures the result, and
-/// precompiles it for `engine`. Returns the precompiled snapshot and the host state to restore.
+/// Runs `wasm`'s init for `tenant` once (only the hostcalls whose `hostcalls::Snapshot` policy
+/// allows it can run), captures the result, and precompiles it for `engine`. Returns the
+/// precompiled snapshot and the host state to restore.
 ///
 /// Errors say why the guest cannot be snapshotted (imported memories or globals, table writes, a
-/// forbidden hostcall during init, a rejected configuration...): the caller falls back to
-/// per-worker init.
+/// forbidden hostcall during init, such as shared data or queues, whose process-wide state a
+/// snapshot does not hold; a rejected configuration...): the caller falls back to per-worker init.
 pub fn create(
     engine: &wasmtime::Engine,
     tenant: &crate::config::TenantConfig,

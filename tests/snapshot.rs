@@ -1,8 +1,10 @@
 //! Post-init snapshots through the host, with the real heavy-init guest (proxy-wasm SDK): init runs
 //! once per snapshot; resumed instances keep the guest's state, metrics and tick period; stored
 //! snapshots that are tampered, truncated, or made for another tenant, module, configuration or
-//! engine are refused, counted and replaced; encryption at rest hides guest memory; and a snapshot
-//! is never taken from an instance that served a request.
+//! engine are refused, counted and replaced; encryption at rest hides guest memory; a snapshot
+//! is never taken from an instance that served a request; and an init that calls a host function
+//! whose snapshot policy forbids it (shared data, queues, ...) is not snapshotted: the tenant falls
+//! back to per-worker init.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +15,10 @@ use thaw::config::{
 };
 use thaw::engine::{self, Target};
 use thaw::filter::{FilterConfig, StreamFilter};
-use thaw::proxy_wasm::Plugin;
+use thaw::proxy_wasm::abi::Status;
+use thaw::proxy_wasm::hostcalls::{self, Snapshot};
+use thaw::proxy_wasm::instance::SnapshotInit;
+use thaw::proxy_wasm::{shared, Plugin};
 use thaw::snapshot::{self, Binding, SealKey};
 use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
 use thaw::telemetry::{Metric, StatsSink};
@@ -76,12 +81,16 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
+        Setup::with_guest(&heavy_wasm())
+    }
+
+    /// Tenants run `wasm` (signed, precompiled), with `wasm` itself as their snapshot source.
+    fn with_guest(wasm: &[u8]) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let key = PrivateKey::generate();
         let public = dir.path().join("trusted.pub");
         std::fs::write(&public, key.public_key_pem()).unwrap();
-        let wasm = heavy_wasm();
-        let cwasm = engine::compile_engine(Target::host()).unwrap().precompile_module(&wasm).unwrap();
+        let cwasm = engine::compile_engine(Target::host()).unwrap().precompile_module(wasm).unwrap();
         let write_signed = |name: &str, bytes: &[u8]| {
             let path = dir.path().join(name);
             std::fs::write(&path, bytes).unwrap();
@@ -90,7 +99,7 @@ impl Setup {
             SignedFile { path, evidence: thaw::trust::Evidence::detached(signature) }
         };
         let module = write_signed("heavy.cwasm", &cwasm);
-        let source = write_signed("heavy.wasm", &wasm);
+        let source = write_signed("heavy.wasm", wasm);
         let seal_key = dir.path().join("snapshot.key");
         std::fs::write(&seal_key, [42u8; 32]).unwrap();
         Setup { dir, public, module, source, seal_key }
@@ -281,7 +290,119 @@ fn a_forbidden_hostcall_during_init_falls_back_to_per_worker_init() {
     let s = Setup::new();
     let engine = engine::runtime_engine().unwrap();
     let tenant = s.tenant("odd", "");
-    let err = snapshot::create(engine, &tenant, &wasm, ArtifactDigest::of(&wasm), None).err().expect("must not snapshot");
+    let err = snapshot::create(engine, &tenant, &wasm, ArtifactDigest::of(&wasm), None).expect_err("must not snapshot");
     let text = format!("{err:?}");
     assert!(matches!(err, snapshot::CreateError::Unsupported(_)) && text.contains("proxy_send_local_response"), "{text}");
+}
+
+#[test]
+fn shared_data_during_init_refuses_the_snapshot_and_the_tenant_serves_from_per_worker_init() {
+    // Shared data and queues are process-wide host state a snapshot does not hold: a resumed
+    // instance in a new process would lack what this init writes. So the snapshot is refused,
+    // naming the call, and the tenant runs its init per instance, which writes it.
+    let wasm = wat::parse_str(
+        r#"(module
+          (import "env" "proxy_set_shared_data" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_register_shared_queue" (func $register (param i32 i32 i32) (result i32)))
+          (import "env" "proxy_get_shared_data" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_send_local_response" (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1"))
+          (data (i32.const 16) "init-key") (data (i32.const 32) "set-by-init") (data (i32.const 48) "init-queue")
+          (global $heap (mut i32) (i32.const 4096))
+          (func (export "proxy_on_memory_allocate") (param $n i32) (result i32) (local $p i32)
+            (local.set $p (global.get $heap))
+            (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+            (local.get $p))
+          (func (export "proxy_on_configure") (param i32 i32) (result i32)
+            (drop (call $set (i32.const 16) (i32.const 8) (i32.const 32) (i32.const 11) (i32.const 0)))
+            (drop (call $register (i32.const 48) (i32.const 10) (i32.const 64)))
+            (i32.const 1))
+          ;; Answers every request with the value of `init-key` as the instance sees it.
+          (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+            (drop (call $get (i32.const 16) (i32.const 8) (i32.const 100) (i32.const 104) (i32.const 108)))
+            (drop (call $reply (i32.const 200) (i32.const 0) (i32.const 0) (i32.load (i32.const 100)) (i32.load (i32.const 104))
+              (i32.const 0) (i32.const 0) (i32.const -1)))
+            (i32.const 1)))"#,
+    )
+    .unwrap();
+    let name = "shared-init";
+    let s = Setup::with_guest(&wasm);
+    let engine = engine::runtime_engine().unwrap();
+    let Err(err) = snapshot::create(engine, &s.tenant(name, ""), &wasm, ArtifactDigest::of(&wasm), None) else {
+        panic!("an init that sets shared data must not be snapshotted")
+    };
+    let text = format!("{err:?}");
+    assert!(
+        matches!(err, snapshot::CreateError::Unsupported(_))
+            && text.contains("init called proxy_set_shared_data, which is not allowed while snapshotting"),
+        "{text}"
+    );
+    // The refused init changed nothing: the call trapped before it wrote.
+    assert_eq!(shared::get(name, b"init-key"), Err(Status::NotFound));
+    assert_eq!(shared::resolve_queue(name, b"", b"init-queue"), Err(Status::NotFound));
+
+    // Loaded with snapshots configured: no snapshot, per-worker init, and the data init set.
+    let config = s.load(vec![s.tenant(name, "")], false, &mut Recorder::default());
+    assert!(!config.tenants[&TenantId::try_from(name).unwrap()].plugin.is_resumed());
+    assert!(!s.stored(name).exists(), "no snapshot may be stored for it");
+    assert_eq!(ask(&config, name), "set-by-init");
+    assert_eq!(shared::get(name, b"init-key").map(|(value, _)| value), Ok(b"set-by-init".to_vec()));
+    assert!(shared::resolve_queue(name, b"", b"init-queue").is_ok());
+}
+
+#[test]
+fn every_host_function_runs_in_a_snapshotted_init_as_its_policy_says() {
+    // Derived from the table: each row's function, called from `proxy_on_vm_start` of a guest
+    // being snapshotted, traps naming itself exactly when its policy does not allow that init.
+    let s = Setup::with_guest(&wat::parse_str("(module)").unwrap());
+    let tenant = s.tenant("policies", "");
+    let engine = engine::runtime_engine().unwrap();
+    let create = |module: &str, name: &str, params: &[&str], results: &[&str], init: SnapshotInit| {
+        let args: String = params.iter().map(|t| format!(" ({t}.const 0)")).collect();
+        let call = if results.is_empty() { format!("(call $f{args})") } else { format!("(drop (call $f{args}))") };
+        let wasm = wat::parse_str(format!(
+            r#"(module
+              (import "{module}" "{name}" (func $f (param {}) (result {})))
+              (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1"))
+              (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+              (func (export "proxy_on_vm_start") (param i32 i32) (result i32) {call} (i32.const 1)))"#,
+            params.join(" "),
+            results.join(" "),
+        ))
+        .unwrap();
+        let replay = (init == SnapshotInit::ReplayingCalls).then(Default::default);
+        snapshot::create(engine, &tenant, &wasm, ArtifactDigest::of(&wasm), replay)
+    };
+    let mut checked = 0;
+    for row in hostcalls::host_functions() {
+        let params: Vec<&str> = row.params.iter().map(|(_, t)| t.name()).collect();
+        let results: Vec<&str> = row.results.iter().map(|t| t.name()).collect();
+        for module in row.imports.modules() {
+            for init in [SnapshotInit::Plain, SnapshotInit::ReplayingCalls] {
+                let outcome = create(module, row.name, &params, &results, init);
+                let refused = match &outcome {
+                    Err(snapshot::CreateError::Unsupported(why)) => {
+                        why.contains(&format!("init called {}, which is not allowed while snapshotting", row.name))
+                    }
+                    _ => false,
+                };
+                assert_eq!(
+                    refused,
+                    !row.snapshot.allows(init),
+                    "{module}.{} ({:?}) in a {init:?} init: {outcome:?}",
+                    row.name,
+                    row.snapshot
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 100, "{checked}");
+    // The shared-data and queue rows are among the forbidden ones, in every init.
+    let shared_rows: Vec<_> = hostcalls::host_functions().filter(|f| f.name.contains("_shared_")).collect();
+    assert_eq!(shared_rows.len(), 6);
+    assert!(shared_rows.iter().all(|f| f.snapshot == Snapshot::Forbidden), "{shared_rows:?}");
+    // An `env` import thaw does not implement has no row, hence no policy that allows it.
+    let unknown = create("env", "proxy_not_a_real_call", &["i32"], &["i32"], SnapshotInit::ReplayingCalls);
+    assert!(format!("{unknown:?}").contains("init called proxy_not_a_real_call, which is not allowed"), "{unknown:?}");
 }

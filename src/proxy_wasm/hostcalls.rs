@@ -1,5 +1,9 @@
 //! The host functions a proxy-wasm guest imports (module `env`) and the WASI preview 1 functions a
-//! wasm32-wasip1 guest imports (module `wasi_snapshot_preview1`).
+//! wasm32-wasip1 guest imports (`wasi_snapshot_preview1`, or `wasi_unstable`), as one table
+//! ([`host_functions`]): a row per function with its Wasm signature, its implementation and its
+//! [`Snapshot`] policy (whether a snapshotted init may call it). The linker registration
+//! ([`add_to_linker`]), what a snapshotted init may call, and the CONFORMANCE.md check
+//! (`tests/conformance_doc.rs`) are all derived from it.
 //!
 //! Every hostcall reads the same way: decode guest integers into enums (unknown -> BAD_ARGUMENT),
 //! read guest memory through `memory` (bad pointer -> INVALID_MEMORY_ACCESS), delegate, encode the
@@ -10,6 +14,7 @@
 use super::abi::{self, errno, BufferType, MapType, Status};
 use super::header_map;
 use super::host::{CallKind, Effect, HostState};
+use super::instance::SnapshotInit;
 use super::memory::{self, HostError, HostResult};
 use super::{properties, shared};
 use crate::log_at;
@@ -19,7 +24,7 @@ use crate::telemetry::Metric;
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
-use wasmtime::{Caller, ExternType, Linker, Module, Val, ValType};
+use wasmtime::{Caller, Engine, ExternType, FuncType, Linker, Module, Val, ValType};
 
 type C<'a> = Caller<'a, HostState>;
 
@@ -42,164 +47,315 @@ fn wasi(result: Result<(), HostError>) -> wasmtime::Result<i32> {
     }
 }
 
-/// Adds every implemented host function to `linker`.
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    let env = "env";
-    linker.func_wrap(env, "proxy_log", |c: C, level: i32, ptr: i32, len: i32| status(proxy_log(c, level, ptr, len)))?;
-    linker.func_wrap(env, "proxy_get_log_level", |c: C, out: i32| status(proxy_get_log_level(c, out)))?;
-    linker.func_wrap(env, "proxy_get_current_time_nanoseconds", |c: C, out: i32| status(proxy_get_current_time(c, out)))?;
-    linker.func_wrap(env, "proxy_set_effective_context", |c: C, id: i32| {
+/// The module names WASI preview 1 is imported from.
+pub const WASI_MODULES: [&str; 2] = ["wasi_snapshot_preview1", "wasi_unstable"];
+
+/// Where a host function is imported from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Imports {
+    /// `env`: the proxy-wasm ABI (and the two Emscripten helpers Envoy's host provides).
+    Env,
+    /// Both WASI module names ([`WASI_MODULES`]): Envoy's host serves the same functions under
+    /// each, as older toolchains (TinyGo, Emscripten) import `wasi_unstable`, whose signatures for
+    /// these functions are the same.
+    Wasi,
+}
+
+impl Imports {
+    pub fn modules(self) -> &'static [&'static str] {
+        match self {
+            Imports::Env => &["env"],
+            Imports::Wasi => &WASI_MODULES,
+        }
+    }
+}
+
+/// A Wasm value type of a host function's parameter or result (host functions take and return
+/// only integers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WasmType {
+    I32,
+    I64,
+}
+
+impl WasmType {
+    pub fn val_type(self) -> ValType {
+        match self {
+            WasmType::I32 => ValType::I32,
+            WasmType::I64 => ValType::I64,
+        }
+    }
+
+    /// As the text format spells it (`i32`, `i64`).
+    pub fn name(self) -> &'static str {
+        match self {
+            WasmType::I32 => "i32",
+            WasmType::I64 => "i64",
+        }
+    }
+}
+
+/// Whether a host function may run during an init that is being snapshotted. A snapshot restores
+/// guest memory and globals plus the [`HostSnapshot`](crate::snapshot::HostSnapshot) record, and
+/// nothing else: a call that reads or changes any other host state would leave a resumed
+/// instance (possibly in another process) in a state its init did not produce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Snapshot {
+    /// Leaves no host state a snapshot cannot restore (what it reads is fixed for the tenant, or
+    /// becomes part of guest memory as any value init computes; what it sets is in `HostSnapshot`).
+    Allowed,
+    /// Allowed only when init's HTTP calls are answered from the tenant's recorded init calls
+    /// (`init_calls::Replay`, [`SnapshotInit::ReplayingCalls`]): making the call and reading its
+    /// answer are then the same in every instance, all host-side.
+    WhenReplaying,
+    /// Refuses the snapshot: the call traps, naming itself, so `snapshot::create` fails with
+    /// `CreateError::Unsupported` and the tenant falls back to per-worker init.
+    Forbidden,
+}
+
+impl Snapshot {
+    /// Whether a snapshotted init of kind `init` may make the call.
+    pub fn allows(self, init: SnapshotInit) -> bool {
+        match self {
+            Snapshot::Allowed => true,
+            Snapshot::WhenReplaying => init == SnapshotInit::ReplayingCalls,
+            Snapshot::Forbidden => false,
+        }
+    }
+}
+
+/// Registers a row's implementation under one module name.
+type Link = fn(&mut Linker<HostState>, &str) -> wasmtime::Result<()>;
+
+/// One row of the host-function table.
+pub struct HostFunction {
+    pub imports: Imports,
+    pub name: &'static str,
+    /// Parameter names (as the row spells them; `_`-prefixed: unused) and types.
+    pub params: &'static [(&'static str, WasmType)],
+    pub results: &'static [WasmType],
+    pub snapshot: Snapshot,
+    link: Link,
+}
+
+impl HostFunction {
+    pub fn func_type(&self, engine: &Engine) -> FuncType {
+        FuncType::new(engine, self.params.iter().map(|(_, t)| t.val_type()), self.results.iter().map(|t| t.val_type()))
+    }
+}
+
+impl std::fmt::Debug for HostFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostFunction")
+            .field("imports", &self.imports)
+            .field("name", &self.name)
+            .field("params", &self.params)
+            .field("results", &self.results)
+            .field("snapshot", &self.snapshot)
+            .finish()
+    }
+}
+
+/// Every host function thaw implements, one row each.
+pub fn host_functions() -> impl Iterator<Item = &'static HostFunction> {
+    HOST_FUNCTIONS.iter()
+}
+
+/// Builds [`HOST_FUNCTIONS`] from rows of the form
+/// `imports name(param: type, ...) -> result, Policy, |caller| implementation;`
+/// where `imports` is `env` or `wasi`, types are `i32` / `i64`, the result is optional (none: the
+/// function returns nothing), and the implementation sees the parameters by name and returns
+/// `wasmtime::Result` of the result (an `Err` traps).
+macro_rules! host_functions {
+    (@imports env) => { Imports::Env };
+    (@imports wasi) => { Imports::Wasi };
+    (@type i32) => { WasmType::I32 };
+    (@type i64) => { WasmType::I64 };
+    (@result) => { () };
+    (@result $t:ident) => { $t };
+    ($( $imports:ident $name:ident ( $($param:ident : $ty:ident),* ) $(-> $result:ident)?, $policy:ident,
+        |$c:pat_param| $body:expr; )*) => {
+        static HOST_FUNCTIONS: &[HostFunction] = &[$(
+            HostFunction {
+                imports: host_functions!(@imports $imports),
+                name: stringify!($name),
+                params: &[$((stringify!($param), host_functions!(@type $ty))),*],
+                results: &[$(host_functions!(@type $result))?],
+                snapshot: Snapshot::$policy,
+                link: |linker, module| {
+                    linker.func_wrap(module, stringify!($name),
+                        |$c: C, $($param: $ty),*| -> wasmtime::Result<host_functions!(@result $($result)?)> { $body })?;
+                    Ok(())
+                },
+            },
+        )*];
+    };
+}
+
+host_functions! {
+    // Logging, clock, configuration: nothing host-side changes; what they read is fixed for the
+    // tenant or becomes guest memory (the time init saw stays the time it saw).
+    env proxy_log(level: i32, message: i32, message_len: i32) -> i32, Allowed,
+        |c| status(proxy_log(c, level, message, message_len));
+    env proxy_get_log_level(level_out: i32) -> i32, Allowed, |c| status(proxy_get_log_level(c, level_out));
+    env proxy_get_current_time_nanoseconds(time_out: i32) -> i32, Allowed, |c| status(proxy_get_current_time(c, time_out));
+    env proxy_set_effective_context(context_id: i32) -> i32, Allowed, |c| {
         // Only a context that exists (the root, or the stream's): BAD_ARGUMENT otherwise, as Envoy.
-        let known = c.data().contexts.contains(&(id as u32));
+        let known = c.data().contexts.contains(&(context_id as u32));
         Ok(if known { Status::Ok } else { Status::BadArgument } as i32)
-    })?;
-    linker.func_wrap(env, "proxy_get_buffer_bytes", |c: C, t: i32, start: i32, max: i32, ptr_out: i32, len_out: i32| {
-        status(proxy_get_buffer_bytes(c, t, start, max, ptr_out, len_out))
-    })?;
-    linker.func_wrap(env, "proxy_get_buffer_status", |c: C, t: i32, len_out: i32, flags_out: i32| {
-        status(proxy_get_buffer_status(c, t, len_out, flags_out))
-    })?;
-    linker.func_wrap(env, "proxy_get_header_map_size", |c: C, map: i32, out: i32| status(proxy_get_header_map_size(c, map, out)))?;
-    linker.func_wrap(env, "proxy_get_header_map_pairs", |c: C, map: i32, ptr_out: i32, len_out: i32| {
-        status(proxy_get_header_map_pairs(c, map, ptr_out, len_out))
-    })?;
-    linker.func_wrap(env, "proxy_set_header_map_pairs", |c: C, map: i32, ptr: i32, len: i32| {
-        status(proxy_set_header_map_pairs(c, map, ptr, len))
-    })?;
-    linker.func_wrap(env, "proxy_get_header_map_value", |c: C, map: i32, kp: i32, kl: i32, ptr_out: i32, len_out: i32| {
-        status(proxy_get_header_map_value(c, map, kp, kl, ptr_out, len_out))
-    })?;
-    linker.func_wrap(env, "proxy_add_header_map_value", |c: C, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| {
-        status(change_header(c, map, kp, kl, Change::Add(vp, vl)))
-    })?;
-    linker.func_wrap(env, "proxy_replace_header_map_value", |c: C, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| {
-        status(change_header(c, map, kp, kl, Change::Replace(vp, vl)))
-    })?;
-    linker.func_wrap(env, "proxy_remove_header_map_value", |c: C, map: i32, kp: i32, kl: i32| {
-        status(change_header(c, map, kp, kl, Change::Remove))
-    })?;
-    linker.func_wrap(
-        env,
-        "proxy_send_local_response",
-        |c: C, code: i32, dp: i32, dl: i32, bp: i32, bl: i32, hp: i32, hl: i32, grpc: i32| {
-            status(proxy_send_local_response(c, code, dp, dl, bp, bl, hp, hl, grpc))
-        },
-    )?;
+    };
+    // The configuration buffers; during a replayed init also an HTTP call's answer body.
+    env proxy_get_buffer_bytes(buffer_type: i32, start: i32, max_size: i32, ptr_out: i32, len_out: i32) -> i32, Allowed,
+        |c| status(proxy_get_buffer_bytes(c, buffer_type, start, max_size, ptr_out, len_out));
+    env proxy_get_buffer_status(buffer_type: i32, len_out: i32, flags_out: i32) -> i32, Allowed,
+        |c| status(proxy_get_buffer_status(c, buffer_type, len_out, flags_out));
+    // Header maps: during init only an HTTP call's answer has any, read from the record.
+    env proxy_get_header_map_size(map_type: i32, size_out: i32) -> i32, WhenReplaying,
+        |c| status(proxy_get_header_map_size(c, map_type, size_out));
+    env proxy_get_header_map_pairs(map_type: i32, ptr_out: i32, len_out: i32) -> i32, WhenReplaying,
+        |c| status(proxy_get_header_map_pairs(c, map_type, ptr_out, len_out));
+    env proxy_set_header_map_pairs(map_type: i32, pairs: i32, pairs_len: i32) -> i32, Forbidden,
+        |c| status(proxy_set_header_map_pairs(c, map_type, pairs, pairs_len));
+    env proxy_get_header_map_value(map_type: i32, key: i32, key_len: i32, ptr_out: i32, len_out: i32) -> i32, WhenReplaying,
+        |c| status(proxy_get_header_map_value(c, map_type, key, key_len, ptr_out, len_out));
+    env proxy_add_header_map_value(map_type: i32, key: i32, key_len: i32, value: i32, value_len: i32) -> i32, Forbidden,
+        |c| status(change_header(c, map_type, key, key_len, Change::Add(value, value_len)));
+    env proxy_replace_header_map_value(map_type: i32, key: i32, key_len: i32, value: i32, value_len: i32) -> i32, Forbidden,
+        |c| status(change_header(c, map_type, key, key_len, Change::Replace(value, value_len)));
+    env proxy_remove_header_map_value(map_type: i32, key: i32, key_len: i32) -> i32, Forbidden,
+        |c| status(change_header(c, map_type, key, key_len, Change::Remove));
+    // An effect on a stream: there is none during init, and a snapshot cannot hold one.
+    env proxy_send_local_response(status_code: i32, details: i32, details_len: i32, body: i32, body_len: i32,
+        headers: i32, headers_len: i32, grpc_status: i32) -> i32, Forbidden,
+        |c| status(proxy_send_local_response(c, status_code, details, details_len, body, body_len, headers, headers_len, grpc_status));
 
-    linker.func_wrap(env, "proxy_set_tick_period_milliseconds", |mut c: C, period: i32| {
-        c.data_mut().tick_period_ms = period as u32 as u64;
+    // Recorded in `HostSnapshot` and restored on resume.
+    env proxy_set_tick_period_milliseconds(period_ms: i32) -> i32, Allowed, |mut c| {
+        c.data_mut().tick_period_ms = period_ms as u32 as u64;
         Ok(Status::Ok as i32)
-    })?;
-    linker
-        .func_wrap(env, "proxy_define_metric", |c: C, t: i32, np: i32, nl: i32, out: i32| status(proxy_define_metric(c, t, np, nl, out)))?;
-    linker.func_wrap(env, "proxy_increment_metric", |c: C, id: i32, delta: i64| status(guest_metric(c, id, MetricOp::Increment(delta))))?;
-    linker.func_wrap(env, "proxy_record_metric", |c: C, id: i32, value: i64| status(guest_metric(c, id, MetricOp::Record(value))))?;
-    linker.func_wrap(env, "proxy_get_metric", |c: C, id: i32, out: i32| status(guest_metric(c, id, MetricOp::Get(out))))?;
+    };
+    env proxy_define_metric(metric_type: i32, name: i32, name_len: i32, id_out: i32) -> i32, Allowed,
+        |c| status(proxy_define_metric(c, metric_type, name, name_len, id_out));
+    // Metric values are process-wide host state (`metric_values`), which a snapshot does not hold.
+    env proxy_increment_metric(metric_id: i32, offset: i64) -> i32, Forbidden,
+        |c| status(guest_metric(c, metric_id, MetricOp::Increment(offset)));
+    env proxy_record_metric(metric_id: i32, value: i64) -> i32, Forbidden, |c| status(guest_metric(c, metric_id, MetricOp::Record(value)));
+    env proxy_get_metric(metric_id: i32, value_out: i32) -> i32, Forbidden,
+        |c| status(guest_metric(c, metric_id, MetricOp::Get(value_out)));
 
-    linker.func_wrap(env, "proxy_set_buffer_bytes", |c: C, t: i32, start: i32, size: i32, ptr: i32, len: i32| {
-        status(proxy_set_buffer_bytes(c, t, start, size, ptr, len))
-    })?;
-    linker.func_wrap(env, "proxy_continue_stream", |c: C, stream_type: i32| status(stream_effect(c, stream_type, false)))?;
-    linker.func_wrap(env, "proxy_close_stream", |c: C, stream_type: i32| status(stream_effect(c, stream_type, true)))?;
-    linker.func_wrap(env, "proxy_get_status", |c: C, code_out: i32, ptr_out: i32, len_out: i32| {
-        status(proxy_get_status(c, code_out, ptr_out, len_out))
-    })?;
-    linker.func_wrap(env, "proxy_done", |_: C| Ok(Status::NotFound as i32))?;
+    env proxy_set_buffer_bytes(buffer_type: i32, start: i32, size: i32, data: i32, data_len: i32) -> i32, Forbidden,
+        |c| status(proxy_set_buffer_bytes(c, buffer_type, start, size, data, data_len));
+    env proxy_continue_stream(stream_type: i32) -> i32, Forbidden, |c| status(stream_effect(c, stream_type, false));
+    env proxy_close_stream(stream_type: i32) -> i32, Forbidden, |c| status(stream_effect(c, stream_type, true));
+    env proxy_get_status(code_out: i32, message_out: i32, message_len_out: i32) -> i32, Forbidden,
+        |c| status(proxy_get_status(c, code_out, message_out, message_len_out));
+    env proxy_done() -> i32, Forbidden, |_| Ok(Status::NotFound as i32);
     // Emscripten-built guests (the C++ SDK) import these two; Envoy's host provides them.
-    linker.func_wrap(env, "pthread_equal", |_: C, a: i32, b: i32| Ok((a == b) as i32))?;
-    linker.func_wrap(env, "emscripten_notify_memory_growth", |_: C, _memory: i32| Ok(()))?;
+    env pthread_equal(a: i32, b: i32) -> i32, Forbidden, |_| Ok((a == b) as i32);
+    env emscripten_notify_memory_growth(_memory_index: i32), Forbidden, |_| Ok(());
     // ABI 0.1.0 only (Envoy's host links them for 0.1.0 guests).
-    linker.func_wrap(env, "proxy_get_configuration", |c: C, ptr_out: i32, len_out: i32| {
-        status(proxy_get_configuration(c, ptr_out, len_out))
-    })?;
-    linker.func_wrap(env, "proxy_continue_request", |c: C| status(stream_effect(c, 0, false)))?;
-    linker.func_wrap(env, "proxy_continue_response", |c: C| status(stream_effect(c, 1, false)))?;
-    linker.func_wrap(env, "proxy_clear_route_cache", |_: C| Ok(Status::Ok as i32))?;
-    linker.func_wrap(
-        env,
-        "proxy_http_call",
-        |c: C, up: i32, ul: i32, hp: i32, hl: i32, bp: i32, bl: i32, tp: i32, tl: i32, timeout: i32, out: i32| {
-            status(proxy_http_call(c, [up, ul, hp, hl, bp, bl, tp, tl], timeout, out))
-        },
-    )?;
-    linker.func_wrap(
-        env,
-        "proxy_grpc_call",
-        |c: C, up: i32, ul: i32, sp: i32, sl: i32, mp: i32, ml: i32, hp: i32, hl: i32, bp: i32, bl: i32, timeout: i32, out: i32| {
-            status(proxy_grpc_call(c, [up, ul, sp, sl, mp, ml, hp, hl, bp, bl], timeout, out))
-        },
-    )?;
-    linker.func_wrap(
-        env,
-        "proxy_grpc_stream",
-        |c: C, up: i32, ul: i32, sp: i32, sl: i32, mp: i32, ml: i32, hp: i32, hl: i32, out: i32| {
-            status(proxy_grpc_stream(c, [up, ul, sp, sl, mp, ml, hp, hl], out))
-        },
-    )?;
-    linker
-        .func_wrap(env, "proxy_grpc_send", |c: C, token: i32, mp: i32, ml: i32, end: i32| status(proxy_grpc_send(c, token, mp, ml, end)))?;
-    linker.func_wrap(env, "proxy_grpc_close", |c: C, token: i32| status(proxy_grpc_close(c, token)))?;
-    linker.func_wrap(env, "proxy_grpc_cancel", |c: C, token: i32| status(proxy_grpc_cancel(c, token)))?;
-    linker.func_wrap(env, "proxy_get_property", |c: C, pp: i32, pl: i32, ptr_out: i32, len_out: i32| {
-        status(proxy_get_property(c, pp, pl, ptr_out, len_out))
-    })?;
-    linker
-        .func_wrap(env, "proxy_set_property", |c: C, pp: i32, pl: i32, vp: i32, vl: i32| status(proxy_set_property(c, pp, pl, vp, vl)))?;
-    linker.func_wrap(env, "proxy_get_shared_data", |c: C, kp: i32, kl: i32, ptr_out: i32, len_out: i32, cas_out: i32| {
-        status(proxy_get_shared_data(c, kp, kl, ptr_out, len_out, cas_out))
-    })?;
-    linker.func_wrap(env, "proxy_set_shared_data", |c: C, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32| {
-        status(proxy_set_shared_data(c, kp, kl, vp, vl, cas))
-    })?;
-    linker.func_wrap(env, "proxy_register_shared_queue", |c: C, np: i32, nl: i32, out: i32| {
-        status(proxy_register_shared_queue(c, np, nl, out))
-    })?;
-    linker.func_wrap(env, "proxy_resolve_shared_queue", |c: C, vp: i32, vl: i32, np: i32, nl: i32, out: i32| {
-        status(proxy_resolve_shared_queue(c, vp, vl, np, nl, out))
-    })?;
-    linker.func_wrap(env, "proxy_enqueue_shared_queue", |c: C, id: i32, vp: i32, vl: i32| {
-        status(proxy_enqueue_shared_queue(c, id, vp, vl))
-    })?;
-    linker.func_wrap(env, "proxy_dequeue_shared_queue", |c: C, id: i32, ptr_out: i32, len_out: i32| {
-        status(proxy_dequeue_shared_queue(c, id, ptr_out, len_out))
-    })?;
-    linker.func_wrap(
-        env,
-        "proxy_call_foreign_function",
-        |c: C, np: i32, nl: i32, ap: i32, al: i32, _rp: i32, _rl: i32| -> wasmtime::Result<i32> {
-            // thaw registers no foreign functions: every name is NOT_FOUND (once name and arguments
-            // are readable), as Envoy answers for names it does not know.
-            status(memory::read(&c, np, nl).and_then(|_| memory::read(&c, ap, al)).and_then(|_| Err(Status::NotFound.into())))
-        },
-    )?;
+    env proxy_get_configuration(ptr_out: i32, len_out: i32) -> i32, Allowed, |c| status(proxy_get_configuration(c, ptr_out, len_out));
+    env proxy_continue_request() -> i32, Forbidden, |c| status(stream_effect(c, 0, false));
+    env proxy_continue_response() -> i32, Forbidden, |c| status(stream_effect(c, 1, false));
+    env proxy_clear_route_cache() -> i32, Forbidden, |_| Ok(Status::Ok as i32);
 
-    // Envoy's host serves the same WASI functions under both names: older toolchains (TinyGo,
-    // Emscripten) import `wasi_unstable`, whose signatures for these functions are the same.
-    for w in WASI_MODULES {
-        linker.func_wrap(w, "fd_write", |c: C, fd: i32, iovs: i32, n: i32, out: i32| fd_write(c, fd, iovs, n, out))?;
-        linker.func_wrap(w, "fd_read", |_: C, _: i32, _: i32, _: i32, _: i32| Ok(errno::NOSYS))?;
-        linker.func_wrap(w, "fd_seek", |_: C, _: i32, _: i64, _: i32, _: i32| Ok(errno::SUCCESS))?;
-        linker.func_wrap(w, "fd_close", |_: C, _: i32| Ok(errno::SUCCESS))?;
-        linker.func_wrap(w, "fd_fdstat_get", |c: C, fd: i32, out: i32| fd_fdstat_get(c, fd, out))?;
-        linker.func_wrap(w, "fd_prestat_get", |_: C, _: i32, _: i32| Ok(errno::BADF))?;
-        linker.func_wrap(w, "fd_prestat_dir_name", |_: C, _: i32, _: i32, _: i32| Ok(errno::NOSYS))?;
-        linker
-            .func_wrap(w, "path_open", |_: C, _: i32, _: i32, _: i32, _: i32, _: i32, _: i64, _: i64, _: i32, _: i32| Ok(errno::NOENT))?;
-        linker.func_wrap(w, "clock_time_get", |c: C, id: i32, _precision: i64, out: i32| clock_time_get(c, id, out))?;
-        linker.func_wrap(w, "random_get", |c: C, ptr: i32, len: i32| wasi(random_get(c, ptr, len)))?;
-        linker.func_wrap(w, "environ_sizes_get", |c: C, count: i32, size: i32| wasi(zero_sizes(c, count, size)))?;
-        linker.func_wrap(w, "environ_get", |_: C, _: i32, _: i32| Ok(errno::SUCCESS))?;
-        linker.func_wrap(w, "args_sizes_get", |c: C, count: i32, size: i32| wasi(zero_sizes(c, count, size)))?;
-        linker.func_wrap(w, "args_get", |_: C, _: i32, _: i32| Ok(errno::SUCCESS))?;
-        linker.func_wrap(w, "proc_exit", |_: C, code: i32| -> wasmtime::Result<()> {
-            Err(wasmtime::Error::msg(format!("guest called proc_exit({code})")))
-        })?;
+    // Answered from the record during a replayed init (`init_calls`); otherwise there is nothing
+    // to deliver an answer to that a snapshot could hold.
+    env proxy_http_call(upstream: i32, upstream_len: i32, headers: i32, headers_len: i32, body: i32, body_len: i32,
+        trailers: i32, trailers_len: i32, timeout_ms: i32, token_out: i32) -> i32, WhenReplaying,
+        |c| status(proxy_http_call(c, [upstream, upstream_len, headers, headers_len, body, body_len, trailers, trailers_len], timeout_ms,
+            token_out));
+    env proxy_grpc_call(upstream: i32, upstream_len: i32, service: i32, service_len: i32, method: i32, method_len: i32,
+        metadata: i32, metadata_len: i32, message: i32, message_len: i32, timeout_ms: i32, token_out: i32) -> i32, Forbidden,
+        |c| status(proxy_grpc_call(c, [upstream, upstream_len, service, service_len, method, method_len, metadata, metadata_len,
+            message, message_len], timeout_ms, token_out));
+    env proxy_grpc_stream(upstream: i32, upstream_len: i32, service: i32, service_len: i32, method: i32, method_len: i32,
+        metadata: i32, metadata_len: i32, token_out: i32) -> i32, Forbidden,
+        |c| status(proxy_grpc_stream(c, [upstream, upstream_len, service, service_len, method, method_len, metadata, metadata_len],
+            token_out));
+    env proxy_grpc_send(token: i32, message: i32, message_len: i32, end_stream: i32) -> i32, Forbidden,
+        |c| status(proxy_grpc_send(c, token, message, message_len, end_stream));
+    env proxy_grpc_close(token: i32) -> i32, Forbidden, |c| status(proxy_grpc_close(c, token));
+    env proxy_grpc_cancel(token: i32) -> i32, Forbidden, |c| status(proxy_grpc_cancel(c, token));
+
+    // Properties set are kept per instance, outside `HostSnapshot`.
+    env proxy_get_property(path: i32, path_len: i32, ptr_out: i32, len_out: i32) -> i32, Forbidden,
+        |c| status(proxy_get_property(c, path, path_len, ptr_out, len_out));
+    env proxy_set_property(path: i32, path_len: i32, value: i32, value_len: i32) -> i32, Forbidden,
+        |c| status(proxy_set_property(c, path, path_len, value, value_len));
+
+    // Shared data and queues are per-tenant, process-wide host state (`shared`) that a snapshot
+    // does not hold: an instance resumed in another process would lack what init wrote (and the
+    // queue ids init was given), and a value init read would be baked in. Recording them into
+    // `HostSnapshot` is not exactly right either (CAS tokens and queue ids are in guest memory,
+    // and other instances of the tenant share the state), so a snapshot of such an init is refused.
+    env proxy_get_shared_data(key: i32, key_len: i32, ptr_out: i32, len_out: i32, cas_out: i32) -> i32, Forbidden,
+        |c| status(proxy_get_shared_data(c, key, key_len, ptr_out, len_out, cas_out));
+    env proxy_set_shared_data(key: i32, key_len: i32, value: i32, value_len: i32, cas: i32) -> i32, Forbidden,
+        |c| status(proxy_set_shared_data(c, key, key_len, value, value_len, cas));
+    env proxy_register_shared_queue(name: i32, name_len: i32, id_out: i32) -> i32, Forbidden,
+        |c| status(proxy_register_shared_queue(c, name, name_len, id_out));
+    env proxy_resolve_shared_queue(vm_id: i32, vm_id_len: i32, name: i32, name_len: i32, id_out: i32) -> i32, Forbidden,
+        |c| status(proxy_resolve_shared_queue(c, vm_id, vm_id_len, name, name_len, id_out));
+    env proxy_enqueue_shared_queue(queue_id: i32, value: i32, value_len: i32) -> i32, Forbidden,
+        |c| status(proxy_enqueue_shared_queue(c, queue_id, value, value_len));
+    env proxy_dequeue_shared_queue(queue_id: i32, ptr_out: i32, len_out: i32) -> i32, Forbidden,
+        |c| status(proxy_dequeue_shared_queue(c, queue_id, ptr_out, len_out));
+
+    env proxy_call_foreign_function(name: i32, name_len: i32, args: i32, args_len: i32, _results_out: i32, _results_len_out: i32)
+        -> i32, Forbidden, |c| {
+        // thaw registers no foreign functions: every name is NOT_FOUND (once name and arguments
+        // are readable), as Envoy answers for names it does not know.
+        status(memory::read(&c, name, name_len).and_then(|_| memory::read(&c, args, args_len)).and_then(|_| Err(Status::NotFound.into())))
+    };
+
+    // WASI: none keeps host state (`fd_write` logs; `random_get` and the clocks hand values to
+    // guest memory, which the snapshot then holds as any value init computed).
+    wasi fd_write(fd: i32, iovs: i32, iovs_len: i32, written_out: i32) -> i32, Allowed, |c| fd_write(c, fd, iovs, iovs_len, written_out);
+    wasi fd_read(_fd: i32, _iovs: i32, _iovs_len: i32, _read_out: i32) -> i32, Allowed, |_| Ok(errno::NOSYS);
+    wasi fd_seek(_fd: i32, _offset: i64, _whence: i32, _offset_out: i32) -> i32, Allowed, |_| Ok(errno::SUCCESS);
+    wasi fd_close(_fd: i32) -> i32, Allowed, |_| Ok(errno::SUCCESS);
+    wasi fd_fdstat_get(fd: i32, stat_out: i32) -> i32, Allowed, |c| fd_fdstat_get(c, fd, stat_out);
+    wasi fd_prestat_get(_fd: i32, _prestat_out: i32) -> i32, Allowed, |_| Ok(errno::BADF);
+    wasi fd_prestat_dir_name(_fd: i32, _path: i32, _path_len: i32) -> i32, Allowed, |_| Ok(errno::NOSYS);
+    wasi path_open(_dir_fd: i32, _dir_flags: i32, _path: i32, _path_len: i32, _open_flags: i32, _rights_base: i64,
+        _rights_inheriting: i64, _fd_flags: i32, _fd_out: i32) -> i32, Allowed, |_| Ok(errno::NOENT);
+    wasi clock_time_get(clock_id: i32, _precision: i64, time_out: i32) -> i32, Allowed, |c| clock_time_get(c, clock_id, time_out);
+    wasi random_get(buf: i32, buf_len: i32) -> i32, Allowed, |c| wasi(random_get(c, buf, buf_len));
+    wasi environ_sizes_get(count_out: i32, size_out: i32) -> i32, Allowed, |c| wasi(zero_sizes(c, count_out, size_out));
+    wasi environ_get(_environ: i32, _environ_buf: i32) -> i32, Allowed, |_| Ok(errno::SUCCESS);
+    wasi args_sizes_get(count_out: i32, size_out: i32) -> i32, Allowed, |c| wasi(zero_sizes(c, count_out, size_out));
+    wasi args_get(_argv: i32, _argv_buf: i32) -> i32, Allowed, |_| Ok(errno::SUCCESS);
+    wasi proc_exit(code: i32), Allowed, |_| Err(wasmtime::Error::msg(format!("guest called proc_exit({code})")));
+}
+
+/// Links every row of the table into `linker`, under each of its module names. For a snapshotted
+/// init (`init`), a row whose [`Snapshot`] policy does not allow the call is linked as a function
+/// of the same type that traps, naming the call: the init fails, and with it the snapshot.
+pub fn add_to_linker(linker: &mut Linker<HostState>, init: Option<SnapshotInit>) -> wasmtime::Result<()> {
+    for row in host_functions() {
+        for module in row.imports.modules() {
+            match init {
+                Some(init) if !row.snapshot.allows(init) => {
+                    let ty = row.func_type(linker.engine());
+                    forbid(linker, module, row.name, ty)?;
+                }
+                _ => (row.link)(linker, module)?,
+            }
+        }
     }
     Ok(())
 }
 
-/// The module names WASI preview 1 is imported from.
-pub const WASI_MODULES: [&str; 2] = ["wasi_snapshot_preview1", "wasi_unstable"];
+/// Defines `module.name` as a function of type `ty` that traps, naming itself, as a snapshotted
+/// init must not make the call.
+fn forbid(linker: &mut Linker<HostState>, module: &str, name: &str, ty: FuncType) -> wasmtime::Result<()> {
+    let name_owned = name.to_string();
+    linker.func_new(module, name, ty, move |_, _, _| {
+        Err(wasmtime::Error::msg(format!("init called {name_owned}, which is not allowed while snapshotting")))
+    })?;
+    Ok(())
+}
 
 /// `fd_fdstat_get` for stdout and stderr (a character device that may be written), as Envoy's
 /// host answers; any other descriptor EBADF.
@@ -215,51 +371,11 @@ fn fd_fdstat_get(mut c: C, fd: i32, out: i32) -> wasmtime::Result<i32> {
     Ok(errno::SUCCESS)
 }
 
-/// Hostcalls a guest's init may make while it is being snapshotted: what leaves no state outside
-/// the guest that a snapshot could not restore (host state it does leave is recorded in the
-/// snapshot's `HostSnapshot`). Every WASI function is allowed.
-pub const SNAPSHOT_INIT_ALLOWLIST: &[&str] = &[
-    "proxy_log",
-    "proxy_get_log_level",
-    "proxy_get_current_time_nanoseconds",
-    "proxy_get_buffer_bytes",
-    "proxy_get_buffer_status",
-    "proxy_get_configuration",
-    "proxy_set_effective_context",
-    "proxy_set_tick_period_milliseconds",
-    "proxy_define_metric",
-    "proxy_register_shared_queue",
-    "proxy_set_shared_data",
-    "proxy_get_shared_data",
-];
-
-/// What a snapshotted init may also do when its HTTP calls are answered from the tenant's recorded
-/// init calls (`init_calls::Replay`): make the calls and read their answers, all host-side.
-pub const SNAPSHOT_REPLAY_ALLOWLIST: &[&str] =
-    &["proxy_http_call", "proxy_get_header_map_pairs", "proxy_get_header_map_value", "proxy_get_header_map_size"];
-
-/// Replaces every `env` import of `module` outside [`SNAPSHOT_INIT_ALLOWLIST`] (and, when `replay`,
-/// [`SNAPSHOT_REPLAY_ALLOWLIST`]) with a function that traps, naming the call: a snapshotted init
-/// that makes one fails the snapshot.
-pub fn forbid_outside_snapshot_allowlist(linker: &mut Linker<HostState>, module: &Module, replay: bool) -> wasmtime::Result<()> {
-    linker.allow_shadowing(true);
-    for import in module.imports() {
-        let (ExternType::Func(ty), "env") = (import.ty(), import.module()) else { continue };
-        if SNAPSHOT_INIT_ALLOWLIST.contains(&import.name()) || (replay && SNAPSHOT_REPLAY_ALLOWLIST.contains(&import.name())) {
-            continue;
-        }
-        let name = import.name().to_string();
-        linker.func_new("env", import.name(), ty, move |_, _, _| {
-            Err(wasmtime::Error::msg(format!("init called {name}, which is not allowed while snapshotting")))
-        })?;
-    }
-    linker.allow_shadowing(false);
-    Ok(())
-}
-
 /// Defines a stub for every function `module` imports from `env` or WASI that `linker` lacks.
 /// Other imports (another module name, memories, tables, globals) are refused with their name.
-pub fn add_stubs_for_unknown_imports(linker: &mut Linker<HostState>, module: &Module) -> Result<(), String> {
+/// For a snapshotted init (`init`), an unknown `env` function traps instead (what thaw does not
+/// implement has no row, so no policy that allows it); an unknown WASI one still answers ENOSYS.
+pub fn add_stubs_for_unknown_imports(linker: &mut Linker<HostState>, module: &Module, init: Option<SnapshotInit>) -> Result<(), String> {
     linker.allow_shadowing(false);
     for import in module.imports() {
         let (module_name, name) = (import.module(), import.name());
@@ -271,9 +387,15 @@ pub fn add_stubs_for_unknown_imports(linker: &mut Linker<HostState>, module: &Mo
             m if WASI_MODULES.contains(&m) => errno::NOSYS,
             other => return Err(format!("imports {other}.{name}; only `env`, `wasi_snapshot_preview1` and `wasi_unstable` are provided")),
         };
+        // An error from defining it means the name is already defined (a row: implemented, or
+        // forbidden by its policy): nothing to stub.
+        if init.is_some() && module_name == "env" {
+            let _ = forbid(linker, module_name, name, ty.clone());
+            continue;
+        }
         let name_owned = format!("{module_name}.{name}");
         let results: Vec<ValType> = ty.results().collect();
-        let stub = linker.func_new(module_name, name, ty.clone(), move |caller, _params, out| {
+        let _ = linker.func_new(module_name, name, ty.clone(), move |caller, _params, out| {
             log_unimplemented_once(&caller.data().tenant.to_string(), &name_owned);
             for (slot, ty) in out.iter_mut().zip(&results) {
                 *slot = match ty {
@@ -284,8 +406,6 @@ pub fn add_stubs_for_unknown_imports(linker: &mut Linker<HostState>, module: &Mo
             }
             Ok(())
         });
-        // An error here means the name is already defined (implemented): nothing to stub.
-        let _ = stub;
     }
     Ok(())
 }

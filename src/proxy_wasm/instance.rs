@@ -86,9 +86,9 @@ impl ExportShape {
 
 impl Linked {
     /// Links `module`, refusing modules whose imports thaw cannot provide or that lack the exports
-    /// every proxy-wasm guest has. `snapshot_allowlist`: hostcalls outside the snapshot allowlist
-    /// trap, naming themselves.
-    pub fn link(engine: &Engine, module: &Module, snapshot_allowlist: Option<SnapshotInit>) -> Result<Linked, String> {
+    /// every proxy-wasm guest has. `snapshot_init`: the module's init is being snapshotted, and
+    /// hostcalls whose `hostcalls::Snapshot` policy does not allow it trap, naming themselves.
+    pub fn link(engine: &Engine, module: &Module, snapshot_init: Option<SnapshotInit>) -> Result<Linked, String> {
         let functions = module.exports().filter(|e| matches!(e.ty(), ExternType::Func(_))).map(|e| e.name());
         let abi = AbiVersion::declared(functions).ok_or_else(|| abi::MISSING_ABI_VERSION.to_string())?;
         check_export_types(module)?;
@@ -102,21 +102,18 @@ impl Linked {
             None => return Err("the module exports no `memory`".into()),
         };
         let mut linker = Linker::new(engine);
-        hostcalls::add_to_linker(&mut linker).map_err(|e| format!("host functions: {e:#}"))?;
-        hostcalls::add_stubs_for_unknown_imports(&mut linker, module)?;
-        if let Some(init) = snapshot_allowlist {
-            hostcalls::forbid_outside_snapshot_allowlist(&mut linker, module, init == SnapshotInit::ReplayingCalls)
-                .map_err(|e| format!("{e:#}"))?;
-        }
+        hostcalls::add_to_linker(&mut linker, snapshot_init).map_err(|e| format!("host functions: {e:#}"))?;
+        hostcalls::add_stubs_for_unknown_imports(&mut linker, module, snapshot_init)?;
         let pre = linker.instantiate_pre(module).map_err(|e| format!("cannot link the module: {e:#}"))?;
         Ok(Linked { pre, initial_memory_bytes, abi, shape })
     }
 }
 
-/// What a snapshotted init may call (see `hostcalls::forbid_outside_snapshot_allowlist`).
+/// What kind of snapshotted init a module is linked for; each host function's
+/// `hostcalls::Snapshot` policy says whether it may be called in it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum SnapshotInit {
-    /// The snapshot allowlist.
+    /// The functions whose policy is `Allowed`.
     Plain,
     /// Also HTTP calls, answered from the tenant's recorded init calls, and reading their answers.
     ReplayingCalls,
@@ -201,7 +198,8 @@ impl Plugin {
         Plugin::build(engine, tenant, module, digest, Some(host), None)
     }
 
-    /// A plugin whose init runs under the snapshot allowlist (any other hostcall traps, naming it).
+    /// A plugin whose init is to be snapshotted: only hostcalls whose `hostcalls::Snapshot` policy
+    /// allows it run (any other traps, naming itself).
     /// With `replay` (the tenant's recorded init calls), init's HTTP calls are answered from it.
     pub fn for_snapshot(
         engine: &Engine,
@@ -227,9 +225,9 @@ impl Plugin {
         module: Module,
         digest: ArtifactDigest,
         resume: Option<HostSnapshot>,
-        snapshot_allowlist: Option<SnapshotInit>,
+        snapshot_init: Option<SnapshotInit>,
     ) -> Result<Plugin, String> {
-        let linked = Linked::link(engine, &module, snapshot_allowlist)?;
+        let linked = Linked::link(engine, &module, snapshot_init)?;
         Ok(Plugin::from_linked(engine, tenant, &linked, digest, resume))
     }
 
