@@ -340,17 +340,28 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(fe: Filter
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(ce: ConfigEnvoyPtr, cm: ConfigModulePtr, event_id: u64) {
+    with_roots("http_filter_config_scheduled", ce, cm, |roots, stats, host| roots.run(event_id, stats, host))
+}
+
+/// Runs `f` on a config's root contexts (if it has them) with the config's stats and its callouts,
+/// under the hook's panic guard. Config-level hooks run on the main thread, the only thread that
+/// touches `roots`.
+fn with_roots(
+    hook: &'static str,
+    ce: ConfigEnvoyPtr,
+    cm: ConfigModulePtr,
+    f: impl FnOnce(&RootContexts, &mut ConfigStats, &dyn Fn() -> Box<dyn crate::stream::RootHost>),
+) {
     guard(
-        "http_filter_config_scheduled",
+        hook,
         || (),
         || {
             let Some(cb) = callbacks::resolved() else { return };
-            // SAFETY: `cm` is the live pointer config_new returned; Envoy runs this on the main thread,
-            // the only thread that touches `roots`.
+            // SAFETY: `cm` is the live pointer config_new returned; this runs on the main thread.
             let config = unsafe { &*(cm as *const LoadedConfig) };
             if let Some(roots) = &config.roots {
                 let host = || Box::new(ConfigCaller { ce, cb }) as Box<dyn crate::stream::RootHost>;
-                roots.run(event_id, &mut ConfigStats { ce, cb, ids: config.metrics }, &host);
+                f(roots, &mut ConfigStats { ce, cb, ids: config.metrics }, &host);
             }
         },
     )
@@ -367,38 +378,16 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
     body_chunks: *const EnvoyBuffer,
     body_chunks_size: usize,
 ) {
-    guard(
-        "http_filter_config_http_callout_done",
-        || (),
-        || {
-            let Some(cb) = callbacks::resolved() else { return };
-            // SAFETY: `cm` is the live pointer config_new returned; this runs on the main thread.
-            let config = unsafe { &*(cm as *const LoadedConfig) };
-            // SAFETY: the arrays Envoy passed to this hook.
-            let response = unsafe { call_response(result, headers, headers_size, body_chunks, body_chunks_size) };
-            if let Some(roots) = &config.roots {
-                let host = || Box::new(ConfigCaller { ce, cb }) as Box<dyn crate::stream::RootHost>;
-                roots.on_http_call_response(callout_id, response, &mut ConfigStats { ce, cb, ids: config.metrics }, &host);
-            }
-        },
-    )
+    with_roots("http_filter_config_http_callout_done", ce, cm, |roots, stats, host| {
+        // SAFETY: the arrays Envoy passed to this hook, valid for its duration.
+        let response = unsafe { call_response(result, headers, headers_size, body_chunks, body_chunks_size) };
+        roots.on_http_call_response(callout_id, response, stats, host)
+    })
 }
 
 /// A config-level call-stream event (a root instance's gRPC call or stream), main thread.
 fn config_call_stream_event(hook: &'static str, ce: ConfigEnvoyPtr, cm: ConfigModulePtr, stream_id: u64, event: CallStreamEvent) {
-    guard(
-        hook,
-        || (),
-        || {
-            let Some(cb) = callbacks::resolved() else { return };
-            // SAFETY: `cm` is the live pointer config_new returned; this runs on the main thread.
-            let config = unsafe { &*(cm as *const LoadedConfig) };
-            if let Some(roots) = &config.roots {
-                let host = || Box::new(ConfigCaller { ce, cb }) as Box<dyn crate::stream::RootHost>;
-                roots.on_call_stream(stream_id, event, &mut ConfigStats { ce, cb, ids: config.metrics }, &host);
-            }
-        },
-    )
+    with_roots(hook, ce, cm, |roots, stats, host| roots.on_call_stream(stream_id, event, stats, host))
 }
 
 #[no_mangle]
