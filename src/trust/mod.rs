@@ -149,6 +149,10 @@ struct WindowedKey {
 }
 
 impl WindowedKey {
+    fn signer(&self) -> Signer {
+        Signer::Key { path: self.key.path.clone(), hint: self.hint.clone() }
+    }
+
     fn has_window(&self) -> bool {
         self.not_before.is_some() || self.not_after.is_some()
     }
@@ -307,17 +311,25 @@ impl Trust {
                 if matches!(e, signature::SignatureError::SignatureUnreadable { .. }) { Reason::Unreadable } else { Reason::Signature };
             Refusal::new(reason, e.to_string())
         })?;
+        self.untimed_key_signature(bytes, &sig, path, || signature::SignatureError::NotTrusted { path: path.into() }.to_string())
+    }
+
+    /// A key signature over `signed` that carries no verified time (a detached signature, an
+    /// untimed key bundle): the first trusted key that verifies it and whose window admits that.
+    fn untimed_key_signature(
+        &self,
+        signed: &[u8],
+        sig: &p256::ecdsa::Signature,
+        path: &Path,
+        not_trusted: impl FnOnce() -> String,
+    ) -> Result<Verified, Refusal> {
         let signers: Vec<&WindowedKey> =
-            self.keys.iter().filter(|k| signature::verify(std::slice::from_ref(&k.key), bytes, &sig, path).is_ok()).collect();
+            self.keys.iter().filter(|k| signature::verify(std::slice::from_ref(&k.key), signed, sig, path).is_ok()).collect();
         if signers.is_empty() {
-            return Err(Refusal::new(Reason::Signature, signature::SignatureError::NotTrusted { path: path.into() }.to_string()));
+            return Err(Refusal::new(Reason::Signature, not_trusted()));
         }
-        self.first_in_window(&signers, &[]).map(|k| Verified {
-            signer: Signer::Key { path: k.key.path.clone(), hint: k.hint.clone() },
-            verified_times: Vec::new(),
-            logged: false,
-            builder: None,
-        })
+        let k = self.first_in_window(&signers, &[])?;
+        Ok(Verified { signer: k.signer(), verified_times: Vec::new(), logged: false, builder: None })
     }
 
     /// The first of `signers` whose window admits `times`, or the refusal of the first.
@@ -402,12 +414,7 @@ impl Trust {
                     });
                 }
                 let k = self.first_in_window(&signers, &times)?;
-                Ok(Verified {
-                    signer: Signer::Key { path: k.key.path.clone(), hint: k.hint.clone() },
-                    verified_times: times,
-                    logged,
-                    builder: None,
-                })
+                Ok(Verified { signer: k.signer(), verified_times: times, logged, builder: None })
             }
             _ => {
                 if self.identities.is_empty() {
@@ -470,20 +477,8 @@ impl Trust {
             _ => return Err(malformed("unsupported bundle content")),
         };
         let signature = p256::ecdsa::Signature::from_der(signature).map_err(|_| malformed("not a DER ECDSA P-256 signature"))?;
-        let signers: Vec<&WindowedKey> =
-            self.keys.iter().filter(|k| signature::verify(std::slice::from_ref(&k.key), &signed, &signature, path).is_ok()).collect();
-        if signers.is_empty() {
-            return Err(Refusal::new(
-                Reason::Signature,
-                format!("{}: no trusted key verifies it (wrong key, or the file was modified after signing)", path.display()),
-            ));
-        }
-        let k = self.first_in_window(&signers, &[])?;
-        Ok(Verified {
-            signer: Signer::Key { path: k.key.path.clone(), hint: k.hint.clone() },
-            verified_times: Vec::new(),
-            logged: false,
-            builder: None,
+        self.untimed_key_signature(&signed, &signature, path, || {
+            format!("{}: no trusted key verifies it (wrong key, or the file was modified after signing)", path.display())
         })
     }
 
