@@ -12,10 +12,12 @@ cd "$ROOT"
 BUILD="$ROOT/build"
 VENV="$ROOT/.venv"
 ENVOY_VERSION="1.40.0"
-APT_PACKAGES=(rustc-web cargo-web rust-web-src lld-19 clang-19 wasi-libc wabt wrk openssl)
+APT_PACKAGES=(rustc-web cargo-web rust-web-src lld-19 clang-19 wasi-libc wabt wrk openssl docker-registry apache2-utils)
 # Guests are built with Debian's rustc-web (the rustup toolchain has no wasm32 std); see examples/README.md.
 GUESTS=(auth-filter probe-filter chaos-filter heavy-init-filter conformance-filter decision-filter waf-filter)
 # openssl: the Sigstore test fixtures (integration/sigstore_fixtures.py) make their CA, TSA and log with it.
+# docker-registry (CNCF distribution 2.8) and apache2-utils (htpasswd): the real registry of the OCI
+# tests (integration/registry.py), with and without basic auth.
 # Raw-ABI C guests (clang-19 + wasi-libc; examples/c): older guest shapes, hostile arguments.
 C_GUESTS=(c-auth-abi010 c-auth-abi020 c-hostile-args)
 
@@ -67,14 +69,14 @@ debian_mirror() {
   printf '%s\n' "$uri"
 }
 
-# The real cosign (interoperability tests) is in Debian trixie only: fetch its .deb with a private
-# apt configuration pointed at trixie on the mirror apt already uses, unpack it under build/tools.
-# Nothing is installed system-wide.
-deps_cosign() {
-  local dest="$BUILD/tools/cosign"
+# The real cosign and oras (interoperability tests) are in Debian trixie only: fetch a tool's .deb
+# with a private apt configuration pointed at trixie on the mirror apt already uses, unpack its
+# binary under build/tools. Nothing is installed system-wide.
+deps_trixie_tool() {
+  local name="$1" dest="$BUILD/tools/$1"
   [ -x "$dest" ] && return 0
   local mirror; mirror="$(debian_mirror)"
-  log "cosign: fetching from Debian trixie ($mirror)"
+  log "$name: fetching from Debian trixie ($mirror)"
   local tmp; tmp="$(mktemp -d)"
   mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$BUILD/tools"
   cat > "$tmp/sources.list" <<SRC
@@ -83,9 +85,9 @@ SRC
   local opts=(-o "Dir::Etc::SourceList=$tmp/sources.list" -o "Dir::Etc::SourceParts=-" \
               -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache" -o "APT::Get::List-Cleanup=0")
   apt-get "${opts[@]}" update -qq
-  (cd "$tmp" && apt-get "${opts[@]}" download cosign >/dev/null)
-  dpkg -x "$tmp"/cosign_*.deb "$tmp/x"
-  install -m 0755 "$tmp/x/usr/bin/cosign" "$dest"
+  (cd "$tmp" && apt-get "${opts[@]}" download "$name" >/dev/null)
+  dpkg -x "$tmp/${name}"_*.deb "$tmp/x"
+  install -m 0755 "$tmp/x/usr/bin/$name" "$dest"
   rm -rf "$tmp"
 }
 
@@ -100,7 +102,8 @@ cmd_deps() {
   deps_rust
   deps_apt
   deps_venv
-  deps_cosign
+  deps_trixie_tool cosign
+  deps_trixie_tool oras
 }
 
 cmd_build() {
@@ -166,7 +169,7 @@ cmd_test() {
   THAW_GUESTS="$BUILD/guests" cargo test --release --locked
   log "integration suite against the real Envoy $ENVOY_VERSION"
   # test_enforcement_random.py draws a new seed each run (printed; THAW_RANDOM_SEED replays one).
-  ENVOY_BIN="$(envoy_bin)" COSIGN_BIN="$BUILD/tools/cosign" \
+  ENVOY_BIN="$(envoy_bin)" COSIGN_BIN="$BUILD/tools/cosign" ORAS_BIN="$BUILD/tools/oras" \
     "$VENV/bin/python" -m unittest discover -s "$ROOT/integration" -p 'test_*.py' -v
 }
 

@@ -97,7 +97,7 @@ fn main() {
         std::fs::write(&path, &cwasm).unwrap();
         let sig_path = dir.path().join(format!("{guest}.sig"));
         std::fs::write(&sig_path, key.sign(&cwasm)).unwrap();
-        let sig = signature::read_signature(&sig_path).unwrap();
+        let sig = signature::parse_signature(&signature::read_signature_text(&sig_path).unwrap()).unwrap();
 
         let verify = measure(30, 10, || {
             signature::verify(&keys, &cwasm, &sig, &sig_path).unwrap();

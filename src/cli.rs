@@ -1,16 +1,16 @@
 //! The `thaw` command line: `compile`, `sign`, `verify`, `verify-attestation`, `inspect`,
-//! `snapshot`, `keygen`. Uses the same engine settings (`engine`) and the same trust policy
+//! `snapshot`, `push`, `pull`, `keygen`. Uses the same engine settings (`engine`) and the same trust policy
 //! (`trust`, built from cosign-style flags) as the runtime, so what the CLI builds and verifies is
 //! what `libthaw.so` loads.
 
-use crate::artifact::{self, ArtifactDigest, ArtifactKind, VerifiedArtifact};
-use crate::engine::{self, Target};
-use crate::trust::signature::PrivateKey;
-use crate::trust::{Evidence, SignatureFile, Trust};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use thaw::artifact::{self, ArtifactDigest, ArtifactKind, VerifiedArtifact};
+use thaw::engine::{self, Target};
+use thaw::trust::signature::PrivateKey;
+use thaw::trust::{Evidence, SignatureFile, Trust};
 use wasmtime::Module;
 
 #[derive(Parser)]
@@ -64,13 +64,16 @@ enum Command {
     },
     /// Show what an artifact is: digest, engine version, target, compatibility, and, when its
     /// signature verifies, the signer, the verified time, imports and exports (precompiled code is
-    /// loaded only then).
+    /// loaded only then). Given a registry reference (HOST/REPO[:TAG|@DIGEST]) instead of a file,
+    /// list the index: its platforms, manifests and layers.
     Inspect {
         file: PathBuf,
         #[command(flatten)]
         evidence: EvidenceArgs,
         #[command(flatten)]
         trust: TrustArgs,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Run a tenant's init once at build time and store its sealed post-init snapshot where the
     /// runtime looks for it (SNAPSHOT_DIR/TENANT/snapshot.thaw), for this host's architecture.
@@ -98,6 +101,36 @@ enum Command {
         key: Option<PathBuf>,
         #[arg(long, requires = "key")]
         bundle: bool,
+    },
+    /// Publish a filter to an OCI registry: compile X.wasm for x86_64 and aarch64, sign each
+    /// piece with KEY, push an image index (linux/amd64, linux/arm64, wasip1/wasm) to REF's tag
+    /// and attach cosign signatures to the index and each manifest.
+    Push {
+        reference: String,
+        wasm: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        /// Sign the pieces with Sigstore bundles instead of detached signatures.
+        #[arg(long)]
+        bundle: bool,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Fetch a filter from an OCI registry into DIR: resolve the index, pick this host's platform
+    /// (or --platform), verify every digest, a signature on the index or manifest, the platform
+    /// and the artifact's own signature under the trust, then write the artifact and its
+    /// signature atomically. Nothing is written unless everything verifies.
+    Pull {
+        reference: String,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// linux/amd64, linux/arm64 or wasip1/wasm (default: this host's).
+        #[arg(long)]
+        platform: Option<String>,
+        #[command(flatten)]
+        trust: TrustArgs,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Generate a P-256 key pair: NAME.key.pem (PKCS#8, keep secret) and NAME.pub.pem.
     Keygen {
@@ -144,6 +177,31 @@ struct TrustArgs {
     require_tlog: bool,
 }
 
+/// How to reach a registry (as oras and cosign take them).
+#[derive(clap::Args)]
+struct RegistryArgs {
+    /// Registry user (or THAW_REGISTRY_USERNAME).
+    #[arg(long)]
+    username: Option<String>,
+    /// Registry password (or THAW_REGISTRY_PASSWORD, which keeps it off the command line).
+    #[arg(long)]
+    password: Option<String>,
+    /// PEM CA certificates to trust for an HTTPS registry instead of the public roots.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    fn options(&self) -> crate::oci::registry::Options {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        crate::oci::registry::Options {
+            username: self.username.clone().or_else(|| env("THAW_REGISTRY_USERNAME")),
+            password: self.password.clone().or_else(|| env("THAW_REGISTRY_PASSWORD")),
+            ca_file: self.ca_file.clone(),
+        }
+    }
+}
+
 impl TrustArgs {
     /// The policy these flags describe, validated as a filter config's `trust` is.
     fn load(&self, builder_ids: &[String]) -> Result<Trust> {
@@ -166,7 +224,7 @@ impl TrustArgs {
         if !builder_ids.is_empty() {
             trust["provenance"] = serde_json::json!({ "builder_ids": builder_ids });
         }
-        let settings = crate::config::trust_from_json(trust)
+        let settings = thaw::config::trust_from_json(trust)
             .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("invalid filter_config field", "invalid trust setting")))?;
         Trust::load(&settings).map_err(anyhow::Error::msg)
     }
@@ -193,7 +251,7 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     s.into()
 }
 
-pub fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -214,10 +272,10 @@ fn run(command: Command) -> Result<()> {
             // never loaded unverified (it came from `thaw compile`, which checks; loading refuses
             // a module without an ABI version too).
             if artifact::classify(&bytes).ok() == Some(ArtifactKind::Wasm) {
-                crate::proxy_wasm::abi::declared_abi(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                thaw::proxy_wasm::abi::declared_abi(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             }
             let (output, written) = match (output, bundle) {
-                (_, Some(b)) => (b, crate::trust::key_bundle(&key, &bytes)),
+                (_, Some(b)) => (b, thaw::trust::key_bundle(&key, &bytes)),
                 (Some(o), None) => (o, key.sign(&bytes)),
                 (None, None) => bail!("give -o SIGNATURE or --bundle BUNDLE"),
             };
@@ -242,42 +300,77 @@ fn run(command: Command) -> Result<()> {
             println!("Verified OK: {} ({}): SLSA provenance v1 by {builder}", file.display(), ArtifactDigest::of(&bytes));
             Ok(())
         }
-        Command::Inspect { file, evidence, trust } => inspect(&file, &evidence, &trust),
+        Command::Inspect { file, evidence, trust, registry } => {
+            // A path that exists is a file; otherwise a registry reference.
+            match (file.exists(), file.to_str().map(crate::oci::reference::Reference::parse)) {
+                (false, Some(Ok(reference))) => crate::oci::list(&reference, &registry.options()),
+                _ => inspect(&file, &evidence, &trust),
+            }
+        }
+        Command::Push { reference, wasm, key, bundle, registry } => {
+            let reference = crate::oci::reference::Reference::parse(&reference)?;
+            let key = PrivateKey::load(&key)?;
+            let digest = crate::oci::push(&reference, &wasm, &key, bundle, &registry.options())?;
+            println!("{}", reference.with_digest(&digest));
+            eprintln!("pushed {} (linux/amd64, linux/arm64, wasip1/wasm), signed", reference.with_digest(&digest));
+            Ok(())
+        }
+        Command::Pull { reference, output, platform, trust, registry } => {
+            let reference = crate::oci::reference::Reference::parse(&reference)?;
+            let platform = match platform {
+                Some(p) => crate::oci::Platform::parse(&p)?,
+                None => crate::oci::Platform::Native(Target::host()),
+            };
+            let trust = trust.load(&[])?;
+            let pulled = crate::oci::pull(&reference, &output, platform, &trust, &registry.options())?;
+            let state = if pulled.unchanged { "up to date" } else { "written" };
+            println!("{} {} {}", pulled.index_digest, pulled.manifest_digest, pulled.artifact.display());
+            eprintln!(
+                "pulled {} (index {}, manifest {}, signed by {}): {} and {} {state}",
+                reference,
+                pulled.index_digest,
+                pulled.manifest_digest,
+                pulled.signer,
+                pulled.artifact.display(),
+                pulled.evidence.display()
+            );
+            Ok(())
+        }
         Command::Snapshot { input, tenant, plugin_config, vm_config, seal_key, snapshot_dir, encrypt, key: signing_key, bundle } => {
             let read = |p: Option<PathBuf>| -> Result<Vec<u8>> {
                 p.map(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display()))).transpose().map(Option::unwrap_or_default)
             };
-            let tenant = crate::config::TenantConfig {
-                id: crate::config::TenantId::try_from(tenant.as_str()).map_err(anyhow::Error::msg)?,
+            let tenant = thaw::config::TenantConfig {
+                id: thaw::config::TenantId::try_from(tenant.as_str()).map_err(anyhow::Error::msg)?,
                 module: input.clone(),
                 evidence: Evidence { signature: SignatureFile::Detached(PathBuf::new()), attestation: None },
                 plugin_config: read(plugin_config)?,
                 vm_config: read(vm_config)?,
                 root_id: String::new(),
-                instances: crate::config::InstancePolicy { call_deadline_ms: 60_000, ..crate::config::InstancePolicy::DEFAULT },
+                instances: thaw::config::InstancePolicy { call_deadline_ms: 60_000, ..thaw::config::InstancePolicy::DEFAULT },
                 snapshot_source: None,
             };
             let wasm = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
             let digest = ArtifactDigest::of(&wasm);
-            let key = crate::snapshot::SealKey::load(&seal_key).map_err(anyhow::Error::msg)?;
+            let key = thaw::snapshot::SealKey::load(&seal_key).map_err(anyhow::Error::msg)?;
             // The compile engine has the runtime's compatibility settings (see engine.rs).
             let engine = engine::compile_engine(Target::host())?;
-            let created = crate::snapshot::create(&engine, &tenant, &wasm, digest, None).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            let binding = crate::snapshot::Binding::new(
+            let created = thaw::snapshot::create(&engine, &tenant, &wasm, digest, None).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let binding = thaw::snapshot::Binding::new(
                 &tenant.id,
                 digest,
                 &tenant.plugin_config,
                 &tenant.vm_config,
                 &engine::engine_fingerprint(&engine)?,
             );
-            let sealed = crate::snapshot::seal(&key, &binding, &created, encrypt);
+            let sealed = thaw::snapshot::seal(&key, &binding, &created, encrypt);
             let signing_key = signing_key.map(|k| PrivateKey::load(&k)).transpose()?;
-            let path = crate::snapshot::store(&snapshot_dir, &tenant.id, &sealed).map_err(anyhow::Error::msg)?;
+            let path = thaw::snapshot::store(&snapshot_dir, &tenant.id, &sealed).map_err(anyhow::Error::msg)?;
             eprintln!("snapshot of {} for tenant `{}` -> {} ({} bytes)", input.display(), tenant.id, path.display(), sealed.len());
             if let Some(k) = signing_key {
                 // One signature file per snapshot: the other form is removed.
                 let (written, stale, out) = if bundle {
-                    (crate::trust::key_bundle(&k, &sealed), with_suffix(&path, ".sig"), with_suffix(&path, ".sigstore.json"))
+                    (thaw::trust::key_bundle(&k, &sealed), with_suffix(&path, ".sig"), with_suffix(&path, ".sigstore.json"))
                 } else {
                     (k.sign(&sealed), with_suffix(&path, ".sigstore.json"), with_suffix(&path, ".sig"))
                 };
@@ -306,7 +399,7 @@ fn compile(input: &Path, output: &Path, target: Option<&str>) -> Result<()> {
     if artifact::classify(&wasm).ok() != Some(ArtifactKind::Wasm) {
         bail!("{} is not a Wasm binary module", input.display());
     }
-    crate::proxy_wasm::abi::declared_abi(&wasm).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+    thaw::proxy_wasm::abi::declared_abi(&wasm).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
     let engine = engine::compile_engine(target)?;
     let cwasm = engine.precompile_module(&wasm).with_context(|| format!("compiling {}", input.display()))?;
     write_atomically(output, &cwasm)?;
@@ -351,7 +444,7 @@ fn inspect(file: &Path, evidence: &EvidenceArgs, trust: &TrustArgs) -> Result<()
                 if compatible { "yes".to_string() } else { format!("no ({})", incompatibility(facts, host)) }
             );
             match (&verified, compatible) {
-                (Some(v), true) => Some(crate::native::load_artifact(&engine, v, false)?.0),
+                (Some(v), true) => Some(thaw::native::load_artifact(&engine, v, false)?.0),
                 (None, _) => {
                     println!("imports/exports: not shown: precompiled code is loaded only after its signature verifies");
                     None
@@ -385,7 +478,7 @@ fn incompatibility(facts: &engine::CwasmFacts, host: Target) -> String {
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
 /// reader never sees a half-written artifact or signature.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".{}.tmp{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("out"), std::process::id()));

@@ -4,7 +4,9 @@
 //! config is parsed by [`config`] and loaded by [`filter`] (artifacts verified by [`artifact`] under
 //! [`trust`], deserialized by [`native`]); each request is driven by [`filter::StreamFilter`], which
 //! runs the tenant's guest through the proxy-wasm host in [`proxy_wasm`], taking instances from
-//! [`pool`]. The `thaw` CLI ([`cli`]) builds artifacts with the same engine settings ([`engine`]).
+//! [`pool`]. The `thaw` CLI (the binary: `src/cli.rs`, and `src/oci` for registries, kept out of
+//! this library so no HTTP or TLS code is linked into Envoy's process) builds artifacts with the
+//! same engine settings ([`engine`]).
 //!
 //! `unsafe` has two homes, fenced by the compiler: the Envoy FFI layer ([`envoy`]) and the one
 //! deserialize call ([`native`]). Everywhere else it is a compile error, and every unsafe block
@@ -13,7 +15,6 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod artifact;
-pub mod cli;
 pub mod config;
 pub mod engine;
 #[allow(unsafe_code)]

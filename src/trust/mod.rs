@@ -112,6 +112,15 @@ impl fmt::Display for Signer {
     }
 }
 
+/// The two forms of evidence over an artifact's bytes (as `SignatureFile`, without a path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvidenceKind {
+    /// base64 DER ECDSA, as `cosign sign-blob --key --output-signature` writes.
+    Detached,
+    /// A Sigstore bundle (`application/vnd.dev.sigstore.bundle.v0.3+json`).
+    Bundle,
+}
+
 /// What a successful check established.
 #[derive(Clone, Debug)]
 pub struct Verified {
@@ -257,21 +266,50 @@ impl Trust {
     /// Checks a signature or bundle of `bytes`, without provenance (a shipped snapshot's: its
     /// seal binds it to a source whose provenance was checked).
     pub fn verify_signature(&self, bytes: &[u8], signature: &SignatureFile) -> Result<Verified, Refusal> {
-        match signature {
-            SignatureFile::Detached(path) if self.require_tlog => Err(Refusal::new(
+        let path = signature.path();
+        let text = match signature {
+            SignatureFile::Detached(_) => signature::read_signature_text(path)
+                .map_err(|reason| signature::SignatureError::SignatureUnreadable { path: path.into(), reason }.to_string()),
+            SignatureFile::Bundle(_) => read_bounded(path).map_err(|e| format!("unsigned: {e}")),
+        }
+        .map_err(|message| Refusal::new(Reason::Unreadable, message))?;
+        let kind = match signature {
+            SignatureFile::Detached(_) => EvidenceKind::Detached,
+            SignatureFile::Bundle(_) => EvidenceKind::Bundle,
+        };
+        self.verify_signature_text(bytes, kind, &text, path)
+    }
+
+    /// Checks evidence already in memory (`text` is what its file would hold, `origin` names where
+    /// it came from in messages): a detached signature or bundle pulled from a registry, or a
+    /// cosign image signature over its simple-signing payload.
+    pub fn verify_signature_text(&self, bytes: &[u8], kind: EvidenceKind, text: &[u8], origin: &Path) -> Result<Verified, Refusal> {
+        match kind {
+            EvidenceKind::Detached if self.require_tlog => Err(Refusal::new(
                 Reason::Signature,
-                format!("{} is a detached signature: it carries no log entry, and trust.require_transparency_log is set", path.display()),
+                format!("{} is a detached signature: it carries no log entry, and trust.require_transparency_log is set", origin.display()),
             )),
-            SignatureFile::Detached(path) => self.verify_detached(bytes, path),
-            SignatureFile::Bundle(path) => {
-                let bundle = read_bundle(path)?;
+            EvidenceKind::Detached => {
+                let sig = signature::parse_signature(text).map_err(|reason| {
+                    Refusal::new(
+                        Reason::Signature,
+                        signature::SignatureError::SignatureMalformed { path: origin.into(), reason }.to_string(),
+                    )
+                })?;
+                self.untimed_key_signature(bytes, &sig, origin, || {
+                    signature::SignatureError::NotTrusted { path: origin.into() }.to_string()
+                })
+            }
+            EvidenceKind::Bundle => {
+                let bundle: Bundle = serde_json::from_slice(text)
+                    .map_err(|e| Refusal::new(Reason::Signature, format!("{} is not a Sigstore bundle: {e}", origin.display())))?;
                 if !matches!(bundle.content, SignatureContent::MessageSignature(_)) {
                     return Err(Refusal::new(
                         Reason::Signature,
-                        format!("{} holds an attestation (DSSE), not a signature of the artifact", path.display()),
+                        format!("{} holds an attestation (DSSE), not a signature of the artifact", origin.display()),
                     ));
                 }
-                self.verify_bundle(bytes, &bundle, path)
+                self.verify_bundle(bytes, &bundle, origin)
             }
         }
     }
@@ -303,15 +341,6 @@ impl Trust {
             ));
         }
         Ok(builder.to_string())
-    }
-
-    fn verify_detached(&self, bytes: &[u8], path: &Path) -> Result<Verified, Refusal> {
-        let sig = signature::read_signature(path).map_err(|e| {
-            let reason =
-                if matches!(e, signature::SignatureError::SignatureUnreadable { .. }) { Reason::Unreadable } else { Reason::Signature };
-            Refusal::new(reason, e.to_string())
-        })?;
-        self.untimed_key_signature(bytes, &sig, path, || signature::SignatureError::NotTrusted { path: path.into() }.to_string())
     }
 
     /// A key signature over `signed` that carries no verified time (a detached signature, an

@@ -84,14 +84,14 @@ impl TrustedKey {
     }
 }
 
-/// Reads a signature file: base64 (surrounding whitespace ignored) of a DER ECDSA signature.
-pub fn read_signature(path: &Path) -> Result<Signature, SignatureError> {
+/// The text of a signature file (base64 of a DER ECDSA signature; surrounding whitespace is
+/// ignored by `parse_signature`), bounded: a signature is ~100 bytes; at most 4 KiB of whatever
+/// the file is are read.
+pub fn read_signature_text(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    // A signature is ~100 bytes; read at most 4 KiB of whatever the file is.
-    let unreadable = |e: std::io::Error| SignatureError::SignatureUnreadable { path: path.into(), reason: e.to_string() };
     let mut text = Vec::new();
-    std::fs::File::open(path).and_then(|f| f.take(4096).read_to_end(&mut text)).map_err(unreadable)?;
-    parse_signature(&text).map_err(|reason| SignatureError::SignatureMalformed { path: path.into(), reason })
+    std::fs::File::open(path).and_then(|f| f.take(4096).read_to_end(&mut text)).map_err(|e| e.to_string())?;
+    Ok(text)
 }
 
 pub fn parse_signature(text: &[u8]) -> Result<Signature, String> {
