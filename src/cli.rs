@@ -1,5 +1,5 @@
 //! The `thaw` command line: `compile`, `sign`, `verify`, `verify-attestation`, `inspect`,
-//! `snapshot`, `push`, `pull`, `keygen`. Uses the same engine settings (`engine`) and the same trust policy
+//! `snapshot`, `push`, `pull`, `sync`, `keygen`. Uses the same engine settings (`engine`) and the same trust policy
 //! (`trust`, built from cosign-style flags) as the runtime, so what the CLI builds and verifies is
 //! what `libthaw.so` loads.
 
@@ -127,6 +127,28 @@ enum Command {
         /// linux/amd64, linux/arm64 or wasip1/wasm (default: this host's).
         #[arg(long)]
         platform: Option<String>,
+        #[command(flatten)]
+        trust: TrustArgs,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Keep a directory in step with a list of references (`NAME REF [PLATFORM]` lines): pull
+    /// each into DIR/NAME/<manifest digest>/, verified as `pull` does, and render the listener
+    /// template (`{{NAME.artifact}}`, `{{NAME.signature}}`) into the listener file Envoy watches.
+    /// A failing reference keeps its previous version; failures go to stderr and
+    /// DIR/sync-status.json.
+    Sync {
+        #[arg(long)]
+        references: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long, requires = "listener")]
+        template: Option<PathBuf>,
+        #[arg(long, requires = "template")]
+        listener: Option<PathBuf>,
+        /// Seconds between passes; without it, one pass (exit status 1 unless complete).
+        #[arg(long)]
+        interval: Option<u64>,
         #[command(flatten)]
         trust: TrustArgs,
         #[command(flatten)]
@@ -322,17 +344,18 @@ fn run(command: Command) -> Result<()> {
                 None => crate::oci::Platform::Native(Target::host()),
             };
             let trust = trust.load(&[])?;
-            let pulled = crate::oci::pull(&reference, &output, platform, &trust, &registry.options())?;
-            let state = if pulled.unchanged { "up to date" } else { "written" };
-            println!("{} {} {}", pulled.index_digest, pulled.manifest_digest, pulled.artifact.display());
+            // Everything is verified before anything is written into the output directory.
+            let fetched = crate::oci::fetch_verified(&reference, platform, &trust, &registry.options())?;
+            let (artifact, evidence, written) = fetched.write_into(&output)?;
+            println!("{} {} {}", fetched.index_digest, fetched.manifest_digest, artifact.display());
             eprintln!(
-                "pulled {} (index {}, manifest {}, signed by {}): {} and {} {state}",
-                reference,
-                pulled.index_digest,
-                pulled.manifest_digest,
-                pulled.signer,
-                pulled.artifact.display(),
-                pulled.evidence.display()
+                "pulled {reference} (index {}, manifest {}, signed by {}): {} and {} {}",
+                fetched.index_digest,
+                fetched.manifest_digest,
+                fetched.signer,
+                artifact.display(),
+                evidence.display(),
+                if written { "written" } else { "up to date" }
             );
             Ok(())
         }
@@ -379,6 +402,17 @@ fn run(command: Command) -> Result<()> {
                 eprintln!("signed {} -> {}", path.display(), out.display());
             }
             Ok(())
+        }
+        Command::Sync { references, output, template, listener, interval, trust, registry } => {
+            let sync = crate::oci::sync::Sync {
+                references,
+                dir: output,
+                template,
+                listener,
+                trust: trust.load(&[])?,
+                options: registry.options(),
+            };
+            sync.run(interval.map(std::time::Duration::from_secs))
         }
         Command::Keygen { out_dir, name } => {
             std::fs::create_dir_all(&out_dir)?;

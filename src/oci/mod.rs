@@ -19,6 +19,7 @@
 pub mod cosign;
 pub mod reference;
 pub mod registry;
+pub mod sync;
 
 use anyhow::{bail, Context, Result};
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
@@ -197,20 +198,22 @@ fn push_manifest(registry: &Registry, config: Descriptor, layers: Vec<Descriptor
     Ok(Descriptor::new(oci_spec::image::MediaType::ImageManifest, bytes.len() as u64, digest_of(&digest)?))
 }
 
-/// What `thaw pull` wrote (or found already in place).
-pub struct Pulled {
+/// A platform's artifact and its signature, fetched and verified, not yet written anywhere.
+pub struct Fetched {
     pub index_digest: String,
     pub manifest_digest: String,
-    pub artifact: PathBuf,
-    pub evidence: PathBuf,
     /// Who signed the index or manifest (the cosign signature that verified).
     pub signer: String,
-    pub unchanged: bool,
+    pub artifact_name: String,
+    pub artifact: Vec<u8>,
+    pub evidence_name: String,
+    pub evidence: Vec<u8>,
 }
 
-/// Resolves the index at `reference`, picks `platform`, verifies everything under `trust`, then
-/// writes the artifact and its signature into `out_dir`.
-pub fn pull(reference: &Reference, out_dir: &Path, platform: Platform, trust: &Trust, options: &registry::Options) -> Result<Pulled> {
+/// Resolves the index at `reference`, picks `platform` and verifies, under `trust`: every digest
+/// read, a cosign signature on the index or the chosen manifest, the platform (the manifest's
+/// config and the code itself), and the artifact's own signature over its bytes.
+pub fn fetch_verified(reference: &Reference, platform: Platform, trust: &Trust, options: &registry::Options) -> Result<Fetched> {
     let registry = Registry::connect(reference, options)?;
     let index = registry.manifest(reference.manifest_reference())?.with_context(|| format!("{reference}: not found in the registry"))?;
     if index.media_type != INDEX {
@@ -247,25 +250,33 @@ pub fn pull(reference: &Reference, out_dir: &Path, platform: Platform, trust: &T
     trust
         .verify_signature_text(&artifact, kind, &evidence, &origin)
         .map_err(|r| anyhow::anyhow!("{reference}: refusing {artifact_name}: {r}"))?;
-
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let artifact_path = out_dir.join(&artifact_name);
-    let evidence_path = out_dir.join(&evidence_name);
-    let unchanged =
-        std::fs::read(&artifact_path).is_ok_and(|b| b == artifact) && std::fs::read(&evidence_path).is_ok_and(|b| b == evidence);
-    if !unchanged {
-        // The signature first, the artifact last: a reader that sees the new artifact sees its signature.
-        crate::cli::write_atomically(&evidence_path, &evidence)?;
-        crate::cli::write_atomically(&artifact_path, &artifact)?;
-    }
-    Ok(Pulled {
+    Ok(Fetched {
         index_digest: index.digest,
         manifest_digest: manifest.digest,
-        artifact: artifact_path,
-        evidence: evidence_path,
         signer: signed.signer.to_string(),
-        unchanged,
+        artifact_name,
+        artifact,
+        evidence_name,
+        evidence,
     })
+}
+
+impl Fetched {
+    /// Writes the signature, then the artifact, into `dir`, each atomically (a reader that sees
+    /// the new artifact sees its signature); files already identical are left alone. Returns
+    /// the artifact's and the signature's paths and whether anything was written.
+    pub fn write_into(&self, dir: &Path) -> Result<(PathBuf, PathBuf, bool)> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let artifact = dir.join(&self.artifact_name);
+        let evidence = dir.join(&self.evidence_name);
+        let same = |path: &Path, bytes: &[u8]| std::fs::read(path).is_ok_and(|b| b == bytes);
+        if same(&artifact, &self.artifact) && same(&evidence, &self.evidence) {
+            return Ok((artifact, evidence, false));
+        }
+        crate::cli::write_atomically(&evidence, &self.evidence)?;
+        crate::cli::write_atomically(&artifact, &self.artifact)?;
+        Ok((artifact, evidence, true))
+    }
 }
 
 type Piece = (String, Vec<u8>, EvidenceKind, Vec<u8>);
