@@ -535,7 +535,7 @@ fn proxy_grpc_call(mut c: C, args: [i32; 10], timeout: i32, token_out: i32) -> H
     let cluster = memory::read(&c, up, ul)?;
     let service = memory::read(&c, sp, sl)?;
     let method = memory::read(&c, mp, ml)?;
-    let metadata = header_map::decode_lenient(&memory::read(&c, hp, hl)?);
+    let metadata = memory::read_header_map(&c, hp, hl)?;
     let message = memory::read(&c, bp, bl)?;
     memory::check_in_bounds(&c, token_out, 4)?;
     let (headers, body) = super::grpc::request(&service, &method, &metadata, &message, &cluster);
@@ -596,7 +596,7 @@ fn proxy_grpc_stream(mut c: C, args: [i32; 8], token_out: i32) -> HostResult {
     let cluster = memory::read(&c, up, ul)?;
     let service = memory::read(&c, sp, sl)?;
     let method = memory::read(&c, mp, ml)?;
-    let metadata = header_map::decode_lenient(&memory::read(&c, hp, hl)?);
+    let metadata = memory::read_header_map(&c, hp, hl)?;
     memory::check_in_bounds(&c, token_out, 4)?;
     let (headers, _) = super::grpc::request(&service, &method, &metadata, &[], &cluster);
     let id = start_call_stream(&mut c, &cluster, &headers, &[], false, 0)?;
@@ -810,7 +810,7 @@ fn proxy_get_header_map_pairs(mut c: C, map: i32, ptr_out: i32, len_out: i32) ->
 /// Replaces the whole map. A malformed map reads as empty (Envoy's host: the map is cleared).
 fn proxy_set_header_map_pairs(mut c: C, map: i32, ptr: i32, len: i32) -> HostResult {
     let map = MapType::try_from(map)?;
-    let new_pairs = header_map::decode_lenient(&memory::read(&c, ptr, len)?);
+    let new_pairs = memory::read_header_map(&c, ptr, len)?;
     let kind = http_map_now(&c, map)?;
     let stream = c.data_mut().stream.as_mut().ok_or(Status::BadArgument)?;
     let old = stream.headers(kind).ok_or(Status::BadArgument)?;
@@ -891,7 +891,7 @@ fn proxy_send_local_response(c: C, code: i32, dp: i32, dl: i32, bp: i32, bl: i32
     let status = u32::try_from(code).ok().filter(|s| (200..600).contains(s)).ok_or(Status::BadArgument)?;
     let details = memory::read(&c, dp, dl)?;
     let body = memory::read(&c, bp, bl)?;
-    let headers = header_map::decode_lenient(&memory::read(&c, hp, hl)?);
+    let headers = memory::read_header_map(&c, hp, hl)?;
     let mut c = c;
     if c.data().stream.is_none() {
         return Err(Status::BadArgument.into());
@@ -1065,9 +1065,9 @@ fn guest_metric(mut c: C, id: i32, op: MetricOp) -> HostResult {
 fn proxy_http_call(mut c: C, args: [i32; 8], timeout: i32, token_out: i32) -> HostResult {
     let [up, ul, hp, hl, bp, bl, tp, tl] = args;
     let cluster = memory::read(&c, up, ul)?;
-    let headers = header_map::decode_lenient(&memory::read(&c, hp, hl)?);
+    let headers = memory::read_header_map(&c, hp, hl)?;
     let body = memory::read(&c, bp, bl)?;
-    let trailers = header_map::decode_lenient(&memory::read(&c, tp, tl)?);
+    let trailers = memory::read_header_map(&c, tp, tl)?;
     memory::check_in_bounds(&c, token_out, 4)?;
     if !trailers.is_empty() {
         // Envoy's HTTP callouts carry no request trailers.
