@@ -9,7 +9,7 @@ use std::sync::Arc;
 use thaw::config::{Config, InstancePolicy, Isolation, Policy, TenantConfig, TenantId, TenantSource, DEFAULT_CRASH_LOOP};
 use thaw::filter::{FilterConfig, StreamFilter, Verdict};
 use thaw::proxy_wasm::host;
-use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
+use thaw::stream::{Callouts, HeaderKind, HeaderPair, HttpStream, LocalReply};
 use thaw::telemetry::{Metric, NoStats, StatsSink};
 
 /// The stream's request headers, and the metrics recorded on it.
@@ -23,6 +23,8 @@ impl StatsSink for Stream {
         self.0.borrow_mut().1.push((metric, value));
     }
 }
+
+impl Callouts for Stream {}
 
 impl HttpStream for Stream {
     fn header_values(&self, _: HeaderKind, key: &[u8]) -> Option<Vec<Vec<u8>>> {

@@ -12,7 +12,7 @@ use thaw::config::{Config, InstancePolicy, Isolation, Policy, TenantConfig, Tena
 use thaw::engine::{self, Target};
 use thaw::filter::{FilterConfig, StreamFilter, Verdict};
 use thaw::pool;
-use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
+use thaw::stream::{Callouts, HeaderKind, HeaderPair, HttpStream, LocalReply};
 use thaw::telemetry::{Metric, NoStats, StatsSink};
 use thaw::trust::signature::PrivateKey;
 
@@ -50,6 +50,8 @@ impl StatsSink for Fake {
         self.0.borrow_mut().metrics.push((metric, tenant.to_string(), value));
     }
 }
+
+impl Callouts for Fake {}
 
 impl HttpStream for Fake {
     fn header_values(&self, kind: HeaderKind, key: &[u8]) -> Option<Vec<Vec<u8>>> {

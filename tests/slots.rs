@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use thaw::config::{Config, InstancePolicy, Policy, TenantId, TenantSource, DEFAULT_CRASH_LOOP, DEFAULT_MEMORY_BUDGET_MB};
 use thaw::filter::{FilterConfig, StreamFilter, Verdict};
-use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
+use thaw::stream::{Callouts, HeaderKind, HeaderPair, HttpStream, LocalReply};
 use thaw::telemetry::{Metric, NoStats, StatsSink};
 
 #[derive(Clone, Default)]
@@ -18,6 +18,8 @@ impl StatsSink for Stream {
         self.0.borrow_mut().0.push(metric);
     }
 }
+
+impl Callouts for Stream {}
 
 impl HttpStream for Stream {
     fn header_values(&self, _: HeaderKind, key: &[u8]) -> Option<Vec<Vec<u8>>> {

@@ -20,7 +20,7 @@ use thaw::proxy_wasm::hostcalls::{self, Snapshot};
 use thaw::proxy_wasm::instance::SnapshotInit;
 use thaw::proxy_wasm::{shared, Plugin};
 use thaw::snapshot::{self, Binding, SealKey};
-use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
+use thaw::stream::{Callouts, HeaderKind, HeaderPair, HttpStream, LocalReply};
 use thaw::telemetry::{Metric, StatsSink};
 use thaw::trust::signature::PrivateKey;
 
@@ -42,6 +42,8 @@ impl StatsSink for Recorder {
         self.0.borrow_mut().0.push((metric, tenant.to_string()));
     }
 }
+
+impl Callouts for Recorder {}
 
 impl HttpStream for Recorder {
     fn header_values(&self, _: HeaderKind, key: &[u8]) -> Option<Vec<Vec<u8>>> {
