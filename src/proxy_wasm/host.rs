@@ -197,15 +197,16 @@ impl Calls {
     /// instance has no gRPC call on, or one that already ended. The token stays out until the
     /// guest is told of the end (`GuestInstance::on_grpc`).
     pub fn call_stream_event(&mut self, envoy_id: u64, event: grpc::CallStreamEvent) -> Vec<grpc::Delivery> {
-        let Some(call) = self.by_token.values_mut().find(|call| call.envoy_id == envoy_id && call.grpc.is_some()) else {
-            return Vec::new();
-        };
-        let Some(state) = call.grpc.as_mut() else { return Vec::new() };
-        let (deliveries, finished) = grpc::advance(state, event);
-        if finished {
-            call.grpc = None;
+        for call in self.by_token.values_mut().filter(|call| call.envoy_id == envoy_id) {
+            if let Some(state) = call.grpc.as_mut() {
+                let (deliveries, finished) = grpc::advance(state, event);
+                if finished {
+                    call.grpc = None;
+                }
+                return deliveries;
+            }
         }
-        deliveries
+        Vec::new()
     }
 
     /// Forgets the call with `token` (answered or cancelled).
@@ -270,6 +271,8 @@ pub struct CallScope<'s> {
 }
 
 impl<'s> CallScope<'s> {
+    /// Installs `context` for the guest call about to run in `store` (the scope derefs to the
+    /// store the call runs in).
     pub fn install(store: &'s mut wasmtime::Store<HostState>, context: CallContext) -> CallScope<'s> {
         store.data_mut().call = context;
         CallScope { store }
@@ -391,6 +394,7 @@ impl HostState {
         }
     }
 
+    /// The stream the current call is about, to change it (see `stream`).
     pub fn stream_mut(&mut self) -> Option<&mut (dyn HttpStream + 'static)> {
         match &mut self.call.subject {
             Subject::Stream(stream) => Some(stream.as_mut()),
