@@ -11,7 +11,7 @@ use thaw::artifact::{ArtifactDigest, VerifiedArtifact};
 use thaw::config::{InstancePolicy, TenantConfig, TenantId};
 use thaw::engine::{self, Target};
 use thaw::proxy_wasm::Plugin;
-use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
+use thaw::stream::{Callouts, HeaderKind, HeaderPair, HttpStream, LocalReply};
 use thaw::telemetry::{Metric, StatsSink};
 use thaw::trust::signature::{self, PrivateKey, TrustedKey};
 use thaw::trust::{Evidence, Trust};
@@ -22,6 +22,8 @@ struct Stream(Vec<HeaderPair>);
 impl StatsSink for Stream {
     fn record(&mut self, _: Metric, _: &TenantId, _: i64) {}
 }
+
+impl Callouts for Stream {}
 
 impl HttpStream for Stream {
     fn header_values(&self, _: HeaderKind, key: &[u8]) -> Option<Vec<Vec<u8>>> {

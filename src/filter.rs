@@ -11,8 +11,7 @@ use crate::engine;
 use crate::log_at;
 use crate::pool;
 use crate::proxy_wasm::abi::AbiVersion;
-use crate::proxy_wasm::grpc;
-use crate::proxy_wasm::{host, Action, Effect, GuestError, GuestInstance, HttpCallback, Linked, Plugin};
+use crate::proxy_wasm::{host, Action, Effect, GuestError, GuestInstance, HttpCallback, Linked, Plugin, Subject};
 use crate::reply_view::ReplyView;
 use crate::snapshot::{self, Binding, Refusal, SealKey};
 use crate::stream::{CallResponse, Direction, HeaderKind, HttpStream, LocalReply};
@@ -549,8 +548,6 @@ pub struct StreamFilter {
     response_started: bool,
     /// The last body verdict per direction was StopAndBuffer: Envoy holds the body so far.
     buffering: [bool; 2],
-    /// gRPC calls in flight, by Envoy call-stream id.
-    grpc_calls: HashMap<u64, grpc::CallState>,
     /// What re-enters Envoy, for the hook to perform once it released the stream state.
     deferred: Vec<Deferred>,
 }
@@ -559,15 +556,7 @@ pub use crate::proxy_wasm::grpc::CallStreamEvent;
 
 impl StreamFilter {
     pub fn new(config: Arc<FilterConfig>) -> StreamFilter {
-        StreamFilter {
-            config,
-            active: None,
-            replied: false,
-            response_started: false,
-            buffering: [false; 2],
-            grpc_calls: HashMap::new(),
-            deferred: Vec::new(),
-        }
+        StreamFilter { config, active: None, replied: false, response_started: false, buffering: [false; 2], deferred: Vec::new() }
     }
 
     /// After a panic in a hook: the stream is answered 503 by the hook; nothing more of it moves,
@@ -708,12 +697,6 @@ impl StreamFilter {
                     }
                     self.deferred.push(Deferred::Continue(d));
                 }
-                Effect::GrpcStarted { id, stream: streaming } => {
-                    self.grpc_calls.insert(id, grpc::CallState { streaming, ..Default::default() });
-                }
-                Effect::GrpcCancelled(id) => {
-                    self.grpc_calls.remove(&id);
-                }
                 Effect::Close => {
                     self.replied = true;
                     self.deferred.push(Deferred::Reset);
@@ -771,15 +754,13 @@ impl StreamFilter {
         }
     }
 
-    /// An event of a call stream a gRPC call or stream started (see `grpc::advance`).
+    /// An event of a call stream a gRPC call or stream started: the instance's registry of calls
+    /// says what it delivers (`GuestInstance::call_stream_event`), each delivered in turn.
     pub fn on_call_stream<S: HttpStream + Clone + 'static>(&mut self, stream: S, id: u64, event: CallStreamEvent) {
-        let Some(state) = self.grpc_calls.get_mut(&id) else { return };
-        let (deliveries, finished) = grpc::advance(state, event);
-        if finished {
-            self.grpc_calls.remove(&id);
-        }
+        let Some(active) = self.active.as_mut() else { return };
+        let deliveries = active.instance.call_stream_event(id, event);
         for delivery in deliveries {
-            self.deliver(stream.clone(), |instance, s| instance.on_grpc(Some(s), None, id, delivery));
+            self.deliver(stream.clone(), |instance, s| instance.on_grpc(Subject::Stream(s), id, delivery));
         }
     }
 
@@ -817,7 +798,7 @@ impl StreamFilter {
 
     /// The response (or failure: `None`) of an HTTP call the guest started with `proxy_http_call`.
     pub fn on_http_call_response<S: HttpStream + Clone + 'static>(&mut self, stream: S, callout_id: u64, response: Option<CallResponse>) {
-        self.deliver(stream, |instance, s| instance.on_http_call_response(Some(s), None, callout_id, response));
+        self.deliver(stream, |instance, s| instance.on_http_call_response(Subject::Stream(s), callout_id, response));
     }
 
     pub fn on_request_headers<S: HttpStream + Clone + 'static>(&mut self, mut stream: S, end_of_stream: bool) -> Verdict {

@@ -7,7 +7,7 @@
 
 use crate::config::TenantId;
 use crate::stream::{
-    AttributeKind, AttributeValue, CallError, Direction, HeaderKind, HeaderPair, HttpStream, MetadataSource, MetadataValue,
+    AttributeKind, AttributeValue, CallError, Callouts, Direction, HeaderKind, HeaderPair, HttpStream, MetadataSource, MetadataValue,
 };
 use crate::telemetry::{Metric, StatsSink};
 use std::cell::RefCell;
@@ -135,7 +135,10 @@ impl<S: HttpStream> HttpStream for ReplyView<S> {
     fn filter_state(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.inner.filter_state(key)
     }
+}
 
+/// Calls made while the reply's response callbacks run are the real stream's.
+impl<S: HttpStream> Callouts for ReplyView<S> {
     fn http_call(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], timeout_ms: u64) -> Result<u64, CallError> {
         self.inner.http_call(cluster, headers, body, timeout_ms)
     }

@@ -17,8 +17,8 @@ use crate::config::TenantId;
 use crate::log_at;
 use crate::proxy_wasm::init_calls::{CallRequest, Readiness, Transcript};
 use crate::proxy_wasm::{grpc, shared};
-use crate::proxy_wasm::{GuestInstance, Plugin};
-use crate::stream::{CallError, CallResponse, HeaderPair, RootHost};
+use crate::proxy_wasm::{GuestInstance, Plugin, Subject};
+use crate::stream::{CallError, CallResponse, Callouts, HeaderPair};
 use crate::telemetry::StatsSink;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -81,10 +81,10 @@ pub struct RootContexts {
     /// Asks Envoy to run an event on the main thread (init retries use it).
     commit: Commit,
     tenants: Vec<RootTenant>,
-    /// HTTP calls root instances started, by Envoy callout id: the tenant index to answer.
-    pending_calls: RefCell<HashMap<u64, usize>>,
-    /// gRPC calls and streams root instances started, by Envoy stream id.
-    pending_grpc: RefCell<HashMap<u64, (usize, grpc::CallState)>>,
+    /// Which tenant's root instance started each outstanding Envoy callout and call stream (the
+    /// filter config's ids are shared by its tenants): where its answer goes. What a call is and
+    /// what it delivered so far is the instance's own (`proxy_wasm::host::Calls`).
+    routes: RefCell<HashMap<Callout, usize>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     /// Write-locked when dropping: no notifier commits after that.
@@ -150,33 +150,25 @@ impl RootContexts {
                 commit(event(index, INIT_EVENT));
             }
         }
-        RootContexts {
-            commit: Arc::clone(&commit),
-            tenants,
-            pending_calls: RefCell::new(HashMap::new()),
-            pending_grpc: RefCell::new(HashMap::new()),
-            stop,
-            thread,
-            alive,
-        }
+        RootContexts { commit: Arc::clone(&commit), tenants, routes: RefCell::new(HashMap::new()), stop, thread, alive }
     }
 
     /// Runs an event on the main thread: a tick, a queue notification, or making a tenant's root
-    /// instance (its init's calls). `host` makes what the root instance may ask of Envoy (HTTP
-    /// calls) during it.
-    pub fn run(&self, event: u64, stats: &mut dyn StatsSink, host: &dyn Fn() -> Box<dyn RootHost>) {
+    /// instance (its init's calls). `callouts` makes the filter config's callouts, which the root
+    /// instance's calls go through.
+    pub fn run(&self, event: u64, stats: &mut dyn StatsSink, callouts: &dyn Fn() -> Box<dyn Callouts>) {
         let (index, queue) = ((event >> 32) as usize, event as u32);
-        self.with_root(index, stats, host, queue == INIT_EVENT, |instance, host| {
+        self.with_root(index, stats, callouts, queue == INIT_EVENT, |instance, callouts| {
             if queue == INIT_EVENT {
                 Ok(())
             } else if queue == 0 {
-                instance.on_tick(host).map(|period| {
+                instance.on_tick(callouts).map(|period| {
                     if let Some(t) = self.tenants.get(index) {
                         t.period_ms.store(period, Ordering::Relaxed)
                     }
                 })
             } else {
-                instance.on_queue_ready(host, queue)
+                instance.on_queue_ready(callouts, queue)
             }
         });
     }
@@ -187,39 +179,45 @@ impl RootContexts {
         callout_id: u64,
         response: Option<CallResponse>,
         stats: &mut dyn StatsSink,
-        host: &dyn Fn() -> Box<dyn RootHost>,
+        callouts: &dyn Fn() -> Box<dyn Callouts>,
     ) {
-        let Some(index) = self.pending_calls.borrow_mut().remove(&callout_id) else { return };
+        let Some(index) = self.routes.borrow_mut().remove(&Callout::Http(callout_id)) else { return };
         // An answer to an init call: what the root instance does with it is still init.
         let init_answer = self
             .tenants
             .get(index)
             .is_some_and(|tenant| tenant.init.borrow_mut().as_mut().is_some_and(|init| init.answered(callout_id, &response)));
-        self.with_root(index, stats, host, init_answer, |instance, host| {
-            instance.on_http_call_response(None, Some(host), callout_id, response)
+        self.with_root(index, stats, callouts, init_answer, |instance, callouts| {
+            instance.on_http_call_response(Subject::Root(callouts), callout_id, response)
         });
     }
 
-    /// An event of a call stream a root instance's gRPC call or stream started (main thread).
-    /// `host` makes what each delivery may ask of Envoy.
-    pub fn on_call_stream(&self, id: u64, event: grpc::CallStreamEvent, stats: &mut dyn StatsSink, host: &dyn Fn() -> Box<dyn RootHost>) {
-        let (index, deliveries) = {
-            let mut pending = self.pending_grpc.borrow_mut();
-            let Some((index, state)) = pending.get_mut(&id) else { return };
-            let index = *index;
-            let (deliveries, finished) = grpc::advance(state, event);
-            if finished {
-                pending.remove(&id);
-            }
-            (index, deliveries)
+    /// An event of a call stream a root instance's gRPC call or stream started (main thread):
+    /// the root instance's registry of calls says what it delivers, each delivered in turn.
+    /// `callouts` makes what each delivery may ask of Envoy.
+    pub fn on_call_stream(
+        &self,
+        id: u64,
+        event: grpc::CallStreamEvent,
+        stats: &mut dyn StatsSink,
+        callouts: &dyn Fn() -> Box<dyn Callouts>,
+    ) {
+        let ends = matches!(event, grpc::CallStreamEvent::Complete | grpc::CallStreamEvent::Reset);
+        let index = {
+            let mut routes = self.routes.borrow_mut();
+            let route = if ends { routes.remove(&Callout::Stream(id)) } else { routes.get(&Callout::Stream(id)).copied() };
+            let Some(index) = route else { return };
+            index
         };
+        let Some(tenant) = self.tenants.get(index) else { return };
+        let deliveries = tenant.root.borrow_mut().as_mut().map(|root| root.call_stream_event(id, event)).unwrap_or_default();
         for delivery in deliveries {
-            self.with_root(index, stats, host, false, |instance, h| instance.on_grpc(None, Some(h), id, delivery));
+            self.with_root(index, stats, callouts, false, |instance, c| instance.on_grpc(Subject::Root(c), id, delivery));
         }
     }
 
     /// Runs `call` on tenant `index`'s root instance (made first if needed, its init calls sent
-    /// through `host`), remembering the HTTP calls it starts; a failure discards the instance and
+    /// through `callouts`), remembering the HTTP calls and call streams it starts; a failure discards the instance and
     /// is counted. While the tenant's init calls are being recorded, the calls the instance makes
     /// while being made, and those `call` makes when `init_phase` (it delivers an init answer),
     /// are init calls; a tick's or a queue's are not.
@@ -227,20 +225,20 @@ impl RootContexts {
         &self,
         index: usize,
         stats: &mut dyn StatsSink,
-        host: &dyn Fn() -> Box<dyn RootHost>,
+        callouts: &dyn Fn() -> Box<dyn Callouts>,
         init_phase: bool,
-        call: impl FnOnce(&mut GuestInstance, Box<dyn RootHost>) -> Result<(), crate::proxy_wasm::GuestError>,
+        call: impl FnOnce(&mut GuestInstance, Box<dyn Callouts>) -> Result<(), crate::proxy_wasm::GuestError>,
     ) {
         let Some(tenant) = self.tenants.get(index) else { return };
         let mut root = tenant.root.borrow_mut();
         let started = Rc::new(RefCell::new(Started::default()));
-        let recording = || Box::new(Recording { inner: host(), started: Rc::clone(&started) }) as Box<dyn RootHost>;
+        let recording = || Box::new(Recording { inner: callouts(), started: Rc::clone(&started) }) as Box<dyn Callouts>;
         if root.is_none() {
             if let Some(init) = tenant.init.borrow_mut().as_mut() {
                 // A new root instance runs init afresh: record its calls, not an earlier one's.
                 init.restart();
             }
-            match tenant.plugin.instantiate_as_root(recording()) {
+            match tenant.plugin.instantiate_as_root(&recording) {
                 Ok(instance) => *root = Some(instance),
                 Err(e) => {
                     log_at!(Error, "thaw: tenant `{}`: cannot create its root instance: {e}", tenant.id);
@@ -254,7 +252,7 @@ impl RootContexts {
         let instance = root.as_mut().expect("created above");
         let result = call(instance, recording());
         let started = started.borrow();
-        self.pending_calls.borrow_mut().extend(started.http.iter().map(|(id, _)| (*id, index)));
+        self.routes.borrow_mut().extend(started.http.iter().map(|(id, _)| (Callout::Http(*id), index)));
         let mut init = tenant.init.borrow_mut();
         if let Some(recording) = init.as_mut() {
             let init_calls = if init_phase { &started.http[..] } else { &started.http[..made_by_init] };
@@ -271,9 +269,7 @@ impl RootContexts {
             }
         }
         drop(init);
-        self.pending_grpc.borrow_mut().extend(
-            started.streams.iter().map(|(id, streaming)| (*id, (index, grpc::CallState { streaming: *streaming, ..Default::default() }))),
-        );
+        self.routes.borrow_mut().extend(started.streams.iter().map(|id| (Callout::Stream(*id), index)));
         if let Err(e) = result {
             log_at!(Error, "thaw: {e} (root context)");
             stats.record(e.kind().metric(), &tenant.id, 1);
@@ -337,21 +333,29 @@ impl InitRecording {
     }
 }
 
-/// What a root call started: HTTP callouts (id, request), and call streams (id, whether a gRPC
-/// stream).
+/// An Envoy callout or call stream of the filter config, by its Envoy id (kept apart by kind: the
+/// two may share ids).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Callout {
+    Http(u64),
+    Stream(u64),
+}
+
+/// What a root call started: HTTP callouts (id, request), and call streams (id).
 #[derive(Default)]
 struct Started {
     http: Vec<(u64, CallRequest)>,
-    streams: Vec<(u64, bool)>,
+    streams: Vec<u64>,
 }
 
-/// A `RootHost` that remembers the calls it starts, so their answers find their tenant.
+/// The filter config's callouts, remembering the calls they start, so their answers find their
+/// tenant (and a tenant's init calls are recorded).
 struct Recording {
-    inner: Box<dyn RootHost>,
+    inner: Box<dyn Callouts>,
     started: Rc<RefCell<Started>>,
 }
 
-impl RootHost for Recording {
+impl Callouts for Recording {
     fn http_call(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], timeout_ms: u64) -> Result<u64, CallError> {
         let id = self.inner.http_call(cluster, headers, body, timeout_ms)?;
         let request = CallRequest { cluster: cluster.to_vec(), headers: headers.to_vec(), body: body.to_vec() };
@@ -359,7 +363,6 @@ impl RootHost for Recording {
         Ok(id)
     }
 
-    /// A unary gRPC call sends everything at once (`end_stream`); a gRPC stream does not.
     fn start_call_stream(
         &mut self,
         cluster: &[u8],
@@ -369,7 +372,7 @@ impl RootHost for Recording {
         timeout_ms: u64,
     ) -> Result<u64, CallError> {
         let id = self.inner.start_call_stream(cluster, headers, body, end_stream, timeout_ms)?;
-        self.started.borrow_mut().streams.push((id, !end_stream));
+        self.started.borrow_mut().streams.push(id);
         Ok(id)
     }
 

@@ -69,12 +69,20 @@ pub struct CallResponse {
     pub trailers: Vec<HeaderPair>,
 }
 
-/// What a root context (a tick, a queue notification) may ask of Envoy: it has no stream, so it
-/// uses the filter config's callouts.
-pub trait RootHost {
-    /// Starts an HTTP call; returns Envoy's callout id.
-    fn http_call(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], timeout_ms: u64) -> Result<u64, CallError>;
-    /// Starts a call stream (gRPC); returns its id.
+/// The calls a guest makes through Envoy: HTTP callouts, and call streams (what gRPC calls and
+/// streams ride on). A stream makes them through its own callouts (every `HttpStream` is one), a
+/// root context (init of a root instance, a tick, a queue notification) through the filter
+/// config's (`envoy::callbacks::ConfigCaller`); the host sees this one interface either way. The
+/// defaults are a side that cannot make calls.
+pub trait Callouts {
+    /// Starts an HTTP call to `cluster` through Envoy; returns Envoy's callout id. The response
+    /// arrives later (`StreamFilter::on_http_call_response`, `RootContexts::on_http_call_response`).
+    fn http_call(&mut self, _cluster: &[u8], _headers: &[HeaderPair], _body: &[u8], _timeout_ms: u64) -> Result<u64, CallError> {
+        Err(CallError::Unavailable)
+    }
+    /// Starts an HTTP stream to `cluster` through Envoy (gRPC calls and streams ride on these);
+    /// returns its id. A unary gRPC call sends everything at once (`end_stream`). Its events
+    /// arrive later (`StreamFilter::on_call_stream`, `RootContexts::on_call_stream`).
     fn start_call_stream(
         &mut self,
         _cluster: &[u8],
@@ -85,9 +93,11 @@ pub trait RootHost {
     ) -> Result<u64, CallError> {
         Err(CallError::Unavailable)
     }
+    /// Sends more request data on a call stream.
     fn send_call_stream(&mut self, _id: u64, _data: &[u8], _end_stream: bool) -> bool {
         false
     }
+    /// Resets a stream `start_call_stream` started.
     fn reset_call_stream(&mut self, _id: u64) {}
 }
 
@@ -118,8 +128,9 @@ pub struct LocalReply {
     pub grpc_status: Option<u32>,
 }
 
-/// An Envoy stream is also where the request's metrics are recorded.
-pub trait HttpStream: crate::telemetry::StatsSink {
+/// An Envoy stream is also where the request's metrics are recorded, and where the calls its guest
+/// makes go (`Callouts`).
+pub trait HttpStream: crate::telemetry::StatsSink + Callouts {
     /// Every value of header `key` in `kind`; `None` when that map is not available (yet).
     fn header_values(&self, kind: HeaderKind, key: &[u8]) -> Option<Vec<Vec<u8>>>;
     /// All pairs of `kind` in order; `None` when that map is not available (yet).
@@ -155,29 +166,6 @@ pub trait HttpStream: crate::telemetry::StatsSink {
     fn reset(&mut self) -> bool {
         false
     }
-    /// Starts an HTTP call to `cluster` through Envoy; returns Envoy's callout id. The response
-    /// arrives later as `StreamFilter::on_http_call_response`.
-    fn http_call(&mut self, _cluster: &[u8], _headers: &[HeaderPair], _body: &[u8], _timeout_ms: u64) -> Result<u64, CallError> {
-        Err(CallError::Unavailable)
-    }
-    /// Starts an HTTP stream to `cluster` through Envoy (gRPC calls and streams ride on these);
-    /// returns its id. Its events arrive as `StreamFilter::on_call_stream`.
-    fn start_call_stream(
-        &mut self,
-        _cluster: &[u8],
-        _headers: &[HeaderPair],
-        _body: &[u8],
-        _end_stream: bool,
-        _timeout_ms: u64,
-    ) -> Result<u64, CallError> {
-        Err(CallError::Unavailable)
-    }
-    /// Sends more request data on a call stream.
-    fn send_call_stream(&mut self, _id: u64, _data: &[u8], _end_stream: bool) -> bool {
-        false
-    }
-    /// Resets a stream `start_call_stream` started.
-    fn reset_call_stream(&mut self, _id: u64) {}
     /// An Envoy attribute (`request.path`, `source.address`, ...) by its dynamic-module id.
     fn attribute(&self, _id: u32, _kind: AttributeKind) -> Option<AttributeValue> {
         None

@@ -5,43 +5,12 @@
 
 mod common;
 
+use common::FakeStream;
 use std::sync::Arc;
-use thaw::config::{Config, InstancePolicy, Isolation, Policy, TenantConfig, TenantId, TenantSource, DEFAULT_CRASH_LOOP};
+use thaw::config::{Config, InstancePolicy, Isolation, Policy, TenantConfig, TenantSource, DEFAULT_CRASH_LOOP};
 use thaw::filter::{FilterConfig, StreamFilter, Verdict};
 use thaw::proxy_wasm::host;
-use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
-use thaw::telemetry::{Metric, NoStats, StatsSink};
-
-/// The stream's request headers, and the metrics recorded on it.
-type Seen = (Vec<HeaderPair>, Vec<(Metric, i64)>);
-
-#[derive(Clone)]
-struct Stream(std::rc::Rc<std::cell::RefCell<Seen>>);
-
-impl StatsSink for Stream {
-    fn record(&mut self, metric: Metric, _: &TenantId, value: i64) {
-        self.0.borrow_mut().1.push((metric, value));
-    }
-}
-
-impl HttpStream for Stream {
-    fn header_values(&self, _: HeaderKind, key: &[u8]) -> Option<Vec<Vec<u8>>> {
-        Some(self.0.borrow().0.iter().filter(|(k, _)| k == key).map(|(_, v)| v.clone()).collect())
-    }
-    fn headers(&self, _: HeaderKind) -> Option<Vec<HeaderPair>> {
-        Some(self.0.borrow().0.clone())
-    }
-    fn set_header(&mut self, _: HeaderKind, _: &[u8], _: Option<&[u8]>) -> bool {
-        true
-    }
-    fn add_header(&mut self, _: HeaderKind, _: &[u8], _: &[u8]) -> bool {
-        true
-    }
-    fn send_local_reply(&mut self, _: &LocalReply) {}
-    fn route_tenant(&self) -> Option<TenantId> {
-        None
-    }
-}
+use thaw::telemetry::{Metric, NoStats};
 
 /// The budget and live memory are process-wide: these tests take turns.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -68,18 +37,17 @@ fn many_tenants_stay_within_a_small_budget() {
         tenants,
     };
     let config = Arc::new(FilterConfig::load("budget", &config, &mut NoStats).unwrap());
-    let stream = Stream(Default::default());
+    let stream = FakeStream::default();
     for round in 0..3 {
         for i in 0..40 {
-            stream.0.borrow_mut().0 = vec![(b"x-tenant-id".to_vec(), format!("t{i}").into_bytes())];
+            stream.set_request(&[("x-tenant-id", &format!("t{i}"))]);
             let mut filter = StreamFilter::new(Arc::clone(&config));
             assert_eq!(filter.on_request_headers(stream.clone(), true), Verdict::Continue, "round {round} tenant t{i}");
             filter.on_stream_complete(stream.clone());
             assert!(host::live_bytes() <= budget_mb as usize * 1024 * 1024, "live {} bytes", host::live_bytes());
         }
     }
-    let metrics = &stream.0.borrow().1;
-    let count = |m: Metric| metrics.iter().filter(|(x, _)| *x == m).map(|(_, v)| v).sum::<i64>();
+    let count = |m: Metric| stream.metric_sum(m);
     assert!(count(Metric::InstanceEvicted) > 0, "the budget never forced an eviction");
     assert_eq!(count(Metric::InstanceRefused), 0);
     // Idle instances never exceed what the budget holds.
@@ -110,9 +78,9 @@ fn ten_thousand_tenants_load_and_serve() {
     };
     let config = Arc::new(FilterConfig::load("many", &config, &mut NoStats).unwrap());
     assert_eq!(config.tenants.len(), 10_000);
-    let stream = Stream(Default::default());
+    let stream = FakeStream::default();
     for i in (0..10_000).step_by(97) {
-        stream.0.borrow_mut().0 = vec![(b"x-tenant-id".to_vec(), format!("tenant-{i}").into_bytes())];
+        stream.set_request(&[("x-tenant-id", &format!("tenant-{i}"))]);
         let mut filter = StreamFilter::new(Arc::clone(&config));
         assert_eq!(filter.on_request_headers(stream.clone(), true), Verdict::Continue, "tenant-{i}");
         filter.on_stream_complete(stream.clone());

@@ -1,91 +1,20 @@
-//! The proxy-wasm host driven without Envoy, through a fake of the safe `HttpStream` interface:
-//! the real auth filter (proxy-wasm SDK) end to end through the filter driver, and hand-shaped
-//! hostile guests (wild pointers and lengths, traps, endless loops, rejected configs).
-//! Artifacts are real: compiled with thaw's engine, signed, written to disk, verified, loaded.
+//! The proxy-wasm host driven without Envoy, through the shared fake of the safe `HttpStream`
+//! interface (`common::FakeStream`): the real auth filter (proxy-wasm SDK) end to end through the
+//! filter driver, and hand-shaped hostile guests (wild pointers and lengths, traps, endless loops,
+//! rejected configs). Artifacts are real: compiled with thaw's engine, signed, written to disk, verified, loaded.
 
-use std::cell::RefCell;
+mod common;
+
+use common::FakeStream;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thaw::config::{Config, InstancePolicy, Isolation, Policy, TenantConfig, TenantId, TenantSource, DEFAULT_CRASH_LOOP};
 use thaw::engine::{self, Target};
 use thaw::filter::{FilterConfig, StreamFilter, Verdict};
 use thaw::pool;
-use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
-use thaw::telemetry::{Metric, NoStats, StatsSink};
+use thaw::telemetry::{Metric, NoStats};
 use thaw::trust::signature::PrivateKey;
-
-#[derive(Default)]
-struct FakeState {
-    request: Vec<HeaderPair>,
-    replies: Vec<LocalReply>,
-    metrics: Vec<(Metric, String, i64)>,
-}
-
-/// A fake Envoy stream: request headers in a Vec, local replies recorded.
-#[derive(Clone, Default)]
-struct Fake(Rc<RefCell<FakeState>>);
-
-impl Fake {
-    fn with(headers: &[(&str, &str)]) -> Fake {
-        let fake = Fake::default();
-        fake.0.borrow_mut().request = headers.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect();
-        fake
-    }
-    fn header(&self, key: &str) -> Option<String> {
-        self.0.borrow().request.iter().find(|(k, _)| k == key.as_bytes()).map(|(_, v)| String::from_utf8_lossy(v).into())
-    }
-    fn replies(&self) -> Vec<LocalReply> {
-        self.0.borrow().replies.clone()
-    }
-    /// Sum of what was recorded for `metric` and `tenant`.
-    fn metric(&self, metric: Metric, tenant: &str) -> i64 {
-        self.0.borrow().metrics.iter().filter(|(m, t, _)| *m == metric && t == tenant).map(|(_, _, v)| v).sum()
-    }
-}
-
-impl StatsSink for Fake {
-    fn record(&mut self, metric: Metric, tenant: &TenantId, value: i64) {
-        self.0.borrow_mut().metrics.push((metric, tenant.to_string(), value));
-    }
-}
-
-impl HttpStream for Fake {
-    fn header_values(&self, kind: HeaderKind, key: &[u8]) -> Option<Vec<Vec<u8>>> {
-        // A host bug on demand: this Envoy "panics" when asked for `x-panic`.
-        assert!(key != b"x-panic", "the fake stream panics when asked for x-panic");
-        (kind == HeaderKind::RequestHeaders)
-            .then(|| self.0.borrow().request.iter().filter(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.clone()).collect())
-    }
-    fn headers(&self, kind: HeaderKind) -> Option<Vec<HeaderPair>> {
-        (kind == HeaderKind::RequestHeaders).then(|| self.0.borrow().request.clone())
-    }
-    fn set_header(&mut self, kind: HeaderKind, key: &[u8], value: Option<&[u8]>) -> bool {
-        if kind != HeaderKind::RequestHeaders {
-            return false;
-        }
-        let mut s = self.0.borrow_mut();
-        s.request.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
-        if let Some(v) = value {
-            s.request.push((key.to_vec(), v.to_vec()));
-        }
-        true
-    }
-    fn add_header(&mut self, kind: HeaderKind, key: &[u8], value: &[u8]) -> bool {
-        if kind != HeaderKind::RequestHeaders {
-            return false;
-        }
-        self.0.borrow_mut().request.push((key.to_vec(), value.to_vec()));
-        true
-    }
-    fn send_local_reply(&mut self, reply: &LocalReply) {
-        self.0.borrow_mut().replies.push(reply.clone());
-    }
-    fn route_tenant(&self) -> Option<TenantId> {
-        None
-    }
-}
 
 /// A work directory with a trusted key; artifacts compiled and signed into it.
 struct Workspace {
@@ -147,7 +76,7 @@ fn auth_filter_wasm() -> Vec<u8> {
 }
 
 /// Runs one request through the driver: request headers, then stream completion.
-fn serve(config: &Arc<FilterConfig>, stream: &Fake) -> Verdict {
+fn serve(config: &Arc<FilterConfig>, stream: &FakeStream) -> Verdict {
     let mut filter = StreamFilter::new(Arc::clone(config));
     let verdict = filter.on_request_headers(stream.clone(), true);
     filter.flush(&mut stream.clone());
@@ -161,13 +90,13 @@ fn the_auth_filter_runs_through_the_host() {
     let tenant = ws.tenant("acme", &auth_filter_wasm(), r#"{"tokens":{"s3cret":"alice"}}"#);
     let config = ws.load(vec![tenant], Policy::Deny).unwrap();
 
-    let ok = Fake::with(&[("x-tenant-id", "acme"), ("authorization", "Bearer s3cret"), ("x-auth-subject", "mallory")]);
+    let ok = FakeStream::with(&[("x-tenant-id", "acme"), ("authorization", "Bearer s3cret"), ("x-auth-subject", "mallory")]);
     assert_eq!(serve(&config, &ok), Verdict::Continue);
     assert_eq!(ok.header("x-auth-subject").as_deref(), Some("alice"));
     assert!(ok.replies().is_empty());
 
     for headers in [vec![("x-tenant-id", "acme")], vec![("x-tenant-id", "acme"), ("authorization", "Bearer nope")]] {
-        let denied = Fake::with(&headers);
+        let denied = FakeStream::with(&headers);
         assert_eq!(serve(&config, &denied), Verdict::Stop);
         let replies = denied.replies();
         assert_eq!(replies.len(), 1);
@@ -175,7 +104,7 @@ fn the_auth_filter_runs_through_the_host() {
         assert!(String::from_utf8_lossy(&replies[0].body).starts_with("forbidden"));
     }
 
-    let unknown = Fake::with(&[("x-tenant-id", "globex"), ("authorization", "Bearer s3cret")]);
+    let unknown = FakeStream::with(&[("x-tenant-id", "globex"), ("authorization", "Bearer s3cret")]);
     assert_eq!(serve(&config, &unknown), Verdict::Stop);
     assert_eq!(unknown.replies()[0].status, 403);
 }
@@ -252,7 +181,7 @@ fn hostile_pointers_and_lengths_get_status_codes_not_host_faults() {
     .unwrap();
     let ws = Workspace::new();
     let config = ws.load(vec![ws.tenant("hostile", &wasm, "plugin config")], Policy::Deny).unwrap();
-    let stream = Fake::with(&[("x-tenant-id", "hostile"), (":path", "/")]);
+    let stream = FakeStream::with(&[("x-tenant-id", "hostile"), (":path", "/")]);
     assert_eq!(serve(&config, &stream), Verdict::Stop);
     let replies = stream.replies();
     assert_eq!(replies.len(), 1, "{replies:?}");
@@ -264,16 +193,16 @@ fn a_trapping_guest_fails_closed_or_open_as_configured() {
     let trap = guest(r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) unreachable)"#);
     let ws = Workspace::new();
     let closed = ws.load(vec![ws.tenant("t", &trap, "")], Policy::Deny).unwrap();
-    let stream = Fake::with(&[("x-tenant-id", "t")]);
+    let stream = FakeStream::with(&[("x-tenant-id", "t")]);
     assert_eq!(serve(&closed, &stream), Verdict::Stop);
     assert_eq!(stream.replies()[0].status, 503);
     // Every request gets a fresh answer: the failed instance is never reused.
-    let again = Fake::with(&[("x-tenant-id", "t")]);
+    let again = FakeStream::with(&[("x-tenant-id", "t")]);
     assert_eq!(serve(&closed, &again), Verdict::Stop);
     assert_eq!(again.replies()[0].status, 503);
 
     let open = ws.load(vec![ws.tenant("t", &trap, "")], Policy::Allow).unwrap();
-    let stream = Fake::with(&[("x-tenant-id", "t")]);
+    let stream = FakeStream::with(&[("x-tenant-id", "t")]);
     assert_eq!(serve(&open, &stream), Verdict::Continue);
     assert!(stream.replies().is_empty());
 }
@@ -283,7 +212,7 @@ fn an_endless_loop_is_cut_at_the_deadline() {
     let spin = guest(r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (loop br 0) (i32.const 0))"#);
     let ws = Workspace::new();
     let config = ws.load(vec![ws.tenant("spin", &spin, "")], Policy::Deny).unwrap();
-    let stream = Fake::with(&[("x-tenant-id", "spin")]);
+    let stream = FakeStream::with(&[("x-tenant-id", "spin")]);
     let started = Instant::now();
     assert_eq!(serve(&config, &stream), Verdict::Stop);
     let took = started.elapsed();
@@ -316,7 +245,7 @@ fn emscripten_style_guests_get_main_after_initialize_and_pthread_equal() {
     .unwrap();
     let ws = Workspace::new();
     let config = ws.load(vec![ws.tenant("emcc", &wasm, "")], Policy::Deny).unwrap();
-    let stream = Fake::with(&[("x-tenant-id", "emcc")]);
+    let stream = FakeStream::with(&[("x-tenant-id", "emcc")]);
     assert_eq!(serve(&config, &stream), Verdict::Stop);
     assert_eq!(stream.replies()[0].status, 212, "main must run once, after _initialize");
 }
@@ -362,7 +291,7 @@ fn pooled_instances_are_reused_and_per_request_ones_never() {
     let config = ws.load(vec![pooled(ws.tenant("pooled", &wasm, tokens)), ws.tenant("fresh", &wasm, tokens)], Policy::Deny).unwrap();
     let plugin = |name: &str| Arc::clone(&config.tenants[&TenantId::try_from(name).unwrap()].plugin);
 
-    let stream = Fake::with(&[("x-tenant-id", "pooled"), ("authorization", "Bearer s3cret")]);
+    let stream = FakeStream::with(&[("x-tenant-id", "pooled"), ("authorization", "Bearer s3cret")]);
     for _ in 0..3 {
         assert_eq!(serve(&config, &stream), Verdict::Continue);
     }
@@ -371,7 +300,7 @@ fn pooled_instances_are_reused_and_per_request_ones_never() {
     assert_eq!(stream.metric(Metric::PoolSize, "pooled"), 1);
     assert_eq!(thaw::pool::idle_count(&plugin("pooled")), 1);
 
-    let stream = Fake::with(&[("x-tenant-id", "fresh"), ("authorization", "Bearer s3cret")]);
+    let stream = FakeStream::with(&[("x-tenant-id", "fresh"), ("authorization", "Bearer s3cret")]);
     for _ in 0..3 {
         assert_eq!(serve(&config, &stream), Verdict::Continue);
     }
@@ -394,7 +323,7 @@ fn an_instance_that_saw_a_host_panic_is_failed_never_pooled_and_the_request_deni
     let ws = Workspace::new();
     let config = ws.load(vec![pooled(ws.tenant("buggy", &wasm, ""))], Policy::Deny).unwrap();
     let plugin = Arc::clone(&config.tenants[&TenantId::try_from("buggy").unwrap()].plugin);
-    let stream = Fake::with(&[("x-tenant-id", "buggy")]);
+    let stream = FakeStream::with(&[("x-tenant-id", "buggy")]);
     assert_eq!(serve(&config, &stream), Verdict::Stop, "a host panic in a guest call fails closed");
     assert_eq!(stream.replies()[0].status, 503);
     assert_eq!(stream.metric(Metric::GuestTrap, "buggy"), 1);
@@ -429,7 +358,7 @@ fn fd_write_with_iovecs_repeating_all_of_memory_is_bounded() {
     let mut tenant = ws.tenant("chatty", &wasm, "");
     tenant.instances.call_deadline_ms = 10_000;
     let config = ws.load(vec![tenant], Policy::Deny).unwrap();
-    let stream = Fake::with(&[("x-tenant-id", "chatty")]);
+    let stream = FakeStream::with(&[("x-tenant-id", "chatty")]);
     let started = Instant::now();
     serve(&config, &stream);
     assert_eq!(stream.replies()[0].status, 200, "fd_write answered an error or the guest failed");
@@ -442,7 +371,7 @@ fn pooled_instances_retire_after_max_requests() {
     let mut tenant = pooled(ws.tenant("short", &auth_filter_wasm(), r#"{"tokens":{"s3cret":"alice"}}"#));
     tenant.instances.max_requests = 2;
     let config = ws.load(vec![tenant], Policy::Deny).unwrap();
-    let stream = Fake::with(&[("x-tenant-id", "short"), ("authorization", "Bearer s3cret")]);
+    let stream = FakeStream::with(&[("x-tenant-id", "short"), ("authorization", "Bearer s3cret")]);
     for _ in 0..6 {
         assert_eq!(serve(&config, &stream), Verdict::Continue);
     }
@@ -462,7 +391,7 @@ fn a_guest_growing_past_its_memory_cap_is_stopped_and_counted() {
     let mut tenant = ws.tenant("hog", &hog, "");
     tenant.instances.memory_limit_mb = 4;
     let config = ws.load(vec![tenant], Policy::Deny).unwrap();
-    let stream = Fake::with(&[("x-tenant-id", "hog")]);
+    let stream = FakeStream::with(&[("x-tenant-id", "hog")]);
     assert_eq!(serve(&config, &stream), Verdict::Stop);
     assert_eq!(stream.replies()[0].status, 503);
     assert_eq!(stream.metric(Metric::MemoryCapHit, "hog"), 1);
@@ -476,7 +405,7 @@ fn endless_recursion_is_a_counted_stack_overflow() {
     );
     let ws = Workspace::new();
     let config = ws.load(vec![ws.tenant("deep", &deep, "")], Policy::Deny).unwrap();
-    let stream = Fake::with(&[("x-tenant-id", "deep")]);
+    let stream = FakeStream::with(&[("x-tenant-id", "deep")]);
     assert_eq!(serve(&config, &stream), Verdict::Stop);
     assert_eq!(stream.replies()[0].status, 503);
     assert_eq!(stream.metric(Metric::StackOverflow, "deep"), 1);
@@ -489,7 +418,7 @@ fn a_crash_looping_tenant_is_quarantined_and_others_keep_serving() {
     let config = ws
         .load(vec![ws.tenant("crashy", &trap, ""), ws.tenant("fine", &auth_filter_wasm(), r#"{"tokens":{"t":"u"}}"#)], Policy::Deny)
         .unwrap();
-    let stream = Fake::with(&[("x-tenant-id", "crashy")]);
+    let stream = FakeStream::with(&[("x-tenant-id", "crashy")]);
     for _ in 0..DEFAULT_CRASH_LOOP.failures + 3 {
         assert_eq!(serve(&config, &stream), Verdict::Stop);
     }
@@ -497,7 +426,7 @@ fn a_crash_looping_tenant_is_quarantined_and_others_keep_serving() {
     assert_eq!(stream.metric(Metric::Quarantine, "crashy"), 1);
     assert_eq!(stream.metric(Metric::QuarantinedRequest, "crashy"), 3);
     assert!(stream.replies().iter().all(|r| r.status == 503));
-    let other = Fake::with(&[("x-tenant-id", "fine"), ("authorization", "Bearer t")]);
+    let other = FakeStream::with(&[("x-tenant-id", "fine"), ("authorization", "Bearer t")]);
     assert_eq!(serve(&config, &other), Verdict::Continue);
 }
 
@@ -530,7 +459,7 @@ fn older_guests_with_malloc_start_and_abi_0_2_0_run() {
     .unwrap();
     let ws = Workspace::new();
     let config = ws.load(vec![ws.tenant("old", &wasm, "")], Policy::Deny).unwrap();
-    let stream = Fake::with(&[("x-tenant-id", "old"), ("x-probe", "via-malloc")]);
+    let stream = FakeStream::with(&[("x-tenant-id", "old"), ("x-probe", "via-malloc")]);
     assert_eq!(serve(&config, &stream), Verdict::Stop);
     let replies = stream.replies();
     assert_eq!((replies[0].status, replies[0].body.as_slice()), (200, &b"via-malloc"[..]), "{replies:?}");

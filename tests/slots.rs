@@ -4,41 +4,11 @@
 
 mod common;
 
+use common::FakeStream;
 use std::sync::Arc;
-use thaw::config::{Config, InstancePolicy, Policy, TenantId, TenantSource, DEFAULT_CRASH_LOOP, DEFAULT_MEMORY_BUDGET_MB};
+use thaw::config::{Config, InstancePolicy, Policy, TenantSource, DEFAULT_CRASH_LOOP, DEFAULT_MEMORY_BUDGET_MB};
 use thaw::filter::{FilterConfig, StreamFilter, Verdict};
-use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
-use thaw::telemetry::{Metric, NoStats, StatsSink};
-
-#[derive(Clone, Default)]
-struct Stream(std::rc::Rc<std::cell::RefCell<(Vec<Metric>, Vec<u32>)>>);
-
-impl StatsSink for Stream {
-    fn record(&mut self, metric: Metric, _: &TenantId, _: i64) {
-        self.0.borrow_mut().0.push(metric);
-    }
-}
-
-impl HttpStream for Stream {
-    fn header_values(&self, _: HeaderKind, key: &[u8]) -> Option<Vec<Vec<u8>>> {
-        Some(if key == b"x-tenant-id" { vec![b"t".to_vec()] } else { vec![] })
-    }
-    fn headers(&self, _: HeaderKind) -> Option<Vec<HeaderPair>> {
-        Some(vec![(b"x-tenant-id".to_vec(), b"t".to_vec())])
-    }
-    fn set_header(&mut self, _: HeaderKind, _: &[u8], _: Option<&[u8]>) -> bool {
-        true
-    }
-    fn add_header(&mut self, _: HeaderKind, _: &[u8], _: &[u8]) -> bool {
-        true
-    }
-    fn send_local_reply(&mut self, reply: &LocalReply) {
-        self.0.borrow_mut().1.push(reply.status);
-    }
-    fn route_tenant(&self) -> Option<TenantId> {
-        None
-    }
-}
+use thaw::telemetry::{Metric, NoStats};
 
 #[test]
 fn running_out_of_instance_slots_is_a_counted_refusal() {
@@ -58,7 +28,7 @@ fn running_out_of_instance_slots_is_a_counted_refusal() {
     };
     let config = Arc::new(FilterConfig::load("slots", &config, &mut NoStats).unwrap());
     // Three streams in flight hold the three slots; the fourth finds none.
-    let stream = Stream::default();
+    let stream = FakeStream::with(&[("x-tenant-id", "t")]);
     let mut held: Vec<StreamFilter> = Vec::new();
     for _ in 0..3 {
         let mut filter = StreamFilter::new(Arc::clone(&config));
@@ -68,8 +38,8 @@ fn running_out_of_instance_slots_is_a_counted_refusal() {
     let mut fourth = StreamFilter::new(Arc::clone(&config));
     assert_eq!(fourth.on_request_headers(stream.clone(), true), Verdict::Stop);
     fourth.flush(&mut stream.clone());
-    assert_eq!(stream.0.borrow().1, vec![503]);
-    assert!(stream.0.borrow().0.contains(&Metric::InstanceRefused));
+    assert_eq!(stream.reply_statuses(), vec![503]);
+    assert!(stream.records(Metric::InstanceRefused) > 0);
     // Slots come back when streams end: the next request is served.
     for mut f in held.drain(..) {
         f.on_stream_complete(stream.clone());

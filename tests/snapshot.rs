@@ -6,6 +6,9 @@
 //! whose snapshot policy forbids it (shared data, queues, ...) is not snapshotted: the tenant falls
 //! back to per-worker init.
 
+mod common;
+
+use common::FakeStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thaw::artifact::ArtifactDigest;
@@ -20,49 +23,8 @@ use thaw::proxy_wasm::hostcalls::{self, Snapshot};
 use thaw::proxy_wasm::instance::SnapshotInit;
 use thaw::proxy_wasm::{shared, Plugin};
 use thaw::snapshot::{self, Binding, SealKey};
-use thaw::stream::{HeaderKind, HeaderPair, HttpStream, LocalReply};
-use thaw::telemetry::{Metric, StatsSink};
+use thaw::telemetry::Metric;
 use thaw::trust::signature::PrivateKey;
-
-/// Records metrics; answers headers from nothing; keeps the local replies.
-/// What a `Recorder` saw: metrics, local replies, headers set.
-type Recorded = (Vec<(Metric, String)>, Vec<LocalReply>, Vec<HeaderPair>);
-
-#[derive(Clone, Default)]
-struct Recorder(std::rc::Rc<std::cell::RefCell<Recorded>>);
-
-impl Recorder {
-    fn count(&self, metric: Metric) -> usize {
-        self.0.borrow().0.iter().filter(|(m, _)| *m == metric).count()
-    }
-}
-
-impl StatsSink for Recorder {
-    fn record(&mut self, metric: Metric, tenant: &TenantId, _: i64) {
-        self.0.borrow_mut().0.push((metric, tenant.to_string()));
-    }
-}
-
-impl HttpStream for Recorder {
-    fn header_values(&self, _: HeaderKind, key: &[u8]) -> Option<Vec<Vec<u8>>> {
-        Some(self.0.borrow().2.iter().filter(|(k, _)| k == key).map(|(_, v)| v.clone()).collect())
-    }
-    fn headers(&self, _: HeaderKind) -> Option<Vec<HeaderPair>> {
-        Some(self.0.borrow().2.clone())
-    }
-    fn set_header(&mut self, _: HeaderKind, _: &[u8], _: Option<&[u8]>) -> bool {
-        true
-    }
-    fn add_header(&mut self, _: HeaderKind, _: &[u8], _: &[u8]) -> bool {
-        true
-    }
-    fn send_local_reply(&mut self, reply: &LocalReply) {
-        self.0.borrow_mut().1.push(reply.clone());
-    }
-    fn route_tenant(&self) -> Option<TenantId> {
-        None
-    }
-}
 
 fn heavy_wasm() -> Vec<u8> {
     let dir =
@@ -122,7 +84,7 @@ impl Setup {
         }
     }
 
-    fn load(&self, tenants: Vec<TenantConfig>, encrypt: bool, stats: &mut Recorder) -> Arc<FilterConfig> {
+    fn load(&self, tenants: Vec<TenantConfig>, encrypt: bool, stats: &mut FakeStream) -> Arc<FilterConfig> {
         let config = Config {
             trust: thaw::config::TrustSettings::keys(vec![self.public.clone()]),
             on_artifact_failure: Default::default(),
@@ -146,13 +108,13 @@ impl Setup {
 
 /// One request; returns the guest's reply body.
 fn ask(config: &Arc<FilterConfig>, tenant: &str) -> String {
-    let stream = Recorder::default();
-    stream.0.borrow_mut().2 = vec![(b"x-tenant-id".to_vec(), tenant.as_bytes().to_vec())];
+    let stream = FakeStream::default();
+    stream.set_request(&[("x-tenant-id", tenant)]);
     let mut filter = StreamFilter::new(Arc::clone(config));
     filter.on_request_headers(stream.clone(), true);
     filter.flush(&mut stream.clone());
     filter.on_stream_complete(stream.clone());
-    let replies = stream.0.borrow().1.clone();
+    let replies = stream.replies();
     assert_eq!(replies.len(), 1, "tenant {tenant}: {replies:?}");
     String::from_utf8(replies[0].body.clone()).unwrap()
 }
@@ -162,7 +124,7 @@ const SMALL: &str = r#"{"entries": 50000, "marker": "SECRET-MARKER-4f1d"}"#;
 #[test]
 fn init_runs_once_then_every_instance_and_every_load_resumes() {
     let s = Setup::new();
-    let mut stats = Recorder::default();
+    let mut stats = FakeStream::default();
     let config = s.load(vec![s.tenant("acme", SMALL)], false, &mut stats);
     let stored = s.stored("acme");
     let written = std::fs::metadata(&stored).unwrap().modified().unwrap();
@@ -179,19 +141,19 @@ fn init_runs_once_then_every_instance_and_every_load_resumes() {
     let again = s.load(vec![s.tenant("acme", SMALL)], false, &mut stats);
     assert_eq!(std::fs::metadata(&stored).unwrap().modified().unwrap(), written);
     assert_eq!(ask(&again, "acme"), first);
-    assert_eq!(stats.count(Metric::SnapshotRefused), 0);
+    assert_eq!(stats.records(Metric::SnapshotRefused), 0);
     // Resumed instances report as such (no cold start with init).
-    let stream = Recorder::default();
-    stream.0.borrow_mut().2 = vec![(b"x-tenant-id".to_vec(), b"acme".to_vec())];
+    let stream = FakeStream::default();
+    stream.set_request(&[("x-tenant-id", "acme")]);
     let mut filter = StreamFilter::new(Arc::clone(&again));
     filter.on_request_headers(stream.clone(), true);
-    assert_eq!((stream.count(Metric::SnapshotResume), stream.count(Metric::ColdStart)), (1, 0));
+    assert_eq!((stream.records(Metric::SnapshotResume), stream.records(Metric::ColdStart)), (1, 0));
 }
 
 #[test]
 fn wrong_snapshots_are_refused_counted_and_replaced() {
     let s = Setup::new();
-    let mut stats = Recorder::default();
+    let mut stats = FakeStream::default();
     let good = s.load(vec![s.tenant("acme", SMALL), s.tenant("globex", SMALL)], false, &mut stats);
     let expected = ask(&good, "acme");
     let stored = s.stored("acme");
@@ -227,15 +189,15 @@ fn wrong_snapshots_are_refused_counted_and_replaced() {
     ];
     for (what, bytes) in cases {
         std::fs::write(&stored, &bytes).unwrap();
-        let mut stats = Recorder::default();
+        let mut stats = FakeStream::default();
         let config = s.load(vec![s.tenant("acme", SMALL)], false, &mut stats);
-        assert_eq!(stats.count(Metric::SnapshotRefused), 1, "{what}");
+        assert_eq!(stats.records(Metric::SnapshotRefused), 1, "{what}");
         // Replaced by a fresh, valid snapshot, and nothing of the bad one was used.
         assert_ne!(std::fs::read(&stored).unwrap(), bytes, "{what}");
         assert_eq!(ask(&config, "acme"), expected, "{what}");
-        let mut stats = Recorder::default();
+        let mut stats = FakeStream::default();
         s.load(vec![s.tenant("acme", SMALL)], false, &mut stats);
-        assert_eq!(stats.count(Metric::SnapshotRefused), 0, "{what}: the replacement must verify");
+        assert_eq!(stats.records(Metric::SnapshotRefused), 0, "{what}: the replacement must verify");
     }
 }
 
@@ -244,13 +206,13 @@ fn encryption_at_rest_leaves_no_plaintext_of_guest_memory() {
     let marker = b"SECRET-MARKER-4f1d";
     for encrypt in [false, true] {
         let s = Setup::new();
-        let config = s.load(vec![s.tenant("acme", SMALL)], encrypt, &mut Recorder::default());
+        let config = s.load(vec![s.tenant("acme", SMALL)], encrypt, &mut FakeStream::default());
         assert!(ask(&config, "acme").contains("marker=SECRET-MARKER-4f1d"));
         let file = std::fs::read(s.stored("acme")).unwrap();
         let found = file.windows(marker.len()).any(|w| w == marker);
         assert_eq!(found, !encrypt, "encrypt={encrypt}: marker found={found}");
         // Encrypted snapshots still resume.
-        let again = s.load(vec![s.tenant("acme", SMALL)], encrypt, &mut Recorder::default());
+        let again = s.load(vec![s.tenant("acme", SMALL)], encrypt, &mut FakeStream::default());
         assert!(ask(&again, "acme").contains("marker=SECRET-MARKER-4f1d"));
     }
 }
@@ -268,7 +230,7 @@ fn a_snapshot_is_never_taken_after_a_request() {
     let context = instance.create_http_context().unwrap();
     // The request's outcome does not matter (this plugin's init allowlist also applies to it);
     // that the instance served one does.
-    let _ = instance.on_request_headers(Box::new(Recorder::default()), context, 0, true);
+    let _ = instance.on_request_headers(Box::new(FakeStream::default()), context, 0, true);
     let err = instance.snapshot(&wizer, cx).expect_err("a served instance must not be snapshotted");
     assert!(err.contains("served 1 requests"), "{err}");
 }
@@ -342,7 +304,7 @@ fn shared_data_during_init_refuses_the_snapshot_and_the_tenant_serves_from_per_w
     assert_eq!(shared::resolve_queue(name, b"", b"init-queue"), Err(Status::NotFound));
 
     // Loaded with snapshots configured: no snapshot, per-worker init, and the data init set.
-    let config = s.load(vec![s.tenant(name, "")], false, &mut Recorder::default());
+    let config = s.load(vec![s.tenant(name, "")], false, &mut FakeStream::default());
     assert!(!config.tenants[&TenantId::try_from(name).unwrap()].plugin.is_resumed());
     assert!(!s.stored(name).exists(), "no snapshot may be stored for it");
     assert_eq!(ask(&config, name), "set-by-init");

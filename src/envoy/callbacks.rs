@@ -1,11 +1,12 @@
-//! Safe wrappers over Envoy's callbacks: logging, and [`EnvoyStream`], the `HttpStream` of a real
-//! Envoy stream.
+//! Safe wrappers over Envoy's callbacks: logging, [`EnvoyStream`], the `HttpStream` (and so the
+//! `Callouts`) of a real Envoy stream, and [`ConfigCaller`], the filter config's `Callouts`, which
+//! root contexts use.
 
 use super::abi::{self, Callbacks, ConfigEnvoyPtr, EnvoyBuffer, FilterEnvoyPtr, HttpHeader, ModuleBuffer};
 use crate::config::{RouteConfig, TenantId};
 use crate::stream::{
-    AttributeKind, AttributeValue, CallError, Direction, HeaderKind, HeaderPair, HttpStream, LocalReply, MetadataSource, MetadataValue,
-    RootHost,
+    AttributeKind, AttributeValue, CallError, Callouts, Direction, HeaderKind, HeaderPair, HttpStream, LocalReply, MetadataSource,
+    MetadataValue,
 };
 use crate::telemetry::{LogLevel, Metric, MetricKind, StatsSink};
 use std::sync::OnceLock;
@@ -100,13 +101,13 @@ fn start_callout(
     }
 }
 
-/// A root context's access to Envoy: the filter config's own HTTP callouts (main thread).
+/// A root context's calls: the filter config's own HTTP callouts and call streams (main thread).
 pub struct ConfigCaller {
     pub(super) ce: ConfigEnvoyPtr,
     pub(super) cb: &'static Callbacks,
 }
 
-impl RootHost for ConfigCaller {
+impl Callouts for ConfigCaller {
     fn http_call(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], timeout_ms: u64) -> Result<u64, CallError> {
         let callout = self.cb.http_filter_config_http_callout.ok_or(CallError::Unavailable)?;
         // SAFETY: `ce` is the config pointer of the running config-level hook (main thread); the
@@ -332,6 +333,43 @@ impl StatsSink for EnvoyStream {
     }
 }
 
+/// A stream's guest calls go through the stream's own callouts.
+impl Callouts for EnvoyStream {
+    fn http_call(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], timeout_ms: u64) -> Result<u64, CallError> {
+        let callout = self.cb.http_filter_http_callout;
+        // SAFETY: live stream; the pointers `start_callout` passes are valid for the call.
+        start_callout(cluster, headers, |id, c, h, n| unsafe { callout(self.fe, id, c, h, n, ModuleBuffer::of(body), timeout_ms) })
+    }
+
+    fn start_call_stream(
+        &mut self,
+        cluster: &[u8],
+        headers: &[HeaderPair],
+        body: &[u8],
+        end_stream: bool,
+        timeout_ms: u64,
+    ) -> Result<u64, CallError> {
+        let start = self.cb.http_filter_start_http_stream.ok_or(CallError::Unavailable)?;
+        // SAFETY: live stream; the pointers `start_callout` passes are valid for the call.
+        start_callout(cluster, headers, |id, c, h, n| unsafe {
+            start(self.fe, id, c, h, n, ModuleBuffer::of(body), end_stream, timeout_ms)
+        })
+    }
+
+    fn send_call_stream(&mut self, id: u64, data: &[u8], end_stream: bool) -> bool {
+        let Some(send) = self.cb.http_stream_send_data else { return false };
+        // SAFETY: live stream; `id` names a stream this filter started; `data` borrowed for the call.
+        unsafe { send(self.fe, id, ModuleBuffer::of(data), end_stream) }
+    }
+
+    fn reset_call_stream(&mut self, id: u64) {
+        if let Some(reset) = self.cb.http_filter_reset_http_stream {
+            // SAFETY: live stream; `id` names a stream this filter started.
+            unsafe { reset(self.fe, id) }
+        }
+    }
+}
+
 impl HttpStream for EnvoyStream {
     fn header_values(&self, kind: HeaderKind, key: &[u8]) -> Option<Vec<Vec<u8>>> {
         let mut out = EnvoyBuffer { ptr: std::ptr::null(), length: 0 };
@@ -441,40 +479,6 @@ impl HttpStream for EnvoyStream {
                 Direction::Request => (self.cb.http_filter_continue_decoding)(self.fe),
                 Direction::Response => (self.cb.http_filter_continue_encoding)(self.fe),
             }
-        }
-    }
-
-    fn http_call(&mut self, cluster: &[u8], headers: &[HeaderPair], body: &[u8], timeout_ms: u64) -> Result<u64, CallError> {
-        let callout = self.cb.http_filter_http_callout;
-        // SAFETY: live stream; the pointers `start_callout` passes are valid for the call.
-        start_callout(cluster, headers, |id, c, h, n| unsafe { callout(self.fe, id, c, h, n, ModuleBuffer::of(body), timeout_ms) })
-    }
-
-    fn start_call_stream(
-        &mut self,
-        cluster: &[u8],
-        headers: &[HeaderPair],
-        body: &[u8],
-        end_stream: bool,
-        timeout_ms: u64,
-    ) -> Result<u64, CallError> {
-        let start = self.cb.http_filter_start_http_stream.ok_or(CallError::Unavailable)?;
-        // SAFETY: live stream; the pointers `start_callout` passes are valid for the call.
-        start_callout(cluster, headers, |id, c, h, n| unsafe {
-            start(self.fe, id, c, h, n, ModuleBuffer::of(body), end_stream, timeout_ms)
-        })
-    }
-
-    fn send_call_stream(&mut self, id: u64, data: &[u8], end_stream: bool) -> bool {
-        let Some(send) = self.cb.http_stream_send_data else { return false };
-        // SAFETY: live stream; `id` names a stream this filter started; `data` borrowed for the call.
-        unsafe { send(self.fe, id, ModuleBuffer::of(data), end_stream) }
-    }
-
-    fn reset_call_stream(&mut self, id: u64) {
-        if let Some(reset) = self.cb.http_filter_reset_http_stream {
-            // SAFETY: live stream; `id` names a stream this filter started.
-            unsafe { reset(self.fe, id) }
         }
     }
 

@@ -340,7 +340,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(fe: Filter
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(ce: ConfigEnvoyPtr, cm: ConfigModulePtr, event_id: u64) {
-    with_roots("http_filter_config_scheduled", ce, cm, |roots, stats, host| roots.run(event_id, stats, host))
+    with_roots("http_filter_config_scheduled", ce, cm, |roots, stats, callouts| roots.run(event_id, stats, callouts))
 }
 
 /// Runs `f` on a config's root contexts (if it has them) with the config's stats and its callouts,
@@ -350,7 +350,7 @@ fn with_roots(
     hook: &'static str,
     ce: ConfigEnvoyPtr,
     cm: ConfigModulePtr,
-    f: impl FnOnce(&RootContexts, &mut ConfigStats, &dyn Fn() -> Box<dyn crate::stream::RootHost>),
+    f: impl FnOnce(&RootContexts, &mut ConfigStats, &dyn Fn() -> Box<dyn crate::stream::Callouts>),
 ) {
     guard(
         hook,
@@ -360,8 +360,8 @@ fn with_roots(
             // SAFETY: `cm` is the live pointer config_new returned; this runs on the main thread.
             let config = unsafe { &*(cm as *const LoadedConfig) };
             if let Some(roots) = &config.roots {
-                let host = || Box::new(ConfigCaller { ce, cb }) as Box<dyn crate::stream::RootHost>;
-                f(roots, &mut ConfigStats { ce, cb, ids: config.metrics }, &host);
+                let callouts = || Box::new(ConfigCaller { ce, cb }) as Box<dyn crate::stream::Callouts>;
+                f(roots, &mut ConfigStats { ce, cb, ids: config.metrics }, &callouts);
             }
         },
     )
@@ -378,16 +378,16 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
     body_chunks: *const EnvoyBuffer,
     body_chunks_size: usize,
 ) {
-    with_roots("http_filter_config_http_callout_done", ce, cm, |roots, stats, host| {
+    with_roots("http_filter_config_http_callout_done", ce, cm, |roots, stats, callouts| {
         // SAFETY: the arrays Envoy passed to this hook, valid for its duration.
         let response = unsafe { call_response(result, headers, headers_size, body_chunks, body_chunks_size) };
-        roots.on_http_call_response(callout_id, response, stats, host)
+        roots.on_http_call_response(callout_id, response, stats, callouts)
     })
 }
 
 /// A config-level call-stream event (a root instance's gRPC call or stream), main thread.
 fn config_call_stream_event(hook: &'static str, ce: ConfigEnvoyPtr, cm: ConfigModulePtr, stream_id: u64, event: CallStreamEvent) {
-    with_roots(hook, ce, cm, |roots, stats, host| roots.on_call_stream(stream_id, event, stats, host))
+    with_roots(hook, ce, cm, |roots, stats, callouts| roots.on_call_stream(stream_id, event, stats, callouts))
 }
 
 #[no_mangle]

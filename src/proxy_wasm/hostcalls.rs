@@ -441,15 +441,15 @@ fn proxy_get_current_time(mut c: C, out: i32) -> HostResult {
 fn buffer(c: &C, buffer_type: i32) -> HostResult<std::sync::Arc<[u8]>> {
     match BufferType::try_from(buffer_type)? {
         // As Envoy's host: the plugin configuration only while configuring.
-        BufferType::PluginConfiguration if c.data().phase == super::host::Phase::Configure => Ok(c.data().plugin_config.clone()),
+        BufferType::PluginConfiguration if c.data().phase() == super::host::Phase::Configure => Ok(c.data().plugin_config.clone()),
         BufferType::VmConfiguration => Ok(c.data().vm_config.clone()),
         BufferType::HttpRequestBody => body(c, Direction::Request),
         BufferType::HttpResponseBody => body(c, Direction::Response),
-        BufferType::HttpCallResponseBody if c.data().phase == super::host::Phase::HttpCallResponse => {
-            c.data().call_response.as_ref().map(|r| r.body.as_slice().into()).ok_or_else(|| Status::NotFound.into())
+        BufferType::HttpCallResponseBody if c.data().phase() == super::host::Phase::HttpCallResponse => {
+            c.data().call_response().map(|r| r.body.as_slice().into()).ok_or_else(|| Status::NotFound.into())
         }
-        BufferType::GrpcReceiveBuffer if c.data().phase == super::host::Phase::GrpcResponse => {
-            c.data().call_response.as_ref().map(|r| r.body.as_slice().into()).ok_or_else(|| Status::NotFound.into())
+        BufferType::GrpcReceiveBuffer if c.data().phase() == super::host::Phase::GrpcResponse => {
+            c.data().call_response().map(|r| r.body.as_slice().into()).ok_or_else(|| Status::NotFound.into())
         }
         // No HTTP or gRPC call responses, TCP data or foreign-function arguments exist in this call.
         _ => Err(Status::NotFound.into()),
@@ -459,14 +459,15 @@ fn buffer(c: &C, buffer_type: i32) -> HostResult<std::sync::Arc<[u8]>> {
 /// ABI 0.1.0's `proxy_get_configuration`: the plugin configuration during `proxy_on_configure`,
 /// the VM configuration otherwise (Envoy's host).
 fn proxy_get_configuration(mut c: C, ptr_out: i32, len_out: i32) -> HostResult {
-    let config = if c.data().phase == super::host::Phase::Configure { c.data().plugin_config.clone() } else { c.data().vm_config.clone() };
+    let config =
+        if c.data().phase() == super::host::Phase::Configure { c.data().plugin_config.clone() } else { c.data().vm_config.clone() };
     memory::return_bytes(&mut c, &config, ptr_out, len_out)
 }
 
 /// A stream body as the guest reads it: what this callback sees of it, or empty (Envoy's host
 /// always has a body buffer for an HTTP context, empty until body data arrives).
 fn body(c: &C, direction: Direction) -> HostResult<std::sync::Arc<[u8]>> {
-    let body = c.data().stream.as_ref().and_then(|s| s.body(direction)).unwrap_or_default();
+    let body = c.data().stream().and_then(|s| s.body(direction)).unwrap_or_default();
     Ok(body.into())
 }
 
@@ -482,7 +483,7 @@ fn proxy_set_buffer_bytes(mut c: C, t: i32, start: i32, size: i32, ptr: i32, len
         // Configurations and call responses are read-only.
         _ => return Err(Status::BadArgument.into()),
     };
-    let stream = c.data_mut().stream.as_mut().ok_or(Status::BadArgument)?;
+    let stream = c.data_mut().stream_mut().ok_or(Status::BadArgument)?;
     // No body here (e.g. the request headers callback): nothing to change, as Envoy answers.
     let current = stream.body(direction).ok_or(Status::BadArgument)?;
     let (start, size) = (start as u32 as usize, size as u32 as usize);
@@ -514,7 +515,7 @@ fn stream_effect(mut c: C, stream_type: i32, close: bool) -> HostResult {
         (3, false) => return Err(Status::Unimplemented.into()),
         _ => return Err(Status::BadArgument.into()),
     };
-    if c.data().stream.is_some() {
+    if c.data().stream().is_some() {
         c.data_mut().effects.push(if close { Effect::Close } else { Effect::Continue(direction) });
     }
     Ok(())
@@ -523,7 +524,7 @@ fn stream_effect(mut c: C, stream_type: i32, close: bool) -> HostResult {
 /// The status and message of the gRPC call being reported (`proxy_on_grpc_close` and friends);
 /// outside those callbacks, OK and no message (Envoy's host keeps them on the root context).
 fn proxy_get_status(mut c: C, code_out: i32, ptr_out: i32, len_out: i32) -> HostResult {
-    let (code, message) = c.data().grpc_status.clone().unwrap_or_default();
+    let (code, message) = c.data().grpc_status().cloned().unwrap_or_default();
     memory::write_u32(&mut c, code_out, code)?;
     memory::return_bytes(&mut c, &message, ptr_out, len_out)
 }
@@ -535,17 +536,17 @@ fn proxy_grpc_call(mut c: C, args: [i32; 10], timeout: i32, token_out: i32) -> H
     let cluster = memory::read(&c, up, ul)?;
     let service = memory::read(&c, sp, sl)?;
     let method = memory::read(&c, mp, ml)?;
-    let metadata = header_map::decode_lenient(&memory::read(&c, hp, hl)?);
+    let metadata = memory::read_header_map(&c, hp, hl)?;
     let message = memory::read(&c, bp, bl)?;
     memory::check_in_bounds(&c, token_out, 4)?;
     let (headers, body) = super::grpc::request(&service, &method, &metadata, &message, &cluster);
     let id = start_call_stream(&mut c, &cluster, &headers, &body, true, timeout as u32 as u64)?;
     let token = c.data_mut().calls.add(CallKind::GrpcCall, id);
-    c.data_mut().effects.push(Effect::GrpcStarted { id, stream: false });
     memory::write_u32(&mut c, token_out, token)
 }
 
-/// Starts a call stream through the request's stream, or a root context's config callouts.
+/// Starts a call stream through the current call's callouts (the request's, or a root context's
+/// config callouts).
 fn start_call_stream(
     c: &mut C,
     cluster: &[u8],
@@ -554,31 +555,19 @@ fn start_call_stream(
     end_stream: bool,
     timeout: u64,
 ) -> HostResult<u64> {
-    let state = c.data_mut();
-    let started = match (state.stream.as_mut(), state.root_host.as_mut()) {
-        (Some(stream), _) => stream.start_call_stream(cluster, headers, body, end_stream, timeout),
-        (None, Some(root)) => root.start_call_stream(cluster, headers, body, end_stream, timeout),
-        // During init there is nothing to deliver a response to.
-        (None, None) => return Err(Status::InternalFailure.into()),
-    };
-    started.map_err(|e| call_status(e).into())
+    // During init there is nothing to deliver a response to.
+    let callouts = c.data_mut().callouts().ok_or(Status::InternalFailure)?;
+    callouts.start_call_stream(cluster, headers, body, end_stream, timeout).map_err(|e| call_status(e).into())
 }
 
-/// Sends on (or, with `reset`, resets) a call stream of the request or of the root context.
+/// Sends on (or, with `reset`, resets) a call stream through the current call's callouts.
 fn on_call_stream(c: &mut C, id: u64, data: &[u8], end_stream: bool, reset: bool) -> bool {
-    let state = c.data_mut();
-    match (state.stream.as_mut(), state.root_host.as_mut()) {
-        (Some(stream), _) if reset => {
-            stream.reset_call_stream(id);
-            true
-        }
-        (None, Some(root)) if reset => {
-            root.reset_call_stream(id);
-            true
-        }
-        (Some(stream), _) => stream.send_call_stream(id, data, end_stream),
-        (None, Some(root)) => root.send_call_stream(id, data, end_stream),
-        (None, None) => false,
+    let Some(callouts) = c.data_mut().callouts() else { return false };
+    if reset {
+        callouts.reset_call_stream(id);
+        true
+    } else {
+        callouts.send_call_stream(id, data, end_stream)
     }
 }
 
@@ -596,12 +585,11 @@ fn proxy_grpc_stream(mut c: C, args: [i32; 8], token_out: i32) -> HostResult {
     let cluster = memory::read(&c, up, ul)?;
     let service = memory::read(&c, sp, sl)?;
     let method = memory::read(&c, mp, ml)?;
-    let metadata = header_map::decode_lenient(&memory::read(&c, hp, hl)?);
+    let metadata = memory::read_header_map(&c, hp, hl)?;
     memory::check_in_bounds(&c, token_out, 4)?;
     let (headers, _) = super::grpc::request(&service, &method, &metadata, &[], &cluster);
     let id = start_call_stream(&mut c, &cluster, &headers, &[], false, 0)?;
     let token = c.data_mut().calls.add(CallKind::GrpcStream, id);
-    c.data_mut().effects.push(Effect::GrpcStarted { id, stream: true });
     memory::write_u32(&mut c, token_out, token)
 }
 
@@ -647,7 +635,6 @@ fn proxy_grpc_cancel(mut c: C, token: i32) -> HostResult {
         return Err(Status::NotFound.into());
     }
     c.data_mut().calls.remove(token as u32);
-    c.data_mut().effects.push(Effect::GrpcCancelled(id));
     Ok(())
 }
 
@@ -668,19 +655,19 @@ fn proxy_get_property(mut c: C, pp: i32, pl: i32, ptr_out: i32, len_out: i32) ->
         properties::Source::Tenant => c.data().tenant.as_str().as_bytes().to_vec(),
         properties::Source::RootId => c.data().root_id.as_bytes().to_vec(),
         properties::Source::Headers(kind) => {
-            let pairs = c.data().stream.as_ref().and_then(|s| s.headers(kind)).ok_or(Status::NotFound)?;
+            let pairs = c.data().stream().and_then(|s| s.headers(kind)).ok_or(Status::NotFound)?;
             header_map::encode(&pairs)
         }
         properties::Source::Attribute(id, kind) => {
-            let stream = c.data().stream.as_ref().ok_or(Status::NotFound)?;
+            let stream = c.data().stream().ok_or(Status::NotFound)?;
             properties::encode(stream.attribute(id, kind).ok_or(Status::NotFound)?)
         }
         properties::Source::Metadata { source, namespace, key } => {
-            let stream = c.data().stream.as_ref().ok_or(Status::NotFound)?;
+            let stream = c.data().stream().ok_or(Status::NotFound)?;
             stream.metadata(source, &namespace, &key).ok_or(Status::NotFound)?.encode()
         }
         properties::Source::FilterState(key) => {
-            let stream = c.data().stream.as_ref().ok_or(Status::NotFound)?;
+            let stream = c.data().stream().ok_or(Status::NotFound)?;
             stream.filter_state(&key).ok_or(Status::NotFound)?
         }
     };
@@ -720,7 +707,7 @@ fn proxy_set_shared_data(c: C, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32) -> 
 fn proxy_register_shared_queue(mut c: C, np: i32, nl: i32, out: i32) -> HostResult {
     let name = memory::read(&c, np, nl)?;
     memory::check_in_bounds(&c, out, 4)?;
-    let from_root = c.data().stream.is_none();
+    let from_root = c.data().stream().is_none();
     let id = shared::register_queue(c.data().tenant.as_str(), &name, from_root);
     memory::write_u32(&mut c, out, id)
 }
@@ -772,7 +759,7 @@ fn map_pairs(c: &C, map: MapType) -> Option<Vec<crate::stream::HeaderPair>> {
     match map {
         MapType::Http(_) => {
             let kind = http_map_now(c, map).ok()?;
-            c.data().stream.as_ref().and_then(|s| s.headers(kind))
+            c.data().stream().and_then(|s| s.headers(kind))
         }
         kind => {
             let phase = if matches!(kind, MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers) {
@@ -780,7 +767,7 @@ fn map_pairs(c: &C, map: MapType) -> Option<Vec<crate::stream::HeaderPair>> {
             } else {
                 super::host::Phase::GrpcResponse
             };
-            let response = c.data().call_response.as_ref().filter(|_| c.data().phase == phase)?;
+            let response = c.data().call_response().filter(|_| c.data().phase() == phase)?;
             let headers = matches!(kind, MapType::HttpCallResponseHeaders | MapType::GrpcReceiveInitialMetadata);
             Some(if headers { response.headers.clone() } else { response.trailers.clone() })
         }
@@ -810,9 +797,9 @@ fn proxy_get_header_map_pairs(mut c: C, map: i32, ptr_out: i32, len_out: i32) ->
 /// Replaces the whole map. A malformed map reads as empty (Envoy's host: the map is cleared).
 fn proxy_set_header_map_pairs(mut c: C, map: i32, ptr: i32, len: i32) -> HostResult {
     let map = MapType::try_from(map)?;
-    let new_pairs = header_map::decode_lenient(&memory::read(&c, ptr, len)?);
+    let new_pairs = memory::read_header_map(&c, ptr, len)?;
     let kind = http_map_now(&c, map)?;
-    let stream = c.data_mut().stream.as_mut().ok_or(Status::BadArgument)?;
+    let stream = c.data_mut().stream_mut().ok_or(Status::BadArgument)?;
     let old = stream.headers(kind).ok_or(Status::BadArgument)?;
     // Replace the whole map: remove every key not kept, then set the new values in order.
     for (key, _) in &old {
@@ -838,7 +825,7 @@ fn proxy_get_header_map_value(mut c: C, map: i32, kp: i32, kl: i32, ptr_out: i32
     let values: Vec<Vec<u8>> = match map {
         MapType::Http(_) => {
             let kind = http_map_now(&c, map)?;
-            c.data().stream.as_ref().and_then(|s| s.header_values(kind, &key)).ok_or(Status::BadArgument)?
+            c.data().stream().and_then(|s| s.header_values(kind, &key)).ok_or(Status::BadArgument)?
         }
         _ => map_pairs(&c, map)
             .ok_or(Status::BadArgument)?
@@ -873,7 +860,7 @@ fn change_header(mut c: C, map: i32, kp: i32, kl: i32, change: Change) -> HostRe
         Change::Remove => None,
     };
     let kind = http_map_now(&c, map)?;
-    let stream = c.data_mut().stream.as_mut().ok_or(Status::BadArgument)?;
+    let stream = c.data_mut().stream_mut().ok_or(Status::BadArgument)?;
     let done = match (change, value) {
         (Change::Add(..), Some(v)) => stream.add_header(kind, &key, &v),
         (Change::Replace(..), Some(v)) => stream.set_header(kind, &key, Some(&v)),
@@ -891,9 +878,9 @@ fn proxy_send_local_response(c: C, code: i32, dp: i32, dl: i32, bp: i32, bl: i32
     let status = u32::try_from(code).ok().filter(|s| (200..600).contains(s)).ok_or(Status::BadArgument)?;
     let details = memory::read(&c, dp, dl)?;
     let body = memory::read(&c, bp, bl)?;
-    let headers = header_map::decode_lenient(&memory::read(&c, hp, hl)?);
+    let headers = memory::read_header_map(&c, hp, hl)?;
     let mut c = c;
-    if c.data().stream.is_none() {
+    if c.data().stream().is_none() {
         return Err(Status::BadArgument.into());
     }
     // -1 (and anything outside gRPC's codes) means "no gRPC status": Envoy then derives one.
@@ -1050,7 +1037,7 @@ fn guest_metric(mut c: C, id: i32, op: MetricOp) -> HostResult {
     };
     if let Some((metric, amount)) = exported {
         let tenant = c.data().tenant.clone();
-        if let Some(stream) = c.data_mut().stream.as_mut() {
+        if let Some(stream) = c.data_mut().stream_mut() {
             stream.record_guest(metric, &tenant, &name, amount);
         }
     }
@@ -1065,9 +1052,9 @@ fn guest_metric(mut c: C, id: i32, op: MetricOp) -> HostResult {
 fn proxy_http_call(mut c: C, args: [i32; 8], timeout: i32, token_out: i32) -> HostResult {
     let [up, ul, hp, hl, bp, bl, tp, tl] = args;
     let cluster = memory::read(&c, up, ul)?;
-    let headers = header_map::decode_lenient(&memory::read(&c, hp, hl)?);
+    let headers = memory::read_header_map(&c, hp, hl)?;
     let body = memory::read(&c, bp, bl)?;
-    let trailers = header_map::decode_lenient(&memory::read(&c, tp, tl)?);
+    let trailers = memory::read_header_map(&c, tp, tl)?;
     memory::check_in_bounds(&c, token_out, 4)?;
     if !trailers.is_empty() {
         // Envoy's HTTP callouts carry no request trailers.
@@ -1075,11 +1062,10 @@ fn proxy_http_call(mut c: C, args: [i32; 8], timeout: i32, token_out: i32) -> Ho
     }
     let timeout = timeout as u32 as u64;
     let state = c.data_mut();
-    let started = match (state.stream.as_mut(), state.root_host.as_mut()) {
-        (Some(stream), _) => stream.http_call(&cluster, &headers, &body, timeout),
-        (None, Some(root)) => root.http_call(&cluster, &headers, &body, timeout),
+    let started = match state.callouts() {
+        Some(callouts) => callouts.http_call(&cluster, &headers, &body, timeout),
         // During init without the config's callouts at hand (see `init_calls`).
-        (None, None) => {
+        None => {
             use super::init_calls::{CallRequest, InitCalls, REPLAY_ID_BASE};
             match &mut state.init_calls {
                 InitCalls::Noted(count) => {
@@ -1101,10 +1087,7 @@ fn proxy_http_call(mut c: C, args: [i32; 8], timeout: i32, token_out: i32) -> Ho
             }
         }
     };
-    let id = started.map_err(|e| match e {
-        crate::stream::CallError::BadRequest => Status::BadArgument,
-        crate::stream::CallError::Unavailable => Status::InternalFailure,
-    })?;
+    let id = started.map_err(call_status)?;
     let token = c.data_mut().calls.add(CallKind::Http, id);
     memory::write_u32(&mut c, token_out, token)
 }

@@ -4,13 +4,13 @@
 //! marks the instance failed; the driver then drops it and answers per `on_error`.
 
 use super::abi::{self, AbiVersion, Action};
-use super::host::{Effect, HostState, Phase};
+use super::host::{CallContext, CallScope, Effect, HostState, Phase, Subject};
 use super::host::{GuestMemory, HostSnapshot};
 use super::hostcalls;
 use crate::artifact::ArtifactDigest;
 use crate::config::{InstancePolicy, TenantConfig, TenantId};
 use crate::engine::EPOCH_TICK;
-use crate::stream::HttpStream;
+use crate::stream::{Callouts, HttpStream};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -295,23 +295,23 @@ impl Plugin {
         Ok((instance, noted))
     }
 
-    /// A root instance on Envoy's main thread: its init's calls go through `host` (the filter
-    /// config's callouts) and are answered later, as in Envoy's Wasm filter.
-    pub fn instantiate_as_root(&self, host: Box<dyn crate::stream::RootHost>) -> Result<GuestInstance, GuestError> {
-        self.instantiate_with(super::init_calls::InitCalls::Refused, Some(host))
+    /// A root instance on Envoy's main thread: its init's calls go through `callouts` (each init
+    /// call gets the filter config's callouts from it) and are answered later, as in Envoy's Wasm
+    /// filter.
+    pub fn instantiate_as_root(&self, callouts: &dyn Fn() -> Box<dyn Callouts>) -> Result<GuestInstance, GuestError> {
+        self.instantiate_with(super::init_calls::InitCalls::Refused, Some(callouts))
     }
 
     fn instantiate_with(
         &self,
         init_calls: super::init_calls::InitCalls,
-        root_host: Option<Box<dyn crate::stream::RootHost>>,
+        root_callouts: Option<&dyn Fn() -> Box<dyn Callouts>>,
     ) -> Result<GuestInstance, GuestError> {
         let cap = (self.policy.memory_limit_mb as usize) << 20;
         let mut state = HostState::new(self.tenant.clone(), self.plugin_config.clone(), self.vm_config.clone(), cap);
         state.root_id = self.root_id.clone();
         state.abi = self.abi;
         state.init_calls = init_calls;
-        state.root_host = root_host;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         // With epoch interruption, the deadline must be set before instantiation runs any code.
@@ -351,9 +351,8 @@ impl Plugin {
         };
         match &self.resume {
             Some(host) => guest.restore(host),
-            None => guest.start()?,
+            None => guest.start(root_callouts)?,
         }
-        guest.store.data_mut().root_host = None;
         Ok(guest)
     }
 }
@@ -590,29 +589,28 @@ impl GuestInstance {
         self.last_used = Instant::now();
     }
 
-    /// Runs one guest call under the deadline, with `stream` bound for its hostcalls.
+    /// Runs one guest call under the deadline, with `context` installed for its hostcalls for
+    /// exactly the call (`CallScope`: cleared however the call ends).
     fn call<R>(
         &mut self,
         hook: &'static str,
-        stream: Option<Box<dyn HttpStream>>,
-        phase: Phase,
+        context: CallContext,
         f: impl FnOnce(&Exports, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, GuestError> {
         if self.failed {
             let reason = "instance already failed".into();
             return Err(GuestError::Failed { tenant: self.tenant.clone(), hook, kind: FailureKind::Trap, reason });
         }
-        self.store.data_mut().stream = stream;
-        self.store.data_mut().phase = phase;
         self.store.set_epoch_deadline(self.deadline_ticks);
-        // A panic in host code during the call (a thaw bug) unwinds through the guest's frames:
-        // the instance may be cut off mid-call, so it is failed, never reused.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&self.exports, &mut self.store))).unwrap_or_else(|panic| {
-            let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
-            Err(wasmtime::Error::msg(format!("host panic during the call: {}", what.unwrap_or_default())))
-        });
-        self.store.data_mut().stream = None;
-        self.store.data_mut().phase = Phase::Other;
+        let result = {
+            let mut store = CallScope::install(&mut self.store, context);
+            // A panic in host code during the call (a thaw bug) unwinds through the guest's frames:
+            // the instance may be cut off mid-call, so it is failed, never reused.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&self.exports, &mut store))).unwrap_or_else(|panic| {
+                let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+                Err(wasmtime::Error::msg(format!("host panic during the call: {}", what.unwrap_or_default())))
+            })
+        };
         result.map_err(|e| {
             self.failed = true;
             let kind = classify(&e, &self.store.data().limits);
@@ -625,14 +623,20 @@ impl GuestInstance {
         })
     }
 
-    fn start(&mut self) -> Result<(), GuestError> {
+    /// The init sequence. A root instance's init calls (`root_callouts`) go through the filter
+    /// config's callouts; any other instance's init has none (`init_calls`).
+    fn start(&mut self, root_callouts: Option<&dyn Fn() -> Box<dyn Callouts>>) -> Result<(), GuestError> {
+        let init = |phase: Phase| match root_callouts {
+            Some(callouts) => CallContext::new(Subject::Root(callouts()), phase),
+            None => CallContext::new(Subject::Nothing, phase),
+        };
         let root = self.root_context_id as i32;
         self.store.data_mut().contexts = vec![self.root_context_id];
         let vm_len = self.store.data().vm_config.len() as i32;
         let plugin_len = self.store.data().plugin_config.len() as i32;
         // Reactor guests export `_initialize`; command-style guests `_start` (as Envoy's host).
         let ExportShape { initialize, main, .. } = self.shape;
-        self.call("_initialize", None, Phase::Other, |e, s| {
+        self.call("_initialize", init(Phase::Other), |e, s| {
             if !initialize {
                 return e.start.call_or(&e.instance, s, (), ());
             }
@@ -642,14 +646,14 @@ impl GuestInstance {
             }
             Ok(())
         })?;
-        self.call("proxy_on_context_create", None, Phase::Other, |e, s| e.on_context_create.call_or(&e.instance, s, (root, 0), ()))?;
-        let vm_ok = self.call("proxy_on_vm_start", None, Phase::Other, |e, s| e.on_vm_start.call_or(&e.instance, s, (root, vm_len), 1))?;
+        self.call("proxy_on_context_create", init(Phase::Other), |e, s| e.on_context_create.call_or(&e.instance, s, (root, 0), ()))?;
+        let vm_ok = self.call("proxy_on_vm_start", init(Phase::Other), |e, s| e.on_vm_start.call_or(&e.instance, s, (root, vm_len), 1))?;
         if vm_ok == 0 {
             self.failed = true;
             return Err(GuestError::Rejected { tenant: self.tenant.clone(), hook: "proxy_on_vm_start" });
         }
         let configured =
-            self.call("proxy_on_configure", None, Phase::Configure, |e, s| e.on_configure.call_or(&e.instance, s, (root, plugin_len), 1))?;
+            self.call("proxy_on_configure", init(Phase::Configure), |e, s| e.on_configure.call_or(&e.instance, s, (root, plugin_len), 1))?;
         if configured == 0 {
             self.failed = true;
             return Err(GuestError::Rejected { tenant: self.tenant.clone(), hook: "proxy_on_configure" });
@@ -665,7 +669,7 @@ impl GuestInstance {
     fn replay_init_calls(&mut self) -> Result<(), GuestError> {
         let super::init_calls::InitCalls::Replay(replay) = &self.store.data().init_calls else { return Ok(()) };
         for (id, answer) in replay.answers() {
-            self.on_http_call_response(None, None, id, answer)?;
+            self.on_http_call_response(Subject::Nothing, id, answer)?;
         }
         self.store.data_mut().init_calls = super::init_calls::InitCalls::Refused;
         Ok(())
@@ -713,7 +717,7 @@ impl GuestInstance {
         self.next_context_id = self.next_context_id.checked_add(1).unwrap_or(ROOT_CONTEXT_ID + 1);
         let root = self.root_context_id as i32;
         self.store.data_mut().contexts.push(id);
-        self.call("proxy_on_context_create", None, Phase::Other, |e, s| {
+        self.call("proxy_on_context_create", CallContext::new(Subject::Nothing, Phase::Other), |e, s| {
             e.on_context_create.call_or(&e.instance, s, (id as i32, root), ())
         })?;
         Ok(id)
@@ -735,7 +739,7 @@ impl GuestInstance {
             HttpCallback::ResponseHeaders => self.shape.response_headers_abi010,
             _ => false,
         };
-        self.call(callback.export_name(), Some(stream), Phase::Http(callback), |e, s| {
+        self.call(callback.export_name(), CallContext::new(Subject::Stream(stream), Phase::Http(callback)), |e, s| {
             let i = &e.instance;
             match callback {
                 HttpCallback::RequestHeaders if abi010 => e.on_request_headers_abi010.call_or(i, s, (id, n), 0),
@@ -753,13 +757,12 @@ impl GuestInstance {
 
     /// `proxy_on_http_call_response` for the call `token` (on the root context, as Envoy's host:
     /// the SDK routes it to the HTTP context that made the call). `None`: the call failed.
-    /// `stream` is the calling request's (`None` for a root context's call, which gets `root`).
-    /// `envoy_id` is Envoy's callout id; a call the instance no longer has out (abandoned with an
-    /// earlier stream) is not reported.
+    /// `subject` is the calling request's stream, or a root context's callouts (`Nothing` for an
+    /// init call's recorded answer). `envoy_id` is Envoy's callout id; a call the instance no
+    /// longer has out (abandoned with an earlier stream) is not reported.
     pub fn on_http_call_response(
         &mut self,
-        stream: Option<Box<dyn HttpStream>>,
-        root: Option<Box<dyn crate::stream::RootHost>>,
+        subject: Subject,
         envoy_id: u64,
         response: Option<crate::stream::CallResponse>,
     ) -> Result<(), GuestError> {
@@ -767,27 +770,22 @@ impl GuestInstance {
         self.store.data_mut().calls.remove(token);
         let counts = response.as_ref().map_or((0, 0, 0), |r| (r.headers.len(), r.body.len(), r.trailers.len()));
         let args = (self.root_context_id as i32, token as i32, counts.0 as i32, counts.1 as i32, counts.2 as i32);
-        self.store.data_mut().call_response = response;
-        self.store.data_mut().root_host = root;
-        let result = self.call("proxy_on_http_call_response", stream, Phase::HttpCallResponse, |e, s| {
-            e.on_http_call_response.call_or(&e.instance, s, args, ())
-        });
-        self.store.data_mut().call_response = None;
-        self.store.data_mut().root_host = None;
-        result
+        let context = CallContext::new(subject, Phase::HttpCallResponse).answering(response, None);
+        self.call("proxy_on_http_call_response", context, |e, s| e.on_http_call_response.call_or(&e.instance, s, args, ()))
+    }
+
+    /// An event of Envoy call stream `envoy_id`: what the gRPC call or stream it carries (in this
+    /// instance's one registry of calls, `host::Calls`) now has to tell the guest, each to be
+    /// delivered with `on_grpc`. Nothing when this instance has no gRPC call on it.
+    pub fn call_stream_event(&mut self, envoy_id: u64, event: super::grpc::CallStreamEvent) -> Vec<super::grpc::Delivery> {
+        self.store.data_mut().calls.call_stream_event(envoy_id, event)
     }
 
     /// Tells the guest what a gRPC call or stream delivered. A unary call reports as Envoy does:
     /// status OK delivers the message with `proxy_on_grpc_receive`, any other status
     /// `proxy_on_grpc_close`; a stream delivers initial metadata, each message, trailing metadata
-    /// and the close. `stream` is the calling request's; a root context's call gets `root`.
-    pub fn on_grpc(
-        &mut self,
-        stream: Option<Box<dyn HttpStream>>,
-        root: Option<Box<dyn crate::stream::RootHost>>,
-        envoy_id: u64,
-        delivery: super::grpc::Delivery,
-    ) -> Result<(), GuestError> {
+    /// and the close. `subject` is the calling request's stream or a root context's callouts.
+    pub fn on_grpc(&mut self, subject: Subject, envoy_id: u64, delivery: super::grpc::Delivery) -> Result<(), GuestError> {
         use super::grpc::Delivery as D;
         use crate::stream::CallResponse;
         let Some(token) = self.store.data().calls.token(envoy_id) else { return Ok(()) };
@@ -817,10 +815,8 @@ impl GuestInstance {
             }
             D::Close(code, message) => ("proxy_on_grpc_close", CallResponse::default(), Some((code, message)), code as i32),
         };
-        self.store.data_mut().call_response = Some(response);
-        self.store.data_mut().grpc_status = status;
-        self.store.data_mut().root_host = root;
-        let result = self.call(export, stream, Phase::GrpcResponse, |e, s| {
+        let context = CallContext::new(subject, Phase::GrpcResponse).answering(Some(response), status);
+        self.call(export, context, |e, s| {
             let f = match export {
                 "proxy_on_grpc_receive_initial_metadata" => &e.on_grpc_initial_metadata,
                 "proxy_on_grpc_receive" => &e.on_grpc_receive,
@@ -828,29 +824,25 @@ impl GuestInstance {
                 _ => &e.on_grpc_close,
             };
             f.call_or(&e.instance, s, (root_id, token, n), ())
-        });
-        self.store.data_mut().call_response = None;
-        self.store.data_mut().grpc_status = None;
-        self.store.data_mut().root_host = None;
-        result
+        })
     }
 
-    /// `proxy_on_tick` on the root context; returns the tick period the guest wants now.
-    pub fn on_tick(&mut self, root_host: Box<dyn crate::stream::RootHost>) -> Result<u64, GuestError> {
+    /// `proxy_on_tick` on the root context; returns the tick period the guest wants now. Its
+    /// calls go through `callouts` (the filter config's).
+    pub fn on_tick(&mut self, callouts: Box<dyn Callouts>) -> Result<u64, GuestError> {
         let root = self.root_context_id as i32;
-        self.store.data_mut().root_host = Some(root_host);
-        let result = self.call("proxy_on_tick", None, Phase::Other, |e, s| e.on_tick.call_or(&e.instance, s, root, ()));
-        self.store.data_mut().root_host = None;
+        let context = CallContext::new(Subject::Root(callouts), Phase::Other);
+        let result = self.call("proxy_on_tick", context, |e, s| e.on_tick.call_or(&e.instance, s, root, ()));
         self.store.data_mut().effects.clear();
         result.map(|()| self.store.data().tick_period_ms)
     }
 
-    /// `proxy_on_queue_ready` on the root context for queue `queue`.
-    pub fn on_queue_ready(&mut self, root_host: Box<dyn crate::stream::RootHost>, queue: u32) -> Result<(), GuestError> {
+    /// `proxy_on_queue_ready` on the root context for queue `queue`; its calls go through
+    /// `callouts`.
+    pub fn on_queue_ready(&mut self, callouts: Box<dyn Callouts>, queue: u32) -> Result<(), GuestError> {
         let args = (self.root_context_id as i32, queue as i32);
-        self.store.data_mut().root_host = Some(root_host);
-        let result = self.call("proxy_on_queue_ready", None, Phase::Other, |e, s| e.on_queue_ready.call_or(&e.instance, s, args, ()));
-        self.store.data_mut().root_host = None;
+        let context = CallContext::new(Subject::Root(callouts), Phase::Other);
+        let result = self.call("proxy_on_queue_ready", context, |e, s| e.on_queue_ready.call_or(&e.instance, s, args, ()));
         self.store.data_mut().effects.clear();
         result
     }
@@ -889,9 +881,14 @@ impl GuestInstance {
     /// Ends an HTTP context: `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`, as Envoy does.
     pub fn finish_http_context(&mut self, stream: Option<Box<dyn HttpStream>>, context: u32) -> Result<(), GuestError> {
         let id = context as i32;
-        self.call("proxy_on_done", None, Phase::Other, |e, s| e.on_done.call_or(&e.instance, s, id, 1))?;
-        self.call("proxy_on_log", stream, Phase::Log, |e, s| e.on_log.call_or(&e.instance, s, id, ()))?;
-        self.call("proxy_on_delete", None, Phase::Other, |e, s| e.on_delete.call_or(&e.instance, s, id, ()))?;
+        let nothing = |phase| CallContext::new(Subject::Nothing, phase);
+        self.call("proxy_on_done", nothing(Phase::Other), |e, s| e.on_done.call_or(&e.instance, s, id, 1))?;
+        let log = match stream {
+            Some(stream) => CallContext::new(Subject::Stream(stream), Phase::Log),
+            None => nothing(Phase::Log),
+        };
+        self.call("proxy_on_log", log, |e, s| e.on_log.call_or(&e.instance, s, id, ()))?;
+        self.call("proxy_on_delete", nothing(Phase::Other), |e, s| e.on_delete.call_or(&e.instance, s, id, ()))?;
         self.store.data_mut().contexts.retain(|c| *c != context);
         self.store.data_mut().effects.clear();
         Ok(())

@@ -4,6 +4,7 @@
 
 use super::abi::Status;
 use super::host::{GuestMemory, HostState};
+use crate::stream::HeaderPair;
 use wasmtime::Caller;
 
 /// How a hostcall ends when it does not succeed: a status for the guest, or a trap.
@@ -42,6 +43,14 @@ pub fn read(caller: &Caller<'_, HostState>, ptr: i32, len: i32) -> HostResult<Ve
     let memory = guest(caller)?.memory;
     let data = memory.data(caller);
     Ok(data[range(ptr, len as u32 as usize, data.len())?].to_vec())
+}
+
+/// Reads a serialized header map the guest sends (`len` bytes at `ptr`), as Envoy's host reads it:
+/// out-of-bounds bytes are INVALID_MEMORY_ACCESS; a malformed, oversized or overlong map is empty
+/// (`header_map::decode_lenient`), not an error. Every header map a guest hands the host is read
+/// here.
+pub fn read_header_map(caller: &Caller<'_, HostState>, ptr: i32, len: i32) -> HostResult<Vec<HeaderPair>> {
+    Ok(super::header_map::decode_lenient(&read(caller, ptr, len)?))
 }
 
 pub fn write(caller: &mut Caller<'_, HostState>, ptr: i32, bytes: &[u8]) -> HostResult {

@@ -2,7 +2,10 @@
 //!
 //! [`Plugin`] is a tenant's loaded program (module linked against the host functions, shared by
 //! every worker); [`GuestInstance`] is one live instance of it with its own store, driven through
-//! the proxy-wasm callbacks. Hostcalls live in [`hostcalls`], guest memory access in [`memory`],
+//! the proxy-wasm callbacks, each guest call with its own context (`host::CallContext`: the
+//! stream or the root's callouts, the phase, the call response), installed for that call only.
+//! The calls an instance has out, stream's and root's alike, are in one registry (`host::Calls`).
+//! Hostcalls live in [`hostcalls`], guest memory access in [`memory`],
 //! the header-map codec in [`header_map`], numbers and limits in [`abi`], property paths in
 //! [`properties`], process-wide shared data and queues in [`shared`].
 
@@ -18,5 +21,5 @@ pub mod properties;
 pub mod shared;
 
 pub use abi::Action;
-pub use host::Effect;
+pub use host::{Effect, Subject};
 pub use instance::{FailureKind, GuestError, GuestInstance, HttpCallback, Linked, Plugin};
