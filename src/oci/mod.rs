@@ -210,6 +210,14 @@ pub struct Fetched {
     pub evidence: Vec<u8>,
 }
 
+/// The digest of the index `reference` names now (one manifest request, nothing verified: a
+/// caller compares it with an index it verified before, which content addressing makes safe).
+pub fn index_digest(reference: &Reference, options: &registry::Options) -> Result<String> {
+    let registry = Registry::connect(reference, options)?;
+    let index = registry.manifest(reference.manifest_reference())?.with_context(|| format!("{reference}: not found in the registry"))?;
+    Ok(index.digest)
+}
+
 /// Resolves the index at `reference`, picks `platform` and verifies, under `trust`: every digest
 /// read, a cosign signature on the index or the chosen manifest, the platform (the manifest's
 /// config and the code itself), and the artifact's own signature over its bytes.

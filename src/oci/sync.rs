@@ -38,6 +38,9 @@ struct Entry {
 #[derive(Clone, serde::Serialize)]
 struct Current {
     reference: String,
+    /// The index this version came from: while the reference still names it, nothing is
+    /// fetched again.
+    index: String,
     manifest: String,
     artifact: PathBuf,
     signature: PathBuf,
@@ -75,7 +78,7 @@ impl Sync {
             Ok(entries) => {
                 current.retain(|name, _| entries.iter().any(|e| &e.name == name));
                 for e in &entries {
-                    match self.pull(e) {
+                    match self.pull(e, current.get(&e.name)) {
                         Ok(c) => {
                             current.insert(e.name.clone(), c);
                         }
@@ -137,7 +140,12 @@ impl Sync {
         Ok(entries)
     }
 
-    fn pull(&self, e: &Entry) -> Result<Current> {
+    fn pull(&self, e: &Entry, previous: Option<&Current>) -> Result<Current> {
+        if let Some(p) = previous.filter(|p| p.reference == e.reference.to_string() && p.artifact.is_file()) {
+            if super::index_digest(&e.reference, &self.options)? == p.index {
+                return Ok(p.clone());
+            }
+        }
         let fetched = fetch_verified(&e.reference, e.platform, &self.trust, &self.options)?;
         let hex = fetched.manifest_digest.trim_start_matches("sha256:");
         let version_dir = self.dir.join(&e.name).join(&hex[..16]);
@@ -146,7 +154,13 @@ impl Sync {
             eprintln!("thaw sync: {} ({}): pulled manifest {} signed by {}", e.name, e.reference, fetched.manifest_digest, fetched.signer);
             self.prune(&self.dir.join(&e.name), &version_dir);
         }
-        Ok(Current { reference: e.reference.to_string(), manifest: fetched.manifest_digest, artifact, signature })
+        Ok(Current {
+            reference: e.reference.to_string(),
+            index: fetched.index_digest,
+            manifest: fetched.manifest_digest,
+            artifact,
+            signature,
+        })
     }
 
     /// Keeps the newest two versions of a name (the one in use and the one before it, which a
