@@ -149,6 +149,7 @@ class FleetTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.compose("down", "-v", "--remove-orphans", "-t", "5", check=False)
+        subprocess.run(["docker", "rmi", IMAGE], capture_output=True, timeout=120)
         # Files the containers wrote (as root) are removed with the work dir.
         shutil.rmtree(cls.work, ignore_errors=True)
 
