@@ -27,7 +27,8 @@ enum Command {
         input: PathBuf,
         #[arg(short, long)]
         output: PathBuf,
-        /// x86_64 or aarch64 (default: this host's architecture).
+        /// x86_64 or aarch64, as a name, a triple (aarch64-unknown-linux-gnu) or an OCI platform
+        /// (linux/arm64). Default: this host's architecture.
         #[arg(long)]
         target: Option<String>,
     },
@@ -307,8 +308,7 @@ fn compile(input: &Path, output: &Path, target: Option<&str>) -> Result<()> {
         bail!("{} is not a Wasm binary module", input.display());
     }
     crate::proxy_wasm::abi::declared_abi(&wasm).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
-    let engine = engine::compile_engine(target)?;
-    let cwasm = engine.precompile_module(&wasm).with_context(|| format!("compiling {}", input.display()))?;
+    let cwasm = engine::compile_for(target, &wasm).with_context(|| format!("compiling {}", input.display()))?;
     write_atomically(output, &cwasm)?;
     eprintln!("compiled {} for {} -> {} ({})", input.display(), target.name(), output.display(), ArtifactDigest::of(&cwasm));
     Ok(())
