@@ -3,9 +3,13 @@
 #   deps   install what the build needs, idempotently (apt, a project-local venv with Envoy, cosign)
 #   build  libthaw.so, the thaw CLI, the example guests, their signed .cwasm (dev key in build/)
 #   run    build, then serve the demo: Envoy + thaw + the signed auth filter on 127.0.0.1
-#   test   build, then check formatting and lints and run every test: unit, host tests, and the
-#          integration suite against real Envoy
+#   test   build, then check formatting and lints and run every test: unit, host tests, the
+#          aarch64 check, and the integration suite against real Envoy, a real registry,
+#          docker-compose and qemu-user
 #   bench  build, then run the benchmark harness (not part of test)
+#   aarch64  build, then cross-build the thaw CLI for aarch64 and, under qemu-user, dry-run the
+#          aarch64 auth and chaos filters compiled and signed here (allowed, denied, guest
+#          failures; wrong architectures refused both ways). Part of test (see README, "aarch64").
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
@@ -20,14 +24,20 @@ GUESTS=(auth-filter probe-filter chaos-filter heavy-init-filter conformance-filt
 # tests (integration/registry.py), with and without basic auth.
 # Raw-ABI C guests (clang-19 + wasi-libc; examples/c): older guest shapes, hostile arguments.
 C_GUESTS=(c-auth-abi010 c-auth-abi020 c-hostile-args)
+# The aarch64 check only: the cross linker and C library, and qemu-user to run the result.
+AARCH64_APT_PACKAGES=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
+AARCH64_TRIPLE="aarch64-unknown-linux-gnu"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-deps_apt() {
+deps_apt() { apt_ensure "${APT_PACKAGES[@]}"; }
+
+# Installs those of the given Debian packages that are not installed yet.
+apt_ensure() {
   local missing=()
-  for p in "${APT_PACKAGES[@]}"; do
+  for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
@@ -160,6 +170,63 @@ cmd_bench() {
   ENVOY_BIN="$(envoy_bin)" "$VENV/bin/python" "$ROOT/bench/bench.py" "$@"
 }
 
+# The aarch64 .cwasm proven to load and run on aarch64: the thaw CLI cross-built with Debian's
+# rustc-web (-Zbuild-std: rustup has no aarch64 std here) and gcc's aarch64 linker, run under
+# qemu-user, dry-runs (`thaw check`) the auth filter the x86_64 CLI compiled and signed for it.
+cmd_aarch64() {
+  cmd_build
+  apt_ensure "${AARCH64_APT_PACKAGES[@]}"
+  log "cargo: the thaw CLI for $AARCH64_TRIPLE (Debian rustc-web, -Zbuild-std, aarch64-linux-gnu-gcc)"
+  (PATH=/usr/bin:/bin RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 \
+     CARGO_HOME="$BUILD/cargo-home-aarch64" CARGO_TARGET_DIR="$BUILD/aarch64-target" \
+     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
+     /usr/bin/cargo build --release --locked -q --bin thaw -Zbuild-std=std,panic_unwind --target "$AARCH64_TRIPLE")
+  local thaw="$ROOT/target/release/thaw" thaw_arm="$BUILD/aarch64-target/$AARCH64_TRIPLE/release/thaw"
+  local dir="$BUILD/aarch64" key="$BUILD/keys/dev.key.pem" pub="$BUILD/keys/dev.pub.pem"
+  mkdir -p "$dir"
+  log "aarch64: auth and chaos filters compiled and signed by the x86_64 CLI"
+  local g
+  for g in auth-filter chaos-filter; do
+    "$thaw" compile "$BUILD/guests/$g.wasm" -o "$dir/$g.cwasm" --target "$AARCH64_TRIPLE"
+    "$thaw" sign --key "$key" "$dir/$g.cwasm" -o "$dir/$g.cwasm.sig"
+  done
+  local on_arm=(qemu-aarch64-static -L /usr/aarch64-linux-gnu "$thaw_arm")
+  local x86_guest="$BUILD/guests/auth-filter.cwasm" arm_guest="$dir/auth-filter.cwasm"
+  local tokens='{"tokens": {"t0k3n": "alice"}}'
+  log "aarch64 (qemu-user): $("${on_arm[@]}" --version), host $(uname -m)"
+  "${on_arm[@]}" check "$arm_guest" --signature "$arm_guest.sig" --key "$pub" --plugin-config "$tokens" \
+    --header 'authorization: Bearer t0k3n' --expect continue
+  "${on_arm[@]}" check "$arm_guest" --signature "$arm_guest.sig" --key "$pub" --plugin-config "$tokens" \
+    --header 'authorization: Bearer wrong' --expect 403
+  "${on_arm[@]}" check "$arm_guest" --signature "$arm_guest.sig" --key "$pub" --plugin-config "$tokens" --expect 403
+  log "aarch64 (qemu-user): a trap, a guest stack overflow (out of bounds), the memory cap, the CPU deadline"
+  local chaos="$dir/chaos-filter.cwasm" kind
+  for kind in trap:Trap recurse:Trap alloc:MemoryCap loop:Deadline; do
+    "${on_arm[@]}" check "$chaos" --signature "$chaos.sig" --key "$pub" --header "x-chaos: ${kind%%:*}" --expect 503 \
+      >"$dir/chaos.out" 2>&1 || { cat "$dir/chaos.out"; return 1; }
+    grep -q "guest failed in proxy_on_request_headers (${kind#*:})" "$dir/chaos.out" || { cat "$dir/chaos.out"; return 1; }
+    echo "x-chaos: ${kind%%:*}: $(grep -o "guest failed in proxy_on_request_headers (${kind#*:})" "$dir/chaos.out"), $(grep '^verdict' "$dir/chaos.out")"
+  done
+  log "aarch64: each architecture's artifact refused on the other"
+  expect_refusal "wrong architecture" "${on_arm[@]}" check "$x86_guest" --signature "$x86_guest.sig" --key "$pub" \
+    --plugin-config "$tokens"
+  expect_refusal "wrong architecture" "$thaw" check "$arm_guest" --signature "$arm_guest.sig" --key "$pub" \
+    --plugin-config "$tokens"
+  log "aarch64: the aarch64 artifact loads and runs on aarch64; wrong architectures are refused"
+}
+
+# Runs a command that must fail with `pattern` in its error output (shown).
+expect_refusal() {
+  local pattern="$1"; shift
+  local out status=0
+  out="$("$@" 2>&1)" || status=$?
+  printf '%s\n' "$out"
+  if [ "$status" = 0 ] || ! grep -q -- "$pattern" <<<"$out"; then
+    echo "expected a refusal naming \"$pattern\" (exit $status)" >&2
+    return 1
+  fi
+}
+
 cmd_test() {
   cmd_build
   log "rustfmt and clippy (warnings are errors)"
@@ -167,9 +234,11 @@ cmd_test() {
   cargo clippy --release --locked --all-targets -- -D warnings
   log "unit and host tests"
   THAW_GUESTS="$BUILD/guests" cargo test --release --locked
-  log "integration suite against the real Envoy $ENVOY_VERSION"
+  cmd_aarch64
+  log "integration suite against the real Envoy $ENVOY_VERSION, a real registry, docker-compose, qemu-user"
   # test_enforcement_random.py draws a new seed each run (printed; THAW_RANDOM_SEED replays one).
   ENVOY_BIN="$(envoy_bin)" COSIGN_BIN="$BUILD/tools/cosign" ORAS_BIN="$BUILD/tools/oras" \
+    THAW_AARCH64_BIN="$BUILD/aarch64-target/$AARCH64_TRIPLE/release/thaw" \
     "$VENV/bin/python" -m unittest discover -s "$ROOT/integration" -p 'test_*.py' -v
 }
 
@@ -179,5 +248,6 @@ case "${1:-}" in
   run) cmd_run ;;
   test) cmd_test ;;
   bench) shift; cmd_bench "$@" ;;
-  *) echo "usage: $0 {deps|build|run|test|bench [--scenarios 1,2,3,5,6] [--quick]}" >&2; exit 2 ;;
+  aarch64) cmd_aarch64 ;;
+  *) echo "usage: $0 {deps|build|run|test|aarch64|bench [--scenarios 1,2,3,5,6] [--quick]}" >&2; exit 2 ;;
 esac

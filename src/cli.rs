@@ -1,7 +1,7 @@
 //! The `thaw` command line: `compile`, `sign`, `verify`, `verify-attestation`, `inspect`,
-//! `snapshot`, `push`, `pull`, `sync`, `keygen`. Uses the same engine settings (`engine`) and the same trust policy
-//! (`trust`, built from cosign-style flags) as the runtime, so what the CLI builds and verifies is
-//! what `libthaw.so` loads.
+//! `check` (a dry run of one request, `dry_run`), `snapshot`, `push`, `pull`, `sync`, `keygen`. Uses the
+//! same engine settings (`engine`) and the same trust policy (`trust`, built from cosign-style
+//! flags) as the runtime, so what the CLI builds and verifies is what `libthaw.so` loads.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -27,7 +27,8 @@ enum Command {
         input: PathBuf,
         #[arg(short, long)]
         output: PathBuf,
-        /// x86_64 or aarch64 (default: this host's architecture).
+        /// x86_64 or aarch64, as a name, a triple (aarch64-unknown-linux-gnu) or an OCI platform
+        /// (linux/arm64). Default: this host's architecture.
         #[arg(long)]
         target: Option<String>,
     },
@@ -74,6 +75,26 @@ enum Command {
         trust: TrustArgs,
         #[command(flatten)]
         registry: RegistryArgs,
+    },
+    /// Dry-run one request through an artifact on this host, as the filter would: verify it under
+    /// the trust, load it, run its init and the request-headers phase of one request held in
+    /// memory; print the verdict (continue, or the local reply) and the request headers after.
+    Check {
+        file: PathBuf,
+        #[command(flatten)]
+        evidence: EvidenceArgs,
+        #[command(flatten)]
+        trust: TrustArgs,
+        /// The tenant's plugin configuration (JSON text, as the filter config's `plugin_config`).
+        #[arg(long, default_value = "")]
+        plugin_config: String,
+        /// A request header, `name: value` (repeatable; `:method`, `:path`, `:authority` and
+        /// `:scheme` default to GET / to thaw-check over http).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// Fail unless the outcome is this: `continue`, or a local reply's status (`403`).
+        #[arg(long)]
+        expect: Option<String>,
     },
     /// Run a tenant's init once at build time and store its sealed post-init snapshot where the
     /// runtime looks for it (SNAPSHOT_DIR/TENANT/snapshot.thaw), for this host's architecture.
@@ -227,6 +248,11 @@ impl RegistryArgs {
 impl TrustArgs {
     /// The policy these flags describe, validated as a filter config's `trust` is.
     fn load(&self, builder_ids: &[String]) -> Result<Trust> {
+        Trust::load(&self.settings(builder_ids)?).map_err(anyhow::Error::msg)
+    }
+
+    /// These flags as a filter config's `trust` settings.
+    fn settings(&self, builder_ids: &[String]) -> Result<thaw::config::TrustSettings> {
         let mut trust = serde_json::json!({
             "keys": self.key.iter().map(|k| serde_json::json!({ "key": k })).collect::<Vec<_>>(),
             "require_transparency_log": self.require_tlog,
@@ -246,9 +272,8 @@ impl TrustArgs {
         if !builder_ids.is_empty() {
             trust["provenance"] = serde_json::json!({ "builder_ids": builder_ids });
         }
-        let settings = thaw::config::trust_from_json(trust)
-            .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("invalid filter_config field", "invalid trust setting")))?;
-        Trust::load(&settings).map_err(anyhow::Error::msg)
+        thaw::config::trust_from_json(trust)
+            .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("invalid filter_config field", "invalid trust setting")))
     }
 }
 
@@ -359,6 +384,9 @@ fn run(command: Command) -> Result<()> {
             );
             Ok(())
         }
+        Command::Check { file, evidence, trust, plugin_config, headers, expect } => {
+            check(file, &evidence, &trust, plugin_config, &headers, expect.as_deref())
+        }
         Command::Snapshot { input, tenant, plugin_config, vm_config, seal_key, snapshot_dir, encrypt, key: signing_key, bundle } => {
             let read = |p: Option<PathBuf>| -> Result<Vec<u8>> {
                 p.map(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display()))).transpose().map(Option::unwrap_or_default)
@@ -434,8 +462,7 @@ fn compile(input: &Path, output: &Path, target: Option<&str>) -> Result<()> {
         bail!("{} is not a Wasm binary module", input.display());
     }
     thaw::proxy_wasm::abi::declared_abi(&wasm).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
-    let engine = engine::compile_engine(target)?;
-    let cwasm = engine.precompile_module(&wasm).with_context(|| format!("compiling {}", input.display()))?;
+    let cwasm = engine::compile_for(target, &wasm).with_context(|| format!("compiling {}", input.display()))?;
     write_atomically(output, &cwasm)?;
     eprintln!("compiled {} for {} -> {} ({})", input.display(), target.name(), output.display(), ArtifactDigest::of(&cwasm));
     Ok(())
@@ -498,6 +525,65 @@ fn inspect(file: &Path, evidence: &EvidenceArgs, trust: &TrustArgs) -> Result<()
         }
     }
     Ok(())
+}
+
+fn check(
+    file: PathBuf,
+    evidence: &EvidenceArgs,
+    trust: &TrustArgs,
+    plugin_config: String,
+    headers: &[String],
+    expect: Option<&str>,
+) -> Result<()> {
+    if !evidence.given() {
+        bail!("give --signature SIG or --bundle BUNDLE");
+    }
+    let headers = headers
+        .iter()
+        .map(|h| {
+            // A pseudo-header's name starts with `:`: split at the first `:` after it.
+            let at = h.char_indices().skip(1).find(|&(_, c)| c == ':').map(|(i, _)| i);
+            let (name, value) = at.map(|i| (&h[..i], &h[i + 1..])).with_context(|| format!("--header `{h}`: expected `name: value`"))?;
+            Ok((name.trim().to_ascii_lowercase().into_bytes(), value.trim().as_bytes().to_vec()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let run = thaw::dry_run::DryRun {
+        evidence: evidence.evidence(&file),
+        artifact: file,
+        trust: trust.settings(&evidence.builder_ids)?,
+        plugin_config: plugin_config.into_bytes(),
+        vm_config: Vec::new(),
+        request_headers: thaw::dry_run::request_with(headers),
+    };
+    let outcome = run.run().map_err(anyhow::Error::msg)?;
+    let show = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    println!("loaded: {} ({}) on {}: verified, loaded, init ran", run.artifact.display(), outcome.digest, Target::host().name());
+    let found = match &outcome.reply {
+        Some(reply) => {
+            println!("verdict: local reply {}", reply.status);
+            for (k, v) in &reply.headers {
+                println!("  {}: {}", show(k), show(v));
+            }
+            println!("  body: {:?}", show(&reply.body));
+            reply.status.to_string()
+        }
+        None if outcome.verdict == thaw::filter::Verdict::Continue => {
+            println!("verdict: continue");
+            "continue".to_string()
+        }
+        None => {
+            println!("verdict: {:?} (the guest holds the request)", outcome.verdict);
+            format!("{:?}", outcome.verdict).to_ascii_lowercase()
+        }
+    };
+    println!("request headers after:");
+    for (k, v) in &outcome.request_headers {
+        println!("  {}: {}", show(k), show(v));
+    }
+    match expect {
+        Some(expected) if expected != found => bail!("expected {expected}, the filter answered {found}"),
+        _ => Ok(()),
+    }
 }
 
 fn incompatibility(facts: &engine::CwasmFacts, host: Target) -> String {

@@ -41,11 +41,28 @@ impl Target {
         }
     }
 
+    /// Every target thaw compiles for (what `thaw push` publishes).
+    pub const ALL: [Target; 2] = [Target::X86_64, Target::Aarch64];
+
+    /// The OCI platform (`os/architecture`) of an image manifest holding this target's `.cwasm`.
+    pub fn oci_platform(self) -> &'static str {
+        match self {
+            Target::X86_64 => "linux/amd64",
+            Target::Aarch64 => "linux/arm64",
+        }
+    }
+
+    /// A target by its name, its triple or its OCI platform: `aarch64`, `arm64`,
+    /// `aarch64-unknown-linux-gnu`, `linux/arm64` (and the same for x86_64).
     pub fn parse(s: &str) -> Result<Target, String> {
-        match s {
-            "x86_64" | "x86-64" | "amd64" => Ok(Target::X86_64),
-            "aarch64" | "arm64" => Ok(Target::Aarch64),
-            other => Err(format!("unknown target `{other}` (expected x86_64 or aarch64)")),
+        let found = Target::ALL.into_iter().find(|t| s == t.triple() || s == t.oci_platform());
+        match (found, s) {
+            (Some(target), _) => Ok(target),
+            (None, "x86_64" | "x86-64" | "amd64") => Ok(Target::X86_64),
+            (None, "aarch64" | "arm64") => Ok(Target::Aarch64),
+            (None, other) => Err(format!(
+                "unknown target `{other}` (expected x86_64 or aarch64, a triple such as aarch64-unknown-linux-gnu, or linux/arm64)"
+            )),
         }
     }
 
@@ -83,6 +100,14 @@ fn artifact_config(target: Target) -> Config {
 /// The engine `thaw compile` uses for `target`.
 pub fn compile_engine(target: Target) -> anyhow::Result<Engine> {
     Engine::new(&artifact_config(target))
+}
+
+/// Compiles a Wasm module ahead of time for `target`: the `.cwasm` bytes, with the engine section
+/// the runtime engine of that architecture compares (same settings, cross-compiled when `target`
+/// is not the host). Only compiles: `thaw compile` also checks the input is a proxy-wasm module
+/// (`proxy_wasm::abi::declared_abi`) first.
+pub fn compile_for(target: Target, wasm: &[u8]) -> anyhow::Result<Vec<u8>> {
+    compile_engine(target)?.precompile_module(wasm)
 }
 
 /// The process-wide runtime engine with the default number of instance slots.
@@ -222,4 +247,36 @@ pub fn engine_fingerprint(engine: &Engine) -> anyhow::Result<Vec<u8>> {
     let fingerprint = cwasm_facts(&probe).map(|facts| facts.engine_section).map_err(|e| anyhow::anyhow!("{e}"))?;
     cache.push((engine.clone(), fingerprint.clone()));
     Ok(fingerprint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_named_by_name_triple_or_oci_platform() {
+        for (names, target) in [
+            (["x86_64", "amd64", "x86_64-unknown-linux-gnu", "linux/amd64"], Target::X86_64),
+            (["aarch64", "arm64", "aarch64-unknown-linux-gnu", "linux/arm64"], Target::Aarch64),
+        ] {
+            for name in names {
+                assert_eq!(Target::parse(name), Ok(target), "{name}");
+            }
+            assert_eq!(Target::from_triple(target.triple()), Some(target));
+        }
+        assert!(Target::parse("riscv64gc-unknown-linux-gnu").unwrap_err().contains("unknown target"));
+    }
+
+    #[test]
+    fn compile_for_a_target_writes_that_target_and_the_runtime_settings_of_its_hosts() {
+        let wasm = b"\0asm\x01\0\0\0";
+        for target in Target::ALL {
+            let facts = cwasm_facts(&compile_for(target, wasm).unwrap()).unwrap();
+            assert_eq!(facts.target_triple, target.triple());
+            // What the runtime engine of that architecture compares: the same shared settings.
+            assert_eq!(facts.engine_section, engine_fingerprint(&compile_engine(target).unwrap()).unwrap());
+        }
+        let host = cwasm_facts(&compile_for(Target::host(), wasm).unwrap()).unwrap();
+        assert_eq!(host.engine_section, engine_fingerprint(runtime_engine().unwrap()).unwrap());
+    }
 }

@@ -16,10 +16,12 @@
 
 pub mod artifact;
 pub mod config;
+pub mod dry_run;
 pub mod engine;
 #[allow(unsafe_code)]
 pub mod envoy;
 pub mod filter;
+pub mod memory_stream;
 pub mod native;
 pub mod pool;
 pub mod proxy_wasm;

@@ -113,7 +113,7 @@ pub fn push(reference: &Reference, wasm_path: &Path, key: &PrivateKey, bundle: b
             .into_iter()
             .map(|t| {
                 let wasm = &wasm;
-                (t, scope.spawn(move || -> Result<Vec<u8>> { engine::compile_engine(t)?.precompile_module(wasm) }))
+                (t, scope.spawn(move || engine::compile_for(t, wasm)))
             })
             .collect();
         jobs.into_iter().map(|(t, j)| (t, j.join().unwrap_or_else(|_| Err(anyhow::anyhow!("compiler thread panicked"))))).collect()
