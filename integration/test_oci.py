@@ -189,6 +189,44 @@ class PushPullTest(OciBase):
         self.assert_refused(f"{repo}:1.0", self.fresh_dir("oras-made-other-key"), message="verifies under the trust")
 
 
+class SnapshotShippedTest(OciBase):
+    def test_a_build_time_snapshot_travels_with_its_platform_and_envoy_resumes_it(self):
+        import harness as h
+        config = {"entries": 100000, "marker": "oci"}
+        seal = self.work / "seal.key"
+        seal.write_bytes(bytes(range(32)))
+        (self.work / "heavy-config.json").write_text(json.dumps(config, separators=(",", ":")))
+        built = self.work / "built-snapshots"
+        self.thaw("snapshot", GUESTS / "heavy-init-filter.wasm", "--tenant", "heavy", "--plugin-config",
+                  self.work / "heavy-config.json", "--seal-key", seal, "--snapshot-dir", built)
+        ref = self.registry.ref("tenants/heavy")
+        self.thaw("push", ref, GUESTS / "heavy-init-filter.wasm", "--key", self.artifacts.private_key,
+                  "--snapshot", f"linux/amd64={built / 'heavy' / 'snapshot.thaw'}")
+        self.assertIn("application/vnd.thaw.snapshot.v1", self.thaw("inspect", ref).stdout)
+        snapshots = self.work / "pulled-snapshots"
+        self.pull(ref, snapshots / "heavy")
+        self.assertEqual(sorted(p.name for p in (snapshots / "heavy").iterdir()),
+                         ["heavy-init-filter.cwasm", "heavy-init-filter.cwasm.sig", "snapshot.thaw", "snapshot.thaw.sig"])
+        source = self.fresh_dir("heavy-source")
+        self.pull(ref, source, "--platform", "wasip1/wasm")
+        # Under another key nothing verifies: refused, nothing written.
+        self.assert_refused(ref, self.fresh_dir("heavy-other"), key=self.work / "other.pub.pem", message="unverified")
+        tenant = {"module": str(snapshots / "heavy" / "heavy-init-filter.cwasm"), "plugin_config": config,
+                  "call_deadline_ms": 2000, "snapshot": {"source": str(source / "heavy-init-filter.wasm")}}
+        filter_config = {"trusted_keys": [str(self.artifacts.public_key)], "tenant_from": {"header": "x-tenant-id"},
+                         "snapshots": {"dir": str(snapshots), "key": str(seal), "signed": True}, "tenants": {"heavy": tenant}}
+        upstream = h.Upstream()
+        try:
+            with h.Envoy([h.thaw_filter(filter_config)], upstream, self.work, concurrency=1) as envoy:
+                status, _, body = envoy.request("/", {"x-tenant-id": "heavy"})
+                self.assertEqual(status, 200, body)
+                self.assertIn(b"entries=100000", body)
+                self.assertIn("resumed stored snapshot", envoy.output())
+                self.assertNotIn("heavy-init: table built", envoy.output())
+        finally:
+            upstream.close()
+
+
 class RefusalTest(OciBase):
     def index_of(self, ref):
         return json.loads(self.registry.oras("manifest", "fetch", ref).stdout)

@@ -134,6 +134,10 @@ enum Command {
         /// Sign the pieces with Sigstore bundles instead of detached signatures.
         #[arg(long)]
         bundle: bool,
+        /// Ship a build-time snapshot (`thaw snapshot`'s sealed file) with one architecture's
+        /// manifest, signed with KEY: `linux/amd64=PATH` or `linux/arm64=PATH` (repeatable).
+        #[arg(long = "snapshot", value_name = "PLATFORM=PATH")]
+        snapshots: Vec<String>,
         #[command(flatten)]
         registry: RegistryArgs,
     },
@@ -354,10 +358,21 @@ fn run(command: Command) -> Result<()> {
                 _ => inspect(&file, &evidence, &trust),
             }
         }
-        Command::Push { reference, wasm, key, bundle, registry } => {
+        Command::Push { reference, wasm, key, bundle, snapshots, registry } => {
             let reference = crate::oci::reference::Reference::parse(&reference)?;
             let key = PrivateKey::load(&key)?;
-            let digest = crate::oci::push(&reference, &wasm, &key, bundle, &registry.options())?;
+            let snapshots = snapshots
+                .iter()
+                .map(|s| {
+                    let (platform, path) = s.split_once('=').with_context(|| format!("--snapshot {s}: expected PLATFORM=PATH"))?;
+                    match crate::oci::Platform::parse(platform)? {
+                        crate::oci::Platform::Native(target) => Ok((target, PathBuf::from(path))),
+                        crate::oci::Platform::Wasm => bail!("--snapshot {s}: snapshots are native code, for linux/amd64 or linux/arm64"),
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let extras = crate::oci::PushOptions { bundle, snapshots };
+            let digest = crate::oci::push(&reference, &wasm, &key, &extras, &registry.options())?;
             println!("{}", reference.with_digest(&digest));
             eprintln!("pushed {} (linux/amd64, linux/arm64, wasip1/wasm), signed", reference.with_digest(&digest));
             Ok(())
@@ -372,6 +387,9 @@ fn run(command: Command) -> Result<()> {
             // Everything is verified before anything is written into the output directory.
             let fetched = crate::oci::fetch_verified(&reference, platform, &trust, &registry.options())?;
             let (artifact, evidence, written) = fetched.write_into(&output)?;
+            if fetched.snapshot.is_some() {
+                eprintln!("with its build-time snapshot: {}", output.join("snapshot.thaw").display());
+            }
             println!("{} {} {}", fetched.index_digest, fetched.manifest_digest, artifact.display());
             eprintln!(
                 "pulled {reference} (index {}, manifest {}, signed by {}): {} and {} {}",

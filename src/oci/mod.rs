@@ -36,6 +36,11 @@ pub const FILTER_CONFIG: &str = "application/vnd.thaw.filter.config.v1+json";
 pub const CWASM: &str = "application/vnd.thaw.cwasm.v1";
 pub const SIGNATURE: &str = "application/vnd.thaw.signature.v1+base64";
 pub const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+/// A build-time post-init snapshot (`thaw snapshot`, sealed) and its signature (for
+/// `snapshots.signed`), optional layers of a platform manifest.
+pub const SNAPSHOT: &str = "application/vnd.thaw.snapshot.v1";
+pub const SNAPSHOT_SIGNATURE: &str = "application/vnd.thaw.snapshot.signature.v1+base64";
+const SNAPSHOT_FILE: &str = "snapshot.thaw";
 pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
 pub const WASM: &str = "application/wasm";
 pub const TITLE: &str = "org.opencontainers.image.title";
@@ -91,7 +96,21 @@ fn platform_of(descriptor: &Descriptor) -> String {
 
 /// `thaw push`: compiles `wasm` for both architectures, signs every piece with `key` and
 /// publishes the index at `reference`'s tag. Returns the index digest.
-pub fn push(reference: &Reference, wasm_path: &Path, key: &PrivateKey, bundle: bool, options: &registry::Options) -> Result<String> {
+/// What `thaw push` publishes besides the module: how its pieces are signed, and build-time
+/// snapshots (sealed files from `thaw snapshot`) per architecture.
+pub struct PushOptions {
+    pub bundle: bool,
+    pub snapshots: Vec<(Target, PathBuf)>,
+}
+
+pub fn push(
+    reference: &Reference,
+    wasm_path: &Path,
+    key: &PrivateKey,
+    extras: &PushOptions,
+    options: &registry::Options,
+) -> Result<String> {
+    let bundle = extras.bundle;
     if reference.digest.is_some() {
         bail!("push to a tag, not a digest: {reference}");
     }
@@ -129,10 +148,16 @@ pub fn push(reference: &Reference, wasm_path: &Path, key: &PrivateKey, bundle: b
         });
         let evidence = sign(&cwasm);
         let (evidence_type, evidence_name) = if bundle { (BUNDLE, "sigstore.json") } else { (SIGNATURE, "sig") };
-        let layers = vec![
+        let mut layers = vec![
             upload(&registry, CWASM, &cwasm, Some(format!("{name}.cwasm")), HashMap::new())?,
             upload(&registry, evidence_type, evidence.as_bytes(), Some(format!("{name}.cwasm.{evidence_name}")), HashMap::new())?,
         ];
+        for (_, path) in extras.snapshots.iter().filter(|(t, _)| *t == target) {
+            let sealed = std::fs::read(path).with_context(|| format!("reading snapshot {}", path.display()))?;
+            layers.push(upload(&registry, SNAPSHOT, &sealed, Some(SNAPSHOT_FILE.into()), HashMap::new())?);
+            let signature = key.sign(&sealed);
+            layers.push(upload(&registry, SNAPSHOT_SIGNATURE, signature.as_bytes(), Some(format!("{SNAPSHOT_FILE}.sig")), HashMap::new())?);
+        }
         let config = upload(&registry, FILTER_CONFIG, config.to_string().as_bytes(), None, HashMap::new())?;
         entries.push((Platform::Native(target), push_manifest(&registry, config, layers)?));
     }
@@ -208,6 +233,8 @@ pub struct Fetched {
     pub artifact: Vec<u8>,
     pub evidence_name: String,
     pub evidence: Vec<u8>,
+    /// A build-time snapshot shipped with this platform, and its signature (verified).
+    pub snapshot: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// The digest of the index `reference` names now (one manifest request, nothing verified: a
@@ -253,6 +280,7 @@ pub fn fetch_verified(reference: &Reference, platform: Platform, trust: &Trust, 
         Platform::Native(target) => native_piece(&registry, &parsed_manifest, target, reference)?,
         Platform::Wasm => wasm_piece(&registry, &parsed_manifest, reference)?,
     };
+    let snapshot = snapshot_piece(&registry, &parsed_manifest, trust, reference)?;
     let evidence_name = format!("{artifact_name}.{}", if kind == EvidenceKind::Bundle { "sigstore.json" } else { "sig" });
     let origin = PathBuf::from(format!("{reference}@{} ({evidence_name})", manifest.digest));
     trust
@@ -266,20 +294,59 @@ pub fn fetch_verified(reference: &Reference, platform: Platform, trust: &Trust, 
         artifact,
         evidence_name,
         evidence,
+        snapshot,
     })
 }
 
+/// The manifest's build-time snapshot, if it ships one: both layers, the signature verified
+/// under the trust over the sealed bytes (as the runtime checks it under `snapshots.signed`).
+fn snapshot_piece(
+    registry: &Registry,
+    manifest: &ImageManifest,
+    trust: &Trust,
+    reference: &Reference,
+) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    let of_type = |t: &str| manifest.layers().iter().filter(|l| l.media_type().as_ref() == t).collect::<Vec<_>>();
+    let (sealed, signature) = match (&of_type(SNAPSHOT)[..], &of_type(SNAPSHOT_SIGNATURE)[..]) {
+        ([], []) => return Ok(None),
+        ([s], [g]) => (*s, *g),
+        _ => bail!("{reference}: a snapshot layer needs exactly one {SNAPSHOT} and one {SNAPSHOT_SIGNATURE}"),
+    };
+    if sealed.size() > MAX_ARTIFACT_BYTES || signature.size() > MAX_EVIDENCE_BYTES {
+        bail!("{reference}: the snapshot layers are larger than thaw accepts");
+    }
+    let sealed = registry.blob(sealed.digest().as_ref(), sealed.size())?;
+    let signature = registry.blob(signature.digest().as_ref(), signature.size())?;
+    let origin = PathBuf::from(format!("{reference} ({SNAPSHOT_FILE}.sig)"));
+    trust
+        .verify_signature_text(&sealed, EvidenceKind::Detached, &signature, &origin)
+        .map_err(|r| anyhow::anyhow!("{reference}: refusing the build-time snapshot: {r}"))?;
+    Ok(Some((sealed, signature)))
+}
+
 impl Fetched {
-    /// Writes the signature, then the artifact, into `dir`, each atomically (a reader that sees
-    /// the new artifact sees its signature); files already identical are left alone. Returns
+    /// Writes the snapshot (if shipped: `snapshot.thaw` and its `.sig`, where a tenant's
+    /// `snapshots.dir/TENANT` holds them), the signature, then the artifact into `dir`, each
+    /// atomically (a reader that sees the new artifact sees its signature); files already
+    /// identical are left alone. Returns
     /// the artifact's and the signature's paths and whether anything was written.
     pub fn write_into(&self, dir: &Path) -> Result<(PathBuf, PathBuf, bool)> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let artifact = dir.join(&self.artifact_name);
         let evidence = dir.join(&self.evidence_name);
         let same = |path: &Path, bytes: &[u8]| std::fs::read(path).is_ok_and(|b| b == bytes);
-        if same(&artifact, &self.artifact) && same(&evidence, &self.evidence) {
+        let snapshot_same = match &self.snapshot {
+            Some((sealed, signature)) => {
+                same(&dir.join(SNAPSHOT_FILE), sealed) && same(&dir.join(format!("{SNAPSHOT_FILE}.sig")), signature)
+            }
+            None => true,
+        };
+        if same(&artifact, &self.artifact) && same(&evidence, &self.evidence) && snapshot_same {
             return Ok((artifact, evidence, false));
+        }
+        if let Some((sealed, signature)) = &self.snapshot {
+            crate::cli::write_atomically(&dir.join(format!("{SNAPSHOT_FILE}.sig")), signature)?;
+            crate::cli::write_atomically(&dir.join(SNAPSHOT_FILE), sealed)?;
         }
         crate::cli::write_atomically(&evidence, &self.evidence)?;
         crate::cli::write_atomically(&artifact, &self.artifact)?;
