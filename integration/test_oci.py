@@ -189,6 +189,37 @@ class PushPullTest(OciBase):
         self.assert_refused(f"{repo}:1.0", self.fresh_dir("oras-made-other-key"), message="verifies under the trust")
 
 
+class ProvenanceTest(OciBase):
+    def attest(self, ref, digest, key, builder):
+        """A SLSA v1 provenance attestation of `digest`, attached by the real cosign as a Sigstore
+        bundle referrer (`cosign attest --new-bundle-format`)."""
+        predicate = self.work / f"predicate-{digest[7:19]}.json"
+        predicate.write_text(json.dumps({"buildDefinition": {"buildType": "https://thaw.test/build", "externalParameters": {}},
+                                         "runDetails": {"builder": {"id": builder}}}))
+        repo = ref.rsplit(":", 1)[0]
+        self.registry.cosign("attest", "--key", key, "--tlog-upload=false", "--allow-http-registry", "--new-bundle-format",
+                             "--type", "slsaprovenance1", "--predicate", predicate, f"{repo}@{digest}")
+
+    def test_pull_requires_a_provenance_attestation_by_an_allowed_builder_when_asked(self):
+        cosign_key, cosign_pub = self.registry.cosign_key_pair("builder")
+        ref, digest = self.push("tenants/attested")
+        keys = ["--key", self.artifacts.public_key, "--key", cosign_pub]
+        builder = "https://ci.thaw.test/builder"
+        # No attestation yet: refused when provenance is required, taken when it is not.
+        self.assert_refused(ref, self.fresh_dir("not-attested"), *keys[2:], "--builder-id", builder,
+                            message="no provenance attestation is attached")
+        self.attest(ref, digest, cosign_key, builder)
+        out = self.fresh_dir("attested")
+        p = self.pull(ref, out, *keys[2:], "--builder-id", builder)
+        self.assertIn(f"built by {builder}", p.stderr)
+        self.assertTrue((out / "auth-filter.cwasm").is_file())
+        self.assert_refused(ref, self.fresh_dir("other-builder"), *keys[2:], "--builder-id", "https://evil.test/builder",
+                            message="not an allowed builder")
+        # An attestation by a key outside the trust does not count.
+        self.assert_refused(ref, self.fresh_dir("untrusted-attestation"), "--builder-id", builder,
+                            message="no provenance attestation verifies")
+
+
 class SnapshotShippedTest(OciBase):
     def test_a_build_time_snapshot_travels_with_its_platform_and_envoy_resumes_it(self):
         import harness as h

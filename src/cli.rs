@@ -152,6 +152,10 @@ enum Command {
         /// linux/amd64, linux/arm64 or wasip1/wasm (default: this host's).
         #[arg(long)]
         platform: Option<String>,
+        /// Require a SLSA provenance v1 attestation (a Sigstore bundle referrer, as
+        /// `cosign attest --new-bundle-format` attaches) of the index or manifest by this builder.
+        #[arg(long = "builder-id")]
+        builder_ids: Vec<String>,
         #[command(flatten)]
         trust: TrustArgs,
         #[command(flatten)]
@@ -174,6 +178,9 @@ enum Command {
         /// Seconds between passes; without it, one pass (exit status 1 unless complete).
         #[arg(long)]
         interval: Option<u64>,
+        /// Require a SLSA provenance v1 attestation by this builder (as `pull --builder-id`).
+        #[arg(long = "builder-id")]
+        builder_ids: Vec<String>,
         #[command(flatten)]
         trust: TrustArgs,
         #[command(flatten)]
@@ -377,7 +384,7 @@ fn run(command: Command) -> Result<()> {
             eprintln!("pushed {} (linux/amd64, linux/arm64, wasip1/wasm), signed", reference.with_digest(&digest));
             Ok(())
         }
-        Command::Pull { reference, output, platform, trust, registry } => {
+        Command::Pull { reference, output, platform, builder_ids, trust, registry } => {
             let reference = crate::oci::reference::Reference::parse(&reference)?;
             let platform = match platform {
                 Some(p) => crate::oci::Platform::parse(&p)?,
@@ -385,7 +392,10 @@ fn run(command: Command) -> Result<()> {
             };
             let trust = trust.load(&[])?;
             // Everything is verified before anything is written into the output directory.
-            let fetched = crate::oci::fetch_verified(&reference, platform, &trust, &registry.options())?;
+            let fetched = crate::oci::fetch_verified(&reference, platform, &trust, &builder_ids, &registry.options())?;
+            if let Some(builder) = &fetched.builder {
+                eprintln!("provenance: SLSA v1, built by {builder}");
+            }
             let (artifact, evidence, written) = fetched.write_into(&output)?;
             if fetched.snapshot.is_some() {
                 eprintln!("with its build-time snapshot: {}", output.join("snapshot.thaw").display());
@@ -449,15 +459,10 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Sync { references, output, template, listener, interval, trust, registry } => {
-            let sync = crate::oci::sync::Sync {
-                references,
-                dir: output,
-                template,
-                listener,
-                trust: trust.load(&[])?,
-                options: registry.options(),
-            };
+        Command::Sync { references, output, template, listener, interval, builder_ids, trust, registry } => {
+            let trust = trust.load(&[])?;
+            let sync =
+                crate::oci::sync::Sync { references, dir: output, template, listener, trust, builder_ids, options: registry.options() };
             sync.run(interval.map(std::time::Duration::from_secs))
         }
         Command::Keygen { out_dir, name } => {

@@ -22,6 +22,8 @@ pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 pub const SIGNATURE_ARTIFACT_TYPE: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
 /// Signature manifests and payloads are small; a larger layer is not read.
 const MAX_PAYLOAD_BYTES: u64 = 64 << 10;
+pub const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+const MAX_BUNDLE_BYTES: u64 = 1 << 20;
 
 /// cosign's simple-signing payload for `digest` in repository `docker_reference`.
 pub fn payload(docker_reference: &str, digest: &str) -> Vec<u8> {
@@ -122,6 +124,39 @@ fn add_to_fallback_index(registry: &Registry, subject_digest: &str, referrer: &[
     Ok(())
 }
 
+/// The Sigstore bundles attached to `digest` as referrers (what `cosign attest
+/// --new-bundle-format` attaches: a manifest of artifactType
+/// `application/vnd.dev.sigstore.bundle.v0.3+json` whose layer is the bundle), each read and
+/// checked against its digest; nothing is verified here.
+pub fn bundles(registry: &Registry, digest: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    let Some(index) = referrers_index(registry, digest)? else { return Ok(Vec::new()) };
+    let mut found = Vec::new();
+    for d in index.manifests() {
+        // cosign's fallback index names these with the config's artifactType (empty): the
+        // manifest itself says what it is.
+        if *d.media_type() != MediaType::ImageManifest {
+            continue;
+        }
+        let m = registry.manifest(d.digest().as_ref())?.context("a referrer listed in the index is missing")?;
+        let Ok(manifest) = serde_json::from_slice::<ImageManifest>(&m.bytes) else { continue };
+        for layer in manifest.layers() {
+            if layer.media_type().as_ref() == BUNDLE && layer.size() <= MAX_BUNDLE_BYTES {
+                found.push((format!("bundle referrer {}", m.digest), registry.blob(layer.digest().as_ref(), layer.size())?));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The referrers of `digest`: the referrers API, else the referrers tag schema's index.
+fn referrers_index(registry: &Registry, digest: &str) -> Result<Option<ImageIndex>> {
+    let bytes = match registry.referrers(digest)? {
+        Some(index) => Some(index),
+        None => registry.manifest(&fallback_tag(digest))?.map(|f| f.bytes),
+    };
+    bytes.map(|b| serde_json::from_slice(&b).context("reading the referrers index")).transpose()
+}
+
 /// One signature found for a manifest: the payload bytes and the base64 signature over them.
 struct Candidate {
     payload: Vec<u8>,
@@ -167,12 +202,7 @@ fn candidates(registry: &Registry, digest: &str) -> Result<Vec<Candidate>> {
     if let Some(m) = registry.manifest(&legacy_tag(digest))? {
         signature_manifests.push((legacy_tag(digest), m.bytes));
     }
-    let referrers = match registry.referrers(digest)? {
-        Some(index) => Some(index),
-        None => registry.manifest(&fallback_tag(digest))?.map(|f| f.bytes),
-    };
-    if let Some(index) = referrers {
-        let index: ImageIndex = serde_json::from_slice(&index).context("reading the referrers index")?;
+    if let Some(index) = referrers_index(registry, digest)? {
         for d in index.manifests() {
             let is_signature = d.artifact_type().as_ref().is_some_and(|t| t.as_ref() == SIGNATURE_ARTIFACT_TYPE);
             if is_signature && *d.media_type() == MediaType::ImageManifest {

@@ -229,6 +229,8 @@ pub struct Fetched {
     pub manifest_digest: String,
     /// Who signed the index or manifest (the cosign signature that verified).
     pub signer: String,
+    /// The builder of the verified provenance attestation, when one was required.
+    pub builder: Option<String>,
     pub artifact_name: String,
     pub artifact: Vec<u8>,
     pub evidence_name: String,
@@ -248,7 +250,17 @@ pub fn index_digest(reference: &Reference, options: &registry::Options) -> Resul
 /// Resolves the index at `reference`, picks `platform` and verifies, under `trust`: every digest
 /// read, a cosign signature on the index or the chosen manifest, the platform (the manifest's
 /// config and the code itself), and the artifact's own signature over its bytes.
-pub fn fetch_verified(reference: &Reference, platform: Platform, trust: &Trust, options: &registry::Options) -> Result<Fetched> {
+///
+/// With `builders`, a SLSA provenance v1 attestation of the index or the chosen manifest (a
+/// Sigstore bundle referrer, as `cosign attest --new-bundle-format` attaches it) must verify
+/// under the trust, name that manifest's digest and come from one of them.
+pub fn fetch_verified(
+    reference: &Reference,
+    platform: Platform,
+    trust: &Trust,
+    builders: &[String],
+    options: &registry::Options,
+) -> Result<Fetched> {
     let registry = Registry::connect(reference, options)?;
     let index = registry.manifest(reference.manifest_reference())?.with_context(|| format!("{reference}: not found in the registry"))?;
     if index.media_type != INDEX {
@@ -274,6 +286,11 @@ pub fn fetch_verified(reference: &Reference, platform: Platform, trust: &Trust, 
             )
         })?,
     };
+    let builder = if builders.is_empty() {
+        None
+    } else {
+        Some(provenance(&registry, &[(&index.digest, &index.bytes), (&manifest.digest, &manifest.bytes)], trust, builders, reference)?)
+    };
     let parsed_manifest: ImageManifest =
         serde_json::from_slice(&manifest.bytes).context("the platform manifest is not an OCI image manifest")?;
     let (artifact_name, artifact, kind, evidence) = match platform {
@@ -290,12 +307,37 @@ pub fn fetch_verified(reference: &Reference, platform: Platform, trust: &Trust, 
         index_digest: index.digest,
         manifest_digest: manifest.digest,
         signer: signed.signer.to_string(),
+        builder,
         artifact_name,
         artifact,
         evidence_name,
         evidence,
         snapshot,
     })
+}
+
+/// The first provenance attestation attached to one of `subjects` (digest, exact bytes) that
+/// verifies; else every refusal, named.
+fn provenance(
+    registry: &Registry,
+    subjects: &[(&String, &Vec<u8>)],
+    trust: &Trust,
+    builders: &[String],
+    reference: &Reference,
+) -> Result<String> {
+    let mut refusals = Vec::new();
+    for (digest, bytes) in subjects {
+        for (origin, bundle) in cosign::bundles(registry, digest)? {
+            match trust.verify_provenance_text(bytes, &bundle, &PathBuf::from(&origin), builders) {
+                Ok(builder) => return Ok(builder),
+                Err(r) => refusals.push(r.to_string()),
+            }
+        }
+    }
+    if refusals.is_empty() {
+        bail!("{reference}: no provenance attestation is attached to the index or the manifest (required: --builder-id)");
+    }
+    bail!("{reference}: no provenance attestation verifies: {}", refusals.join("; "))
 }
 
 /// The manifest's build-time snapshot, if it ships one: both layers, the signature verified

@@ -25,6 +25,8 @@ pub struct Sync {
     pub template: Option<PathBuf>,
     pub listener: Option<PathBuf>,
     pub trust: Trust,
+    /// When given, every version needs a SLSA provenance attestation from one of these builders.
+    pub builder_ids: Vec<String>,
     pub options: registry::Options,
 }
 
@@ -146,7 +148,7 @@ impl Sync {
                 return Ok(p.clone());
             }
         }
-        let fetched = fetch_verified(&e.reference, e.platform, &self.trust, &self.options)?;
+        let fetched = fetch_verified(&e.reference, e.platform, &self.trust, &self.builder_ids, &self.options)?;
         let hex = fetched.manifest_digest.trim_start_matches("sha256:");
         let version_dir = self.dir.join(&e.name).join(&hex[..16]);
         let (artifact, signature, written) = fetched.write_into(&version_dir)?;

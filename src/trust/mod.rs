@@ -317,7 +317,15 @@ impl Trust {
     /// A build-provenance attestation of `bytes`: a DSSE bundle verified under this same trust, whose
     /// in-toto statement names `bytes`' SHA-256, is SLSA provenance v1, by an allowed builder.
     pub fn verify_provenance(&self, bytes: &[u8], path: &Path, builders: &[String]) -> Result<String, Refusal> {
-        let bundle = read_bundle(path)?;
+        let text = read_bounded(path).map_err(|e| Refusal::new(Reason::Unreadable, format!("unsigned: {e}")))?;
+        self.verify_provenance_text(bytes, &text, path, builders)
+    }
+
+    /// `verify_provenance` of an attestation already in memory (`origin` names where it came
+    /// from: a registry referrer).
+    pub fn verify_provenance_text(&self, bytes: &[u8], text: &[u8], path: &Path, builders: &[String]) -> Result<String, Refusal> {
+        let bundle: Bundle = serde_json::from_slice(text)
+            .map_err(|e| Refusal::new(Reason::Signature, format!("{} is not a Sigstore bundle: {e}", path.display())))?;
         let SignatureContent::DsseEnvelope(envelope) = &bundle.content else {
             return Err(Refusal::new(Reason::Provenance, format!("{} is not an attestation (no DSSE envelope)", path.display())));
         };
