@@ -23,6 +23,8 @@ pub const SIGNATURE_ARTIFACT_TYPE: &str = "application/vnd.dev.cosign.artifact.s
 /// Signature manifests and payloads are small; a larger layer is not read.
 const MAX_PAYLOAD_BYTES: u64 = 64 << 10;
 pub const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+/// At most this many referrers of one manifest are read (an index of thousands is refused work).
+const MAX_REFERRERS: usize = 64;
 const MAX_BUNDLE_BYTES: u64 = 1 << 20;
 
 /// cosign's simple-signing payload for `digest` in repository `docker_reference`.
@@ -131,7 +133,7 @@ fn add_to_fallback_index(registry: &Registry, subject_digest: &str, referrer: &[
 pub fn bundles(registry: &Registry, digest: &str) -> Result<Vec<(String, Vec<u8>)>> {
     let Some(index) = referrers_index(registry, digest)? else { return Ok(Vec::new()) };
     let mut found = Vec::new();
-    for d in index.manifests() {
+    for d in index.manifests().iter().take(MAX_REFERRERS) {
         // cosign's fallback index names these with the config's artifactType (empty): the
         // manifest itself says what it is.
         if *d.media_type() != MediaType::ImageManifest {
@@ -203,7 +205,7 @@ fn candidates(registry: &Registry, digest: &str) -> Result<Vec<Candidate>> {
         signature_manifests.push((legacy_tag(digest), m.bytes));
     }
     if let Some(index) = referrers_index(registry, digest)? {
-        for d in index.manifests() {
+        for d in index.manifests().iter().take(MAX_REFERRERS) {
             let is_signature = d.artifact_type().as_ref().is_some_and(|t| t.as_ref() == SIGNATURE_ARTIFACT_TYPE);
             if is_signature && *d.media_type() == MediaType::ImageManifest {
                 let m = registry.manifest(d.digest().as_ref())?.context("a referrer listed in the index is missing")?;

@@ -166,16 +166,15 @@ impl Registry {
             return Err(self.failure(status, &mut started, "starting a blob upload"));
         }
         let location = header(&started, "location").context("the registry gave no upload location")?;
-        let location = if location.starts_with('/') {
-            // Relative to the registry root.
-            let root = self.base.split("/v2/").next().unwrap_or(&self.base);
-            format!("{root}{location}")
-        } else {
-            location
-        };
+        let root = self.base.split("/v2/").next().unwrap_or(&self.base);
+        let location = if location.starts_with('/') { format!("{root}{location}") } else { location };
         let separator = if location.contains('?') { '&' } else { '?' };
-        let mut done = self
-            .with_auth(self.agent.put(format!("{location}{separator}digest={digest}")))
+        let put = self.agent.put(format!("{location}{separator}digest={digest}"));
+        // The credentials go only to the registry itself, never to another host an upload
+        // location names.
+        let same_registry = location.strip_prefix(root).is_some_and(|rest| rest.starts_with('/'));
+        let put = if same_registry { self.with_auth(put) } else { put };
+        let mut done = put
             .header("Content-Type", "application/octet-stream")
             .send(bytes)
             .with_context(|| format!("uploading blob {digest} to {}", self.name))?;
