@@ -461,6 +461,9 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Sync { references, output, template, listener, interval, builder_ids, trust, registry } => {
             let trust = trust.load(&[])?;
+            // Absolute, so the rendered listener's paths do not depend on Envoy's working directory.
+            std::fs::create_dir_all(&output).with_context(|| format!("creating {}", output.display()))?;
+            let output = std::fs::canonicalize(&output)?;
             let sync =
                 crate::oci::sync::Sync { references, dir: output, template, listener, trust, builder_ids, options: registry.options() };
             sync.run(interval.map(std::time::Duration::from_secs))

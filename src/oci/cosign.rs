@@ -23,9 +23,13 @@ pub const SIGNATURE_ARTIFACT_TYPE: &str = "application/vnd.dev.cosign.artifact.s
 /// Signature manifests and payloads are small; a larger layer is not read.
 const MAX_PAYLOAD_BYTES: u64 = 64 << 10;
 pub const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
-/// At most this many referrers of one manifest are read (an index of thousands is refused work).
+/// At most this many referrers of one manifest are read (an index of thousands is refused work),
+/// and at most this many signature or bundle layers fetched in all (so one lookup reads at most
+/// 64 x 64 KiB of payloads or 16 x 1 MiB of bundles, whatever the registry lists).
 const MAX_REFERRERS: usize = 64;
+const MAX_LAYERS: usize = 64;
 const MAX_BUNDLE_BYTES: u64 = 1 << 20;
+const MAX_BUNDLES: usize = 16;
 
 /// cosign's simple-signing payload for `digest` in repository `docker_reference`.
 pub fn payload(docker_reference: &str, digest: &str) -> Vec<u8> {
@@ -139,11 +143,17 @@ pub fn bundles(registry: &Registry, digest: &str) -> Result<Vec<(String, Vec<u8>
         if *d.media_type() != MediaType::ImageManifest {
             continue;
         }
-        let m = registry.manifest(d.digest().as_ref())?.context("a referrer listed in the index is missing")?;
+        // A missing or malformed referrer (anyone who can push may add one) is skipped.
+        let Ok(Some(m)) = registry.manifest(d.digest().as_ref()) else { continue };
         let Ok(manifest) = serde_json::from_slice::<ImageManifest>(&m.bytes) else { continue };
         for layer in manifest.layers() {
+            if found.len() >= MAX_BUNDLES {
+                return Ok(found);
+            }
             if layer.media_type().as_ref() == BUNDLE && layer.size() <= MAX_BUNDLE_BYTES {
-                found.push((format!("bundle referrer {}", m.digest), registry.blob(layer.digest().as_ref(), layer.size())?));
+                if let Ok(bundle) = registry.blob(layer.digest().as_ref(), layer.size()) {
+                    found.push((format!("bundle referrer {}", m.digest), bundle));
+                }
             }
         }
     }
@@ -208,23 +218,26 @@ fn candidates(registry: &Registry, digest: &str) -> Result<Vec<Candidate>> {
         for d in index.manifests().iter().take(MAX_REFERRERS) {
             let is_signature = d.artifact_type().as_ref().is_some_and(|t| t.as_ref() == SIGNATURE_ARTIFACT_TYPE);
             if is_signature && *d.media_type() == MediaType::ImageManifest {
-                let m = registry.manifest(d.digest().as_ref())?.context("a referrer listed in the index is missing")?;
-                signature_manifests.push((format!("referrer {}", m.digest), m.bytes));
+                // A missing referrer (anyone who can push may list one) is skipped.
+                if let Ok(Some(m)) = registry.manifest(d.digest().as_ref()) {
+                    signature_manifests.push((format!("referrer {}", m.digest), m.bytes));
+                }
             }
         }
     }
     let mut found = Vec::new();
     for (origin, bytes) in signature_manifests {
-        let manifest: ImageManifest = match serde_json::from_slice(&bytes) {
-            Ok(m) => m,
-            Err(e) => bail!("signature manifest {origin} is not an OCI image manifest: {e}"),
-        };
+        // A malformed signature manifest is skipped, not fatal: another may hold a good signature.
+        let Ok(manifest) = serde_json::from_slice::<ImageManifest>(&bytes) else { continue };
         for layer in manifest.layers() {
+            if found.len() >= MAX_LAYERS {
+                return Ok(found);
+            }
             if layer.media_type().as_ref() != SIMPLE_SIGNING || layer.size() > MAX_PAYLOAD_BYTES {
                 continue;
             }
             let Some(signature) = layer.annotations().as_ref().and_then(|a| a.get(SIGNATURE_ANNOTATION)) else { continue };
-            let payload = registry.blob(layer.digest().as_ref(), layer.size())?;
+            let Ok(payload) = registry.blob(layer.digest().as_ref(), layer.size()) else { continue };
             found.push(Candidate { payload, signature: signature.clone(), origin: format!("signature in {origin}") });
         }
     }

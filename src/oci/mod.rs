@@ -422,6 +422,9 @@ fn native_piece(registry: &Registry, manifest: &ImageManifest, target: Target, r
     }
     // The manifest's own word on its platform (when it is thaw's config), then the code's.
     if manifest.config().media_type().as_ref() == FILTER_CONFIG {
+        if manifest.config().size() > 64 << 10 {
+            bail!("the {wanted} manifest's config is larger than thaw accepts");
+        }
         let config = registry.blob(manifest.config().digest().as_ref(), manifest.config().size())?;
         let config: serde_json::Value = serde_json::from_slice(&config).context("the filter config blob is not JSON")?;
         let declared = config.get("target").and_then(|t| t.as_str()).unwrap_or("");

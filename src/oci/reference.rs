@@ -106,11 +106,17 @@ fn is_tag(t: &str) -> bool {
         && bytes.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// Refuses a name that is not a plain file name (no directories, no `..`), so a manifest cannot
-/// make `thaw pull` write outside its output directory.
+/// Refuses a name that is not a plain, inert file name: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`, so a
+/// manifest can neither make `thaw pull` write outside its output directory nor put quotes,
+/// newlines or template braces into the listener `thaw sync` renders; nor take the names of the
+/// snapshot files a pull writes beside the artifact.
 pub fn safe_file_name(name: &str) -> Result<&str> {
-    if name.is_empty() || name.len() > 200 || name.starts_with('.') || name.contains(['/', '\\', '\0']) {
-        bail!("refusing file name `{name}` from the manifest: not a plain file name");
+    let bytes = name.as_bytes();
+    let plain = (1..=128).contains(&bytes.len())
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !plain || name.contains("..") || name.starts_with("snapshot.thaw") || name == "sync-status.json" {
+        bail!("refusing file name `{name}` from the manifest: not a plain file name ([A-Za-z0-9][A-Za-z0-9._-]*, no `..`, not reserved)");
     }
     Ok(name)
 }
@@ -141,7 +147,9 @@ mod tests {
         {
             assert!(Reference::parse(bad).is_err(), "{bad}");
         }
-        assert!(safe_file_name("../x").is_err() && safe_file_name(".hidden").is_err() && safe_file_name("a/b").is_err());
+        for bad in ["../x", ".hidden", "a/b", "x.cwasm\"\n- name: y", "{{acme.artifact}}", "snapshot.thaw", "a b", ""] {
+            assert!(safe_file_name(bad).is_err(), "{bad}");
+        }
         assert!(safe_file_name("auth.cwasm").is_ok());
     }
 }

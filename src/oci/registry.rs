@@ -96,6 +96,10 @@ impl Registry {
     /// Fetches a manifest by tag or digest; `None` if the registry has none there. A manifest
     /// asked for by digest must hash to it.
     pub fn manifest(&self, reference: &str) -> Result<Option<Fetched>> {
+        // Tags have no ':'; a digest thaw cannot check (not sha256) is refused, never trusted.
+        if reference.contains(':') && !super::reference::is_sha256_digest(reference) {
+            bail!("refusing manifest digest `{reference}`: only sha256 digests are accepted");
+        }
         let url = format!("{}/manifests/{reference}", self.base);
         let mut response = self
             .request("GET", &url)

@@ -40,9 +40,10 @@ struct Entry {
 #[derive(Clone, serde::Serialize)]
 struct Current {
     reference: String,
-    /// The index this version came from: while the reference still names it, nothing is
-    /// fetched again.
+    /// The index this version came from: while the reference still names it (for the same
+    /// platform), nothing is fetched again.
     index: String,
+    platform: String,
     manifest: String,
     artifact: PathBuf,
     signature: PathBuf,
@@ -93,7 +94,16 @@ impl Sync {
                 let complete = entries.iter().all(|e| current.contains_key(&e.name));
                 if complete {
                     match self.render(current) {
-                        Ok(()) => status.listener_rendered = true,
+                        Ok(()) => {
+                            status.listener_rendered = true;
+                            // Only now that the listener names the current versions may older
+                            // ones go (never one a rendered listener still names).
+                            for (name, c) in current.iter() {
+                                if let Some(version_dir) = c.artifact.parent() {
+                                    self.prune(&self.dir.join(name), version_dir);
+                                }
+                            }
+                        }
                         Err(err) => {
                             eprintln!("thaw sync: rendering the listener: {err:#}");
                             status.errors.insert("(listener)".into(), format!("{err:#}"));
@@ -143,7 +153,9 @@ impl Sync {
     }
 
     fn pull(&self, e: &Entry, previous: Option<&Current>) -> Result<Current> {
-        if let Some(p) = previous.filter(|p| p.reference == e.reference.to_string() && p.artifact.is_file()) {
+        if let Some(p) =
+            previous.filter(|p| p.reference == e.reference.to_string() && p.platform == format!("{:?}", e.platform) && p.artifact.is_file())
+        {
             if super::index_digest(&e.reference, &self.options)? == p.index {
                 return Ok(p.clone());
             }
@@ -154,11 +166,11 @@ impl Sync {
         let (artifact, signature, written) = fetched.write_into(&version_dir)?;
         if written {
             eprintln!("thaw sync: {} ({}): pulled manifest {} signed by {}", e.name, e.reference, fetched.manifest_digest, fetched.signer);
-            self.prune(&self.dir.join(&e.name), &version_dir);
         }
         Ok(Current {
             reference: e.reference.to_string(),
             index: fetched.index_digest,
+            platform: format!("{:?}", e.platform),
             manifest: fetched.manifest_digest,
             artifact,
             signature,
