@@ -135,7 +135,8 @@ fn add_to_fallback_index(registry: &Registry, subject_digest: &str, referrer: &[
 /// `application/vnd.dev.sigstore.bundle.v0.3+json` whose layer is the bundle), each read and
 /// checked against its digest; nothing is verified here.
 pub fn bundles(registry: &Registry, digest: &str) -> Result<Vec<(String, Vec<u8>)>> {
-    let Some(index) = referrers_index(registry, digest)? else { return Ok(Vec::new()) };
+    // An unreadable referrers index holds nothing usable; it does not stop the lookup.
+    let Ok(Some(index)) = referrers_index(registry, digest) else { return Ok(Vec::new()) };
     let mut found = Vec::new();
     for d in index.manifests().iter().take(MAX_REFERRERS) {
         // cosign's fallback index names these with the config's artifactType (empty): the
@@ -214,7 +215,9 @@ fn candidates(registry: &Registry, digest: &str) -> Result<Vec<Candidate>> {
     if let Some(m) = registry.manifest(&legacy_tag(digest))? {
         signature_manifests.push((legacy_tag(digest), m.bytes));
     }
-    if let Some(index) = referrers_index(registry, digest)? {
+    // An unreadable referrers index (anyone who can push may write that tag) is passed over: the
+    // `.sig` tag may still hold a good signature.
+    if let Ok(Some(index)) = referrers_index(registry, digest) {
         for d in index.manifests().iter().take(MAX_REFERRERS) {
             let is_signature = d.artifact_type().as_ref().is_some_and(|t| t.as_ref() == SIGNATURE_ARTIFACT_TYPE);
             if is_signature && *d.media_type() == MediaType::ImageManifest {
