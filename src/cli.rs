@@ -622,17 +622,9 @@ fn incompatibility(facts: &engine::CwasmFacts, host: Target) -> String {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
-/// reader never sees a half-written artifact or signature.
+/// `artifact::write_atomically`, its error naming the file.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("out"), std::process::id()));
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    thaw::artifact::write_atomically(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {

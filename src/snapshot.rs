@@ -276,19 +276,10 @@ pub fn signature_of(path: &Path) -> SignatureFile {
 
 /// Stores sealed snapshot bytes for `tenant` atomically: temporary file, fsync, rename, fsync dir.
 pub fn store(dir: &Path, tenant: &TenantId, sealed: &[u8]) -> Result<PathBuf, String> {
-    use std::io::Write;
     let path = path_for(dir, tenant);
     let tenant_dir = path.parent().expect("snapshot paths have a tenant directory");
     std::fs::create_dir_all(tenant_dir).map_err(|e| format!("cannot create {}: {e}", tenant_dir.display()))?;
-    let tmp = tenant_dir.join(format!(".snapshot.tmp.{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-        f.write_all(sealed)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(tenant_dir)?.sync_all()
-    };
-    write().map_err(|e| format!("cannot store snapshot {}: {e}", path.display()))?;
+    crate::artifact::write_atomically(&path, sealed).map_err(|e| format!("cannot store snapshot {}: {e}", path.display()))?;
     Ok(path)
 }
 

@@ -3,7 +3,8 @@
 //! Trust rule: an artifact's bytes are read once into private memory, its signature (or Sigstore
 //! bundle, and attestation) is verified over exactly those bytes under the configured `trust`, and
 //! only a [`VerifiedArtifact`] (which only [`VerifiedArtifact::read`] makes) can be compiled or
-//! deserialized (`crate::native`). Neighbours: `crate::trust` (the policy, detached cosign
+//! deserialized (`crate::native`). Files thaw writes (artifacts, signatures, snapshots, a
+//! rendered listener) go through [`write_atomically`]. Neighbours: `crate::trust` (the policy, detached cosign
 //! signatures and Sigstore bundles), `crate::engine` (the engine section of a `.cwasm`).
 
 use crate::engine::CwasmFacts;
@@ -143,6 +144,20 @@ impl VerifiedArtifact {
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+}
+
+/// Writes `bytes` to `path` so a reader (a running Envoy) never sees a half-written file: a
+/// temporary file in the same directory, fsync, rename over `path`, fsync of the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

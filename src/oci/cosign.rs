@@ -9,6 +9,7 @@
 //! `thaw push` writes the first and the third (or lets the registry index the `subject`).
 
 use super::registry::{sha256_digest, Registry, INDEX, MANIFEST};
+use super::BUNDLE;
 use anyhow::{bail, Context, Result};
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
 use std::collections::HashMap;
@@ -22,7 +23,6 @@ pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 pub const SIGNATURE_ARTIFACT_TYPE: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
 /// Signature manifests and payloads are small; a larger layer is not read.
 const MAX_PAYLOAD_BYTES: u64 = 64 << 10;
-pub const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 /// At most this many referrers of one manifest are read (an index of thousands is refused work),
 /// and at most this many signature or bundle layers fetched in all (so one lookup reads at most
 /// 64 x 64 KiB of payloads or 16 x 1 MiB of bundles, whatever the registry lists).

@@ -224,7 +224,7 @@ fn push_manifest(registry: &Registry, config: Descriptor, layers: Vec<Descriptor
 }
 
 /// A platform's artifact and its signature, fetched and verified, not yet written anywhere.
-pub struct Fetched {
+pub struct Pulled {
     pub index_digest: String,
     pub manifest_digest: String,
     /// Who signed the index or manifest (the cosign signature that verified).
@@ -239,11 +239,16 @@ pub struct Fetched {
     pub snapshot: Option<(Vec<u8>, Vec<u8>)>,
 }
 
+/// What `reference` names now in `registry` (by tag, or exactly its digest).
+fn resolve(registry: &Registry, reference: &Reference) -> Result<registry::Fetched> {
+    registry.manifest(reference.manifest_reference())?.with_context(|| format!("{reference}: not found in the registry"))
+}
+
 /// The digest of the index `reference` names now (one manifest request, nothing verified: a
 /// caller compares it with an index it verified before, which content addressing makes safe).
 pub fn index_digest(reference: &Reference, options: &registry::Options) -> Result<String> {
     let registry = Registry::connect(reference, options)?;
-    let index = registry.manifest(reference.manifest_reference())?.with_context(|| format!("{reference}: not found in the registry"))?;
+    let index = resolve(&registry, reference)?;
     Ok(index.digest)
 }
 
@@ -260,9 +265,9 @@ pub fn fetch_verified(
     trust: &Trust,
     builders: &[String],
     options: &registry::Options,
-) -> Result<Fetched> {
+) -> Result<Pulled> {
     let registry = Registry::connect(reference, options)?;
-    let index = registry.manifest(reference.manifest_reference())?.with_context(|| format!("{reference}: not found in the registry"))?;
+    let index = resolve(&registry, reference)?;
     if index.media_type != INDEX {
         bail!("{reference} is a {}, not an image index of platforms", index.media_type);
     }
@@ -303,7 +308,7 @@ pub fn fetch_verified(
     trust
         .verify_signature_text(&artifact, kind, &evidence, &origin)
         .map_err(|r| anyhow::anyhow!("{reference}: refusing {artifact_name}: {r}"))?;
-    Ok(Fetched {
+    Ok(Pulled {
         index_digest: index.digest,
         manifest_digest: manifest.digest,
         signer: signed.signer.to_string(),
@@ -314,6 +319,11 @@ pub fn fetch_verified(
         evidence,
         snapshot,
     })
+}
+
+/// The layers of `manifest` of media type `media_type`.
+fn layers_of<'m>(manifest: &'m ImageManifest, media_type: &str) -> Vec<&'m Descriptor> {
+    manifest.layers().iter().filter(|l| l.media_type().as_ref() == media_type).collect()
 }
 
 /// The first provenance attestation attached to one of `subjects` (digest, exact bytes) that
@@ -348,8 +358,7 @@ fn snapshot_piece(
     trust: &Trust,
     reference: &Reference,
 ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-    let of_type = |t: &str| manifest.layers().iter().filter(|l| l.media_type().as_ref() == t).collect::<Vec<_>>();
-    let (sealed, signature) = match (&of_type(SNAPSHOT)[..], &of_type(SNAPSHOT_SIGNATURE)[..]) {
+    let (sealed, signature) = match (&layers_of(manifest, SNAPSHOT)[..], &layers_of(manifest, SNAPSHOT_SIGNATURE)[..]) {
         ([], []) => return Ok(None),
         ([s], [g]) => (*s, *g),
         _ => bail!("{reference}: a snapshot layer needs exactly one {SNAPSHOT} and one {SNAPSHOT_SIGNATURE}"),
@@ -366,7 +375,7 @@ fn snapshot_piece(
     Ok(Some((sealed, signature)))
 }
 
-impl Fetched {
+impl Pulled {
     /// Writes the snapshot (if shipped: `snapshot.thaw` and its `.sig`, where a tenant's
     /// `snapshots.dir/TENANT` holds them), the signature, then the artifact into `dir`, each
     /// atomically (a reader that sees the new artifact sees its signature); files already
@@ -408,11 +417,10 @@ fn default_name(reference: &Reference, extension: &str) -> String {
 
 fn native_piece(registry: &Registry, manifest: &ImageManifest, target: Target, reference: &Reference) -> Result<Piece> {
     let wanted = Platform::Native(target).name();
-    let of_type = |t: &str| manifest.layers().iter().filter(|l| l.media_type().as_ref() == t).collect::<Vec<_>>();
-    let [cwasm] = of_type(CWASM)[..] else {
+    let [cwasm] = layers_of(manifest, CWASM)[..] else {
         bail!("the {wanted} manifest must hold exactly one {CWASM} layer");
     };
-    let (kind, evidence) = match (&of_type(SIGNATURE)[..], &of_type(BUNDLE)[..]) {
+    let (kind, evidence) = match (&layers_of(manifest, SIGNATURE)[..], &layers_of(manifest, BUNDLE)[..]) {
         ([s], []) => (EvidenceKind::Detached, *s),
         ([], [b]) => (EvidenceKind::Bundle, *b),
         _ => bail!("the {wanted} manifest must hold exactly one signature layer ({SIGNATURE} or {BUNDLE}) over its .cwasm"),
@@ -470,7 +478,7 @@ fn wasm_piece(registry: &Registry, manifest: &ImageManifest, reference: &Referen
 /// `thaw inspect REF`: the index and what each platform's manifest holds.
 pub fn list(reference: &Reference, options: &registry::Options) -> Result<()> {
     let registry = Registry::connect(reference, options)?;
-    let index = registry.manifest(reference.manifest_reference())?.with_context(|| format!("{reference}: not found in the registry"))?;
+    let index = resolve(&registry, reference)?;
     println!("reference: {reference}");
     println!("digest: {}", index.digest);
     println!("media type: {}", index.media_type);

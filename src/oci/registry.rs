@@ -9,7 +9,6 @@
 use super::reference::Reference;
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
-use sha2::{Digest as _, Sha256};
 use std::path::Path;
 use std::time::Duration;
 
@@ -41,12 +40,9 @@ pub struct Fetched {
     pub digest: String,
 }
 
+/// An OCI digest (`sha256:<hex>`): the same identity thaw gives artifacts.
 pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex(&Sha256::digest(bytes)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    thaw::artifact::ArtifactDigest::of(bytes).to_string()
 }
 
 impl Registry {
