@@ -293,7 +293,13 @@ struct RawConfig {
     max_live_instances: Option<u64>,
     crash_loop: Option<RawCrashLoop>,
     snapshots: Option<RawSnapshots>,
+    #[serde(default)]
     tenants: BTreeMap<String, serde_json::Value>,
+    tenants_dir: Option<PathBuf>,
+    /// Not read by thaw: changing it changes the listener, which makes Envoy load the config
+    /// again (after a change in `tenants_dir` or in the files the config names, say).
+    #[serde(default, rename = "revision")]
+    _revision: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -571,12 +577,23 @@ impl Config {
             (None, Some(false)) => return Err(err("tenant_from.route", "must be true when given")),
             _ => return Err(err("tenant_from", "exactly one of `header: NAME` or `route: true` is required")),
         };
-        if raw.tenants.is_empty() {
-            return Err(err("tenants", "at least one tenant is required"));
+        let mut raw_tenants: Vec<(String, String, serde_json::Value)> =
+            raw.tenants.into_iter().map(|(name, value)| (format!("tenants.{name}"), name, value)).collect();
+        if let Some(dir) = &raw.tenants_dir {
+            let inline: std::collections::BTreeSet<String> = raw_tenants.iter().map(|(_, name, _)| name.clone()).collect();
+            for (name, value) in tenants_from_dir(dir)? {
+                let field = format!("tenants_dir ({})", dir.join(format!("{name}.json")).display());
+                if inline.contains(&name) {
+                    return Err(err(field, format!("tenant `{name}` is also in `tenants`")));
+                }
+                raw_tenants.push((field, name, value));
+            }
         }
-        let mut tenants = Vec::with_capacity(raw.tenants.len());
-        for (name, value) in raw.tenants {
-            let field = format!("tenants.{name}");
+        if raw_tenants.is_empty() {
+            return Err(err("tenants", "at least one tenant is required (in `tenants` or `tenants_dir`)"));
+        }
+        let mut tenants = Vec::with_capacity(raw_tenants.len());
+        for (field, name, value) in raw_tenants {
             let id = TenantId::try_from(name.as_str()).map_err(|m| err(&field, m))?;
             let t: RawTenant = serde_json::from_value(value).map_err(|e| err(&field, serde_message(&e)))?;
             if t.module.as_os_str().is_empty() {
@@ -635,6 +652,42 @@ impl Config {
     }
 }
 
+/// At most this many bytes are read of one tenant file in `tenants_dir`.
+const MAX_TENANT_FILE_BYTES: u64 = 1 << 20;
+
+/// The tenants of a `tenants_dir`: every `NAME.json` file in it (not hidden ones, such as an atomic
+/// writer's temporary files), `NAME` the tenant and the file a tenant object as in `tenants`.
+/// In name order, so a load does not depend on the directory's order.
+fn tenants_from_dir(dir: &Path) -> Result<Vec<(String, serde_json::Value)>, ConfigError> {
+    use std::io::Read;
+    let field = |what: String| err("tenants_dir", what);
+    let entries = std::fs::read_dir(dir).map_err(|e| field(format!("cannot read directory {}: {e}", dir.display())))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| field(format!("cannot read directory {}: {e}", dir.display())))?;
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(".json")) else { continue };
+        if name.starts_with('.') {
+            continue;
+        }
+        files.push((name.to_string(), entry.path()));
+    }
+    files.sort();
+    let mut tenants = Vec::with_capacity(files.len());
+    for (name, path) in files {
+        let mut text = Vec::new();
+        std::fs::File::open(&path)
+            .and_then(|f| f.take(MAX_TENANT_FILE_BYTES + 1).read_to_end(&mut text))
+            .map_err(|e| field(format!("cannot read {}: {e}", path.display())))?;
+        if text.len() as u64 > MAX_TENANT_FILE_BYTES {
+            return Err(field(format!("{} is larger than {MAX_TENANT_FILE_BYTES} bytes", path.display())));
+        }
+        let value = serde_json::from_slice(&text).map_err(|e| field(format!("{}: {}", path.display(), serde_message(&e))))?;
+        tenants.push((name, value));
+    }
+    Ok(tenants)
+}
+
 /// Per-route configuration (`DynamicModuleFilterPerRoute.filter_config`): `{ tenant: NAME }`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteConfig {
@@ -664,6 +717,42 @@ mod tests {
 
     const GOOD: &str = r#"{"trusted_keys":["/k.pub"],"tenant_from":{"header":"X-Tenant-Id"},
         "tenants":{"acme":{"module":"/a.cwasm","plugin_config":{"tokens":{"t":"alice"}}}}}"#;
+
+    #[test]
+    fn tenants_dir_adds_one_tenant_per_json_file_and_names_the_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("beta.json"), r#"{"module":"/b.cwasm","isolation":"pooled"}"#).unwrap();
+        std::fs::write(d.join("gamma.json"), r#"{"module":"/g.cwasm"}"#).unwrap();
+        std::fs::write(d.join(".gamma.json.tmp1"), "half-written").unwrap();
+        std::fs::write(d.join("README"), "not a tenant").unwrap();
+        let with_dir = |json: &str| json.replace(r#""tenants":{"#, &format!(r#""tenants_dir":"{}","tenants":{{"#, d.display()));
+        let c = parse(&with_dir(GOOD)).unwrap();
+        let names: Vec<&str> = c.tenants.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(names, ["acme", "beta", "gamma"]);
+        assert_eq!(c.tenants[1].instances.isolation, Isolation::Pooled);
+        assert_eq!(c.tenants[2].module, Path::new("/g.cwasm"));
+
+        std::fs::write(d.join("acme.json"), r#"{"module":"/a2.cwasm"}"#).unwrap();
+        let e = parse(&with_dir(GOOD)).unwrap_err().to_string();
+        assert!(e.contains("tenants_dir") && e.contains("acme.json") && e.contains("also in `tenants`"), "{e}");
+        std::fs::remove_file(d.join("acme.json")).unwrap();
+
+        std::fs::write(d.join("gamma.json"), r#"{"module":"/g.cwasm","modul":1}"#).unwrap();
+        let e = parse(&with_dir(GOOD)).unwrap_err().to_string();
+        assert!(e.contains("gamma.json") && e.contains("modul"), "{e}");
+        std::fs::write(d.join("gamma.json"), "{").unwrap();
+        let e = parse(&with_dir(GOOD)).unwrap_err().to_string();
+        assert!(e.contains("tenants_dir") && e.contains("gamma.json"), "{e}");
+        std::fs::write(d.join("gamma.json"), r#"{"module":"/g.cwasm"}"#).unwrap();
+        std::fs::write(d.join("bad name.json"), r#"{"module":"/g.cwasm"}"#).unwrap();
+        let e = parse(&with_dir(GOOD)).unwrap_err().to_string();
+        assert!(e.contains("bad name"), "{e}");
+
+        let only_dir = format!(r#"{{"trusted_keys":["/k.pub"],"tenant_from":{{"header":"x"}},"tenants_dir":"{}"}}"#, d.join("none").display());
+        let e = parse(&only_dir).unwrap_err().to_string();
+        assert!(e.contains("tenants_dir") && e.contains("cannot read directory"), "{e}");
+    }
 
     #[test]
     fn a_good_config_parses_with_defaults() {

@@ -8,10 +8,11 @@ use crate::artifact::ArtifactKind;
 use crate::artifact::{ArtifactDigest, ArtifactError, VerifiedArtifact};
 use crate::config::{Config, CrashLoop, OnArtifactFailure, Policy, SignedFile, SnapshotSettings, TenantConfig, TenantId, TenantSource};
 use crate::engine;
+use crate::load_cache::{self, InitCheck, LoadedModule};
 use crate::log_at;
 use crate::pool;
 use crate::proxy_wasm::abi::AbiVersion;
-use crate::proxy_wasm::{host, Action, Effect, GuestError, GuestInstance, HttpCallback, Linked, Plugin, Subject};
+use crate::proxy_wasm::{host, Action, Effect, GuestError, GuestInstance, HttpCallback, Plugin, Subject};
 use crate::reply_view::ReplyView;
 use crate::snapshot::{self, Binding, Refusal, SealKey};
 use crate::stream::{CallResponse, Direction, HeaderKind, HttpStream, LocalReply};
@@ -23,7 +24,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use wasmtime::Module;
 
 /// A tenant as the driver sees it: its loaded program and its crash-loop state.
 pub struct Tenant {
@@ -36,6 +36,8 @@ pub struct Tenant {
     pending_snapshot: Mutex<Option<Box<PendingSnapshot>>>,
     /// That snapshot: requests are served from it once it exists.
     snapshot_after_init: OnceLock<Arc<Plugin>>,
+    /// Keeps the tenant's verified module in `load_cache` while this config lives.
+    _module: Arc<LoadedModule>,
 }
 
 impl Tenant {
@@ -122,6 +124,8 @@ pub struct FilterConfig {
     pub tenant_from: TenantSource,
     pub unknown_tenant: Policy,
     pub on_error: Policy,
+    /// Artifact files taken as an earlier, still live config verified them (`load_cache`).
+    pub reused_files: usize,
 }
 
 impl FilterConfig {
@@ -133,17 +137,15 @@ impl FilterConfig {
     }
 
     pub fn load(name: &str, config: &Config, stats: &mut dyn StatsSink) -> Result<FilterConfig, String> {
+        let load_started = Instant::now();
         let engine = engine::runtime_engine_sized(config.max_live_instances)?;
         let trust = Trust::load(&config.trust)?;
-        // Tenants naming the same file share its reading and verification; files with the same
-        // verified bytes share one loaded Module (native code); tenants sharing an artifact and its
-        // configuration share the init check.
-        let mut modules: HashMap<(PathBuf, Evidence), (ArtifactDigest, Module)> = HashMap::new();
-        let mut by_digest: HashMap<ArtifactDigest, Module> = HashMap::new();
-        let mut linked: HashMap<ArtifactDigest, Linked> = HashMap::new();
-        // Init-check results: the tick period the guest's init set, and whether init made calls.
-        type InitKey = (ArtifactDigest, Vec<u8>, Vec<u8>);
-        let mut init_checked: HashMap<InitKey, (u64, bool)> = HashMap::new();
+        // Tenants naming the same file share its reading and verification, files with the same
+        // verified bytes share one loaded module (native code), tenants sharing an artifact and its
+        // configuration share the init check; and all of it is kept across configs (`load_cache`),
+        // so a reload re-does only what changed.
+        let mut modules: HashMap<(PathBuf, Evidence), Arc<LoadedModule>> = HashMap::new();
+        let mut reused = 0;
         let seal_key = match &config.snapshots {
             Some(settings) => Some(SealKey::load(&settings.key).map_err(|e| format!("invalid filter_config field `snapshots.key`: {e}"))?),
             None => None,
@@ -154,12 +156,17 @@ impl FilterConfig {
             let refuse = |reason: String| format!("tenant `{}`: artifact refused: {reason}", tenant.id);
             let key = (tenant.module.clone(), tenant.evidence.clone());
             let loaded = match modules.get(&key) {
-                Some(loaded) => Ok(loaded.clone()),
+                Some(loaded) => Ok(Arc::clone(loaded)),
                 None => {
                     let started = Instant::now();
-                    load_module(engine, &trust, tenant, config.allow_jit, &mut by_digest).inspect(|loaded| {
-                        stats.record(Metric::AotLoad, &tenant.id, started.elapsed().as_micros() as i64);
-                        modules.insert(key, loaded.clone());
+                    load_cache::module(engine, &trust, &tenant.module, &tenant.evidence, config.allow_jit).map(|(loaded, source)| {
+                        if source == load_cache::Source::Reused {
+                            reused += 1;
+                        } else {
+                            stats.record(Metric::AotLoad, &tenant.id, started.elapsed().as_micros() as i64);
+                        }
+                        modules.insert(key, Arc::clone(&loaded));
+                        loaded
                     })
                 }
             };
@@ -169,8 +176,8 @@ impl FilterConfig {
                 _ => None,
             }
             .transpose();
-            let (digest, module, snapshot_source) = match (loaded.map_err(|e| (e, "artifact")), snapshot_source) {
-                (Ok((digest, module)), Ok(source)) => (digest, module, source),
+            let (loaded, snapshot_source) = match (loaded.map_err(|e| (e, "artifact")), snapshot_source) {
+                (Ok(loaded), Ok(source)) => (loaded, source),
                 (Err((e, what)), _) | (_, Err((e, what))) => {
                     artifact_refused(stats, &tenant.id, &e);
                     let message = format!("tenant `{}`: {what} refused: {e}", tenant.id);
@@ -213,27 +220,15 @@ impl FilterConfig {
                     (plugin, tick)
                 }
                 None => {
-                    let link = match linked.get(&digest) {
-                        Some(l) => l.clone(),
-                        None => {
-                            let l = Linked::link(engine, &module, None).map_err(|e| refuse(format!("{}: {e}", tenant.module.display())))?;
-                            linked.insert(digest, l.clone());
-                            l
-                        }
-                    };
-                    let mut plugin = Plugin::from_linked(engine, tenant, &link, digest, None);
+                    let link = loaded.linked(engine).map_err(|e| refuse(format!("{}: {e}", tenant.module.display())))?;
+                    let mut plugin = Plugin::from_linked(engine, tenant, &link, loaded.digest, None);
                     // Run the guest's init once now, so a guest that rejects its configuration
                     // rejects the config at load, not at the first request.
-                    let init_key = (digest, tenant.plugin_config.clone(), tenant.vm_config.clone());
-                    let (tick, init_calls) = match init_checked.get(&init_key) {
-                        Some(checked) => *checked,
-                        None => {
-                            let (instance, calls) = plugin.instantiate_noting_calls().map_err(|e| e.to_string())?;
-                            let checked = (instance.host_snapshot().tick_period_ms, calls > 0);
-                            init_checked.insert(init_key, checked);
-                            checked
-                        }
-                    };
+                    let checked = loaded.init_check(tenant, || {
+                        let (instance, calls) = plugin.instantiate_noting_calls().map_err(|e| e.to_string())?;
+                        Ok::<_, String>(InitCheck { tick_period_ms: instance.host_snapshot().tick_period_ms, makes_calls: calls > 0 })
+                    })?;
+                    let (tick, init_calls) = (checked.tick_period_ms, checked.makes_calls);
                     if init_calls {
                         // Ready once the root instance's init calls are answered (`init_calls`);
                         // a snapshot, if configured, is taken then, before any request.
@@ -245,7 +240,7 @@ impl FilterConfig {
                     (plugin, tick)
                 }
             };
-            log_at!(Debug, "thaw: tenant `{}`: loaded {} ({digest}, signature verified)", tenant.id, tenant.module.display());
+            log_at!(Debug, "thaw: tenant `{}`: loaded {} ({}, signature verified)", tenant.id, tenant.module.display(), loaded.digest);
             let crashes = CrashTracker::new(config.crash_loop);
             tenants.insert(
                 tenant.id.clone(),
@@ -255,15 +250,17 @@ impl FilterConfig {
                     tick_period_ms,
                     pending_snapshot: Mutex::new(pending_snapshot),
                     snapshot_after_init: OnceLock::new(),
+                    _module: loaded,
                 },
             );
         }
         log_at!(
             Info,
-            "thaw: filter `{name}`: {} tenants loaded from {} artifact files ({} distinct), signatures verified",
+            "thaw: filter `{name}`: {} tenants loaded from {} artifact files ({} distinct), signatures verified; {reused} files as an earlier config verified them; in {} ms",
             tenants.len(),
             modules.len(),
-            by_digest.len()
+            modules.values().map(|m| m.digest).collect::<std::collections::HashSet<_>>().len(),
+            load_started.elapsed().as_millis()
         );
         // Only an accepted config sets the process-wide budget.
         host::set_budget_bytes((config.memory_budget_mb as usize) << 20);
@@ -274,6 +271,7 @@ impl FilterConfig {
             tenant_from: config.tenant_from.clone(),
             unknown_tenant: config.unknown_tenant,
             on_error: config.on_error,
+            reused_files: reused,
         })
     }
 }
@@ -313,27 +311,6 @@ pub struct PendingSnapshot {
     wasm: Vec<u8>,
     digest: ArtifactDigest,
     binding: Binding,
-}
-
-/// Reads, verifies and loads a tenant's module (sharing a Module among files of the same bytes).
-fn load_module(
-    engine: &'static wasmtime::Engine,
-    trust: &Trust,
-    tenant: &TenantConfig,
-    allow_jit: bool,
-    by_digest: &mut HashMap<ArtifactDigest, Module>,
-) -> Result<(ArtifactDigest, Module), ArtifactError> {
-    let artifact = VerifiedArtifact::read(&tenant.module, &tenant.evidence, trust)?;
-    log_at!(Debug, "thaw: tenant `{}`: {} verified: {}", tenant.id, tenant.module.display(), artifact.verified().signer);
-    if let Some(module) = by_digest.get(&artifact.digest()) {
-        return Ok((artifact.digest(), module.clone()));
-    }
-    let (module, jit) = crate::native::load_artifact(engine, &artifact, allow_jit)?;
-    if jit {
-        log_at!(Warn, "thaw: tenant `{}`: {} is plain Wasm, JIT-compiled at config load (allow_jit)", tenant.id, tenant.module.display());
-    }
-    by_digest.insert(artifact.digest(), module.clone());
-    Ok((artifact.digest(), module))
 }
 
 /// Reads and verifies a snapshot source, which must be a `.wasm` (snapshots are made from it).

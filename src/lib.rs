@@ -21,6 +21,7 @@ pub mod engine;
 #[allow(unsafe_code)]
 pub mod envoy;
 pub mod filter;
+pub mod load_cache;
 pub mod memory_stream;
 pub mod native;
 pub mod pool;

@@ -212,6 +212,8 @@ pub struct Trust {
     has_root: bool,
     require_tlog: bool,
     builder_ids: Option<Vec<String>>,
+    /// SHA-256 over everything above that decides a verdict (see [`Trust::fingerprint`]).
+    fingerprint: [u8; 32],
 }
 
 impl Trust {
@@ -219,16 +221,26 @@ impl Trust {
     pub fn load(settings: &TrustSettings) -> Result<Trust, String> {
         crypto::install();
         let mut keys = Vec::with_capacity(settings.keys.len());
+        // Every input of a verdict, each length-prefixed: the keys' material and windows, the
+        // identities, the trusted root's bytes, the flags and the builders.
+        let mut fingerprint = Sha256::new();
+        let mut feed = |part: &[u8]| {
+            fingerprint.update((part.len() as u64).to_le_bytes());
+            fingerprint.update(part);
+        };
         for (i, k) in settings.keys.iter().enumerate() {
             let field = format!("{}[{i}].key", settings.keys_field);
             let key = TrustedKey::load(&k.path).map_err(|e| format!("invalid filter_config field `{field}`: {e}"))?;
             let der = DerPublicKey::new(key.spki_der());
             let hint = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(der.as_bytes()));
+            feed(der.as_bytes());
+            feed(format!("{:?} {:?}", k.not_before, k.not_after).as_bytes());
             keys.push(WindowedKey { key, der, hint, not_before: k.not_before, not_after: k.not_after });
         }
         let (root, has_root) = match &settings.trusted_root {
             Some(path) => {
                 let text = read_bounded(path).map_err(|e| format!("invalid filter_config field `trust.trusted_root`: {e}"))?;
+                feed(&text);
                 let text =
                     String::from_utf8(text).map_err(|_| "invalid filter_config field `trust.trusted_root`: not UTF-8 JSON".to_string())?;
                 let root = sigstore_trust_root::TrustedRoot::from_json(&text)
@@ -237,6 +249,15 @@ impl Trust {
             }
             None => (empty_root(), false),
         };
+        for identity in &settings.identities {
+            let subject = match &identity.subject {
+                SubjectMatch::Exact(s) => format!("exact {s}"),
+                SubjectMatch::Regex(r) => format!("regex {}", r.as_str()),
+            };
+            feed(identity.issuer.as_bytes());
+            feed(subject.as_bytes());
+        }
+        feed(format!("root {has_root} tlog {} builders {:?}", settings.require_transparency_log, settings.provenance.as_ref().map(|p| &p.builder_ids)).as_bytes());
         let verify_sct = !root.ctlogs.is_empty();
         let verifier = Verifier::new(&root).map_err(|e| format!("invalid filter_config field `trust.trusted_root`: {e}"))?;
         Ok(Trust {
@@ -247,7 +268,17 @@ impl Trust {
             has_root,
             require_tlog: settings.require_transparency_log,
             builder_ids: settings.provenance.as_ref().map(|p| p.builder_ids.clone()),
+            fingerprint: fingerprint.finalize().into(),
         })
+    }
+
+    /// Identifies this policy by everything that decides its verdicts (keys and their windows,
+    /// identities, the trusted root's bytes, the transparency-log and provenance requirements).
+    /// Verdicts depend only on the bytes, the evidence and these (windows are checked against
+    /// the signature's verified times, never the clock), so two policies with the same
+    /// fingerprint give the same verdict: `load_cache` reuses verifications under it.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
     }
 
     /// Checks `evidence` for `bytes` (read once by the caller; nothing else is read but the evidence).
