@@ -141,8 +141,8 @@ class Reload(unittest.TestCase):
             self.assertIn("tenant `tc`: artifact refused", envoy.output())
             self.assertEqual(self.status(envoy, "tc", "tok-c"), 200)
             self.assertEqual(self.status(envoy, "ta", "tok-a2"), 200)
-            self.assertTrue(wait_until(lambda: (envoy.metric("envoy_thaw_wasm_artifact_refused", "tc") or 0) >= 1, 10),
-                            "the refusal is counted (in the live config's stats)")
+            gauge = 'envoy_thaw_wasm_artifact_refused{tenant="tc",reason="signature"} 1'
+            self.assertTrue(wait_until(lambda: gauge in envoy.stats(), 10), "the refusal is counted (in the live config's stats)")
 
             # Signed again: accepted; only tc's file is read and verified anew.
             self.art.sign(c)

@@ -749,7 +749,8 @@ mod tests {
         let e = parse(&with_dir(GOOD)).unwrap_err().to_string();
         assert!(e.contains("bad name"), "{e}");
 
-        let only_dir = format!(r#"{{"trusted_keys":["/k.pub"],"tenant_from":{{"header":"x"}},"tenants_dir":"{}"}}"#, d.join("none").display());
+        let only_dir =
+            format!(r#"{{"trusted_keys":["/k.pub"],"tenant_from":{{"header":"x"}},"tenants_dir":"{}"}}"#, d.join("none").display());
         let e = parse(&only_dir).unwrap_err().to_string();
         assert!(e.contains("tenants_dir") && e.contains("cannot read directory"), "{e}");
     }

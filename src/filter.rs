@@ -145,6 +145,7 @@ impl FilterConfig {
         // configuration share the init check; and all of it is kept across configs (`load_cache`),
         // so a reload re-does only what changed.
         let mut modules: HashMap<(PathBuf, Evidence), Arc<LoadedModule>> = HashMap::new();
+        let mut prepared = load_files(engine, &trust, config);
         let mut reused = 0;
         let seal_key = match &config.snapshots {
             Some(settings) => Some(SealKey::load(&settings.key).map_err(|e| format!("invalid filter_config field `snapshots.key`: {e}"))?),
@@ -158,12 +159,17 @@ impl FilterConfig {
             let loaded = match modules.get(&key) {
                 Some(loaded) => Ok(Arc::clone(loaded)),
                 None => {
-                    let started = Instant::now();
-                    load_cache::module(engine, &trust, &tenant.module, &tenant.evidence, config.allow_jit).map(|(loaded, source)| {
+                    // Prepared above; a file that failed there is tried again for each tenant
+                    // naming it (each gets its own refusal).
+                    let (result, took) = prepared.remove(&key).unwrap_or_else(|| {
+                        let started = Instant::now();
+                        (load_cache::module(engine, &trust, &tenant.module, &tenant.evidence, config.allow_jit), started.elapsed())
+                    });
+                    result.map(|(loaded, source)| {
                         if source == load_cache::Source::Reused {
                             reused += 1;
                         } else {
-                            stats.record(Metric::AotLoad, &tenant.id, started.elapsed().as_micros() as i64);
+                            stats.record(Metric::AotLoad, &tenant.id, took.as_micros() as i64);
                         }
                         modules.insert(key, Arc::clone(&loaded));
                         loaded
@@ -311,6 +317,42 @@ pub struct PendingSnapshot {
     wasm: Vec<u8>,
     digest: ArtifactDigest,
     binding: Binding,
+}
+
+/// What `load_cache::module` gave for a file, and how long it took.
+type Prepared = (Result<(Arc<LoadedModule>, load_cache::Source), ArtifactError>, Duration);
+
+/// Reads, verifies and loads every distinct artifact file of `config` (through `load_cache`), on
+/// as many threads as there are cores (at most 4): the files are independent, and verifying
+/// signatures and deserializing native code are most of a large config's load. Joined before
+/// it returns; nothing is loaded that was not verified first (`load_cache::module` does both, in
+/// that order, for each file).
+fn load_files(engine: &'static wasmtime::Engine, trust: &Trust, config: &Config) -> HashMap<(PathBuf, Evidence), Prepared> {
+    let mut seen = std::collections::HashSet::new();
+    let files: Vec<&TenantConfig> = config.tenants.iter().filter(|t| seen.insert((&t.module, &t.evidence))).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4).min(files.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        while let Some(t) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let started = Instant::now();
+            let result = load_cache::module(engine, trust, &t.module, &t.evidence, config.allow_jit);
+            done.push(((t.module.clone(), t.evidence.clone()), (result, started.elapsed())));
+        }
+        done
+    };
+    if threads <= 1 {
+        return work().into_iter().collect();
+    }
+    std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mut all: HashMap<_, _> = work().into_iter().collect();
+        for helper in helpers {
+            // A panic in a helper is re-raised here, on the hook's thread, whose guard catches it.
+            all.extend(helper.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+        }
+        all
+    })
 }
 
 /// Reads and verifies a snapshot source, which must be a `.wasm` (snapshots are made from it).

@@ -194,8 +194,7 @@ pub fn module(
             if jit {
                 log_at!(Warn, "thaw: {} is plain Wasm, JIT-compiled at config load (allow_jit)", path.display());
             }
-            let loaded =
-                Arc::new(LoadedModule { digest, module, linked: Mutex::new(None), init_checks: Mutex::new(HashMap::new()) });
+            let loaded = Arc::new(LoadedModule { digest, module, linked: Mutex::new(None), init_checks: Mutex::new(HashMap::new()) });
             (loaded, Source::Loaded)
         }
     };

@@ -2,7 +2,7 @@
 //! wasm32-wasip1 guest imports (`wasi_snapshot_preview1`, or `wasi_unstable`), as one table
 //! ([`host_functions`]): a row per function with its Wasm signature, its implementation and its
 //! [`Snapshot`] policy (whether a snapshotted init may call it). The linker registration
-//! ([`add_to_linker`]), what a snapshotted init may call, and the CONFORMANCE.md check
+//! ([`linker`]), what a snapshotted init may call, and the CONFORMANCE.md check
 //! (`tests/conformance_doc.rs`) are all derived from it.
 //!
 //! Every hostcall reads the same way: decode guest integers into enums (unknown -> BAD_ARGUMENT),
@@ -332,7 +332,28 @@ host_functions! {
 /// Links every row of the table into `linker`, under each of its module names. For a snapshotted
 /// init (`init`), a row whose [`Snapshot`] policy does not allow the call is linked as a function
 /// of the same type that traps, naming the call: the init fails, and with it the snapshot.
-pub fn add_to_linker(linker: &mut Linker<HostState>, init: Option<SnapshotInit>) -> wasmtime::Result<()> {
+/// A linker holding the table's host functions for `engine` (forbidding, for a snapshotted
+/// `init`, those whose policy does not allow it). Without `init`, a copy of one kept per engine:
+/// defining every host function costs more than copying the definitions, and each module loaded
+/// needs its own linker (its stubs differ).
+pub fn linker(engine: &Engine, init: Option<SnapshotInit>) -> wasmtime::Result<Linker<HostState>> {
+    static PLAIN: Mutex<Option<Linker<HostState>>> = Mutex::new(None);
+    if init.is_some() {
+        let mut linker = Linker::new(engine);
+        add_to_linker(&mut linker, init)?;
+        return Ok(linker);
+    }
+    let mut kept = PLAIN.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(linker) = kept.as_ref().filter(|l| Engine::same(l.engine(), engine)) {
+        return Ok(linker.clone());
+    }
+    let mut linker = Linker::new(engine);
+    add_to_linker(&mut linker, None)?;
+    *kept = Some(linker.clone());
+    Ok(linker)
+}
+
+fn add_to_linker(linker: &mut Linker<HostState>, init: Option<SnapshotInit>) -> wasmtime::Result<()> {
     for row in host_functions() {
         for module in row.imports.modules() {
             match init {
@@ -377,6 +398,7 @@ fn fd_fdstat_get(mut c: C, fd: i32, out: i32) -> wasmtime::Result<i32> {
 /// implement has no row, so no policy that allows it); an unknown WASI one still answers ENOSYS.
 pub fn add_stubs_for_unknown_imports(linker: &mut Linker<HostState>, module: &Module, init: Option<SnapshotInit>) -> Result<(), String> {
     linker.allow_shadowing(false);
+    let mut stubbed = HashSet::new();
     for import in module.imports() {
         let (module_name, name) = (import.module(), import.name());
         let ExternType::Func(ty) = import.ty() else {
@@ -387,27 +409,38 @@ pub fn add_stubs_for_unknown_imports(linker: &mut Linker<HostState>, module: &Mo
             m if WASI_MODULES.contains(&m) => errno::NOSYS,
             other => return Err(format!("imports {other}.{name}; only `env`, `wasi_snapshot_preview1` and `wasi_unstable` are provided")),
         };
-        // An error from defining it means the name is already defined (a row: implemented, or
-        // forbidden by its policy): nothing to stub.
+        // A row of the table defines it (implemented, or forbidden by its snapshot policy):
+        // nothing to stub. Asked of the table, not by a failing definition: an error would
+        // capture a backtrace (under RUST_BACKTRACE), whose cost grows with every loaded module.
+        if provides(module_name, name) || !stubbed.insert((module_name, name)) {
+            continue;
+        }
         if init.is_some() && module_name == "env" {
-            let _ = forbid(linker, module_name, name, ty.clone());
+            forbid(linker, module_name, name, ty.clone()).map_err(|e| format!("{module_name}.{name}: {e:#}"))?;
             continue;
         }
         let name_owned = format!("{module_name}.{name}");
         let results: Vec<ValType> = ty.results().collect();
-        let _ = linker.func_new(module_name, name, ty.clone(), move |caller, _params, out| {
-            log_unimplemented_once(&caller.data().tenant.to_string(), &name_owned);
-            for (slot, ty) in out.iter_mut().zip(&results) {
-                *slot = match ty {
-                    ValType::I32 => Val::I32(unimplemented),
-                    ValType::I64 => Val::I64(unimplemented as i64),
-                    _ => Val::default_for_ty(ty).unwrap_or(Val::I32(0)),
-                };
-            }
-            Ok(())
-        });
+        linker
+            .func_new(module_name, name, ty.clone(), move |caller, _params, out| {
+                log_unimplemented_once(&caller.data().tenant.to_string(), &name_owned);
+                for (slot, ty) in out.iter_mut().zip(&results) {
+                    *slot = match ty {
+                        ValType::I32 => Val::I32(unimplemented),
+                        ValType::I64 => Val::I64(unimplemented as i64),
+                        _ => Val::default_for_ty(ty).unwrap_or(Val::I32(0)),
+                    };
+                }
+                Ok(())
+            })
+            .map_err(|e| format!("{module_name}.{name}: {e:#}"))?;
     }
     Ok(())
+}
+
+/// Whether a row of the table defines `module.name`.
+fn provides(module: &str, name: &str) -> bool {
+    host_functions().any(|row| row.name == name && row.imports.modules().contains(&module))
 }
 
 fn log_unimplemented_once(tenant: &str, name: &str) {

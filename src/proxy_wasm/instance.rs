@@ -15,7 +15,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::{Engine, ExternType, Instance, InstancePre, Linker, Module, Store, TypedFunc};
+use wasmtime::{Engine, ExternType, Instance, InstancePre, Module, Store, TypedFunc};
 
 /// A tenant's loaded program, shared (read-only) by every worker.
 pub struct Plugin {
@@ -101,8 +101,7 @@ impl Linked {
             Some(_) => return Err("the module's `memory` export is not a memory".into()),
             None => return Err("the module exports no `memory`".into()),
         };
-        let mut linker = Linker::new(engine);
-        hostcalls::add_to_linker(&mut linker, snapshot_init).map_err(|e| format!("host functions: {e:#}"))?;
+        let mut linker = hostcalls::linker(engine, snapshot_init).map_err(|e| format!("host functions: {e:#}"))?;
         hostcalls::add_stubs_for_unknown_imports(&mut linker, module, snapshot_init)?;
         let pre = linker.instantiate_pre(module).map_err(|e| format!("cannot link the module: {e:#}"))?;
         Ok(Linked { pre, initial_memory_bytes, abi, shape })

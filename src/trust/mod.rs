@@ -257,7 +257,14 @@ impl Trust {
             feed(identity.issuer.as_bytes());
             feed(subject.as_bytes());
         }
-        feed(format!("root {has_root} tlog {} builders {:?}", settings.require_transparency_log, settings.provenance.as_ref().map(|p| &p.builder_ids)).as_bytes());
+        feed(
+            format!(
+                "root {has_root} tlog {} builders {:?}",
+                settings.require_transparency_log,
+                settings.provenance.as_ref().map(|p| &p.builder_ids)
+            )
+            .as_bytes(),
+        );
         let verify_sct = !root.ctlogs.is_empty();
         let verifier = Verifier::new(&root).map_err(|e| format!("invalid filter_config field `trust.trusted_root`: {e}"))?;
         Ok(Trust {
