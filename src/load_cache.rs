@@ -102,14 +102,16 @@ pub struct InitCheck {
     pub makes_calls: bool,
 }
 
+/// A tenant's plugin configuration and VM configuration: what an init check depends on.
+type GuestConfigs = (Vec<u8>, Vec<u8>);
+
 /// A verified artifact's loaded module, its link and its init checks, shared by every config and
 /// tenant that use the same bytes.
 pub struct LoadedModule {
     pub digest: ArtifactDigest,
     pub module: Module,
     linked: Mutex<Option<Linked>>,
-    /// Keyed by (plugin configuration, VM configuration).
-    init_checks: Mutex<HashMap<(Vec<u8>, Vec<u8>), InitCheck>>,
+    init_checks: Mutex<HashMap<GuestConfigs, InitCheck>>,
 }
 
 impl LoadedModule {
