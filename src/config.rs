@@ -228,6 +228,15 @@ pub struct CrashLoop {
     pub quarantine_ms: u64,
 }
 
+/// How many first requests of tenants a worker has not served lately (cold starts) it takes per
+/// second, with bursts of up to `burst`; past it, such requests are shed (503, `retry-after`), so
+/// a flood aimed at never-seen tenants cannot make every request pay for cold starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ColdStartLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub trust: TrustSettings,
@@ -241,6 +250,8 @@ pub struct Config {
     /// Process-wide number of instance slots (Wasmtime's pooling allocator).
     pub max_live_instances: u32,
     pub crash_loop: CrashLoop,
+    /// `None`: cold starts are not limited.
+    pub cold_starts: Option<ColdStartLimit>,
     pub snapshots: Option<SnapshotSettings>,
     pub tenants: Vec<TenantConfig>,
 }
@@ -262,6 +273,8 @@ pub const DEFAULT_MAX_INSTANCES: u64 = 4;
 pub const DEFAULT_MEMORY_LIMIT_MB: u64 = 64;
 pub const DEFAULT_MEMORY_BUDGET_MB: u64 = 2048;
 pub const DEFAULT_CRASH_LOOP: CrashLoop = CrashLoop { failures: 5, window_ms: 10_000, quarantine_ms: 30_000 };
+/// `cold_starts.per_second` when `cold_starts` is given without it.
+pub const DEFAULT_COLD_STARTS_PER_SECOND: u64 = 1000;
 
 impl InstancePolicy {
     pub const DEFAULT: InstancePolicy = InstancePolicy {
@@ -292,6 +305,7 @@ struct RawConfig {
     memory_budget_mb: Option<u64>,
     max_live_instances: Option<u64>,
     crash_loop: Option<RawCrashLoop>,
+    cold_starts: Option<RawColdStarts>,
     snapshots: Option<RawSnapshots>,
     #[serde(default)]
     tenants: BTreeMap<String, serde_json::Value>,
@@ -488,6 +502,13 @@ struct RawCrashLoop {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawColdStarts {
+    per_second: Option<u64>,
+    burst: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawTenantFrom {
     header: Option<String>,
     route: Option<bool>,
@@ -646,6 +667,13 @@ impl Config {
                     quarantine_ms: knob("crash_loop.quarantine_ms", c.quarantine_ms, DEFAULT_CRASH_LOOP.quarantine_ms, 0..=u64::MAX)?,
                 },
             },
+            cold_starts: match raw.cold_starts {
+                None => None,
+                Some(c) => {
+                    let per_second = knob("cold_starts.per_second", c.per_second, DEFAULT_COLD_STARTS_PER_SECOND, 1..=1_000_000)? as u32;
+                    Some(ColdStartLimit { per_second, burst: knob("cold_starts.burst", c.burst, per_second as u64, 1..=1_000_000)? as u32 })
+                }
+            },
             snapshots: raw.snapshots.map(|s| SnapshotSettings { dir: s.dir, key: s.key, encrypt: s.encrypt, signed: s.signed }),
             tenants,
         })
@@ -753,6 +781,19 @@ mod tests {
             format!(r#"{{"trusted_keys":["/k.pub"],"tenant_from":{{"header":"x"}},"tenants_dir":"{}"}}"#, d.join("none").display());
         let e = parse(&only_dir).unwrap_err().to_string();
         assert!(e.contains("tenants_dir") && e.contains("cannot read directory"), "{e}");
+    }
+
+    #[test]
+    fn cold_starts_take_a_rate_and_a_burst_defaulting_to_it() {
+        assert_eq!(parse(GOOD).unwrap().cold_starts, None);
+        let with = |v: &str| GOOD.replace(r#""tenants":{"#, &format!(r#""cold_starts":{v},"tenants":{{"#));
+        assert_eq!(parse(&with(r#"{"per_second":50}"#)).unwrap().cold_starts, Some(ColdStartLimit { per_second: 50, burst: 50 }));
+        assert_eq!(parse(&with(r#"{"per_second":50,"burst":5}"#)).unwrap().cold_starts, Some(ColdStartLimit { per_second: 50, burst: 5 }));
+        assert_eq!(parse(&with("{}")).unwrap().cold_starts, Some(ColdStartLimit { per_second: 1000, burst: 1000 }));
+        let e = parse(&with(r#"{"per_second":0}"#)).unwrap_err().to_string();
+        assert!(e.contains("cold_starts.per_second"), "{e}");
+        let e = parse(&with(r#"{"rate":1}"#)).unwrap_err().to_string();
+        assert!(e.contains("`rate`") && e.contains("per_second"), "{e}");
     }
 
     #[test]

@@ -62,6 +62,7 @@ impl DryRun {
             // One request needs one instance; a few slots keep the reserved address space small.
             max_live_instances: 4,
             crash_loop: crate::config::DEFAULT_CRASH_LOOP,
+            cold_starts: None,
             snapshots: None,
             tenants: vec![TenantConfig {
                 id: tenant.clone(),

@@ -124,6 +124,7 @@ pub struct FilterConfig {
     pub tenant_from: TenantSource,
     pub unknown_tenant: Policy,
     pub on_error: Policy,
+    pub cold_starts: Option<crate::config::ColdStartLimit>,
     /// Artifact files taken as an earlier, still live config verified them (`load_cache`).
     pub reused_files: usize,
 }
@@ -277,6 +278,7 @@ impl FilterConfig {
             tenant_from: config.tenant_from.clone(),
             unknown_tenant: config.unknown_tenant,
             on_error: config.on_error,
+            cold_starts: config.cold_starts,
             reused_files: reused,
         })
     }
@@ -848,6 +850,16 @@ impl StreamFilter {
                 "thaw: the tenant is initializing (its init calls are unanswered); request denied\n",
                 "thaw_tenant_not_ready",
             );
+        }
+        if let Some(limit) = self.config.cold_starts {
+            if !pool::admit(&tenant, limit) {
+                // Shed, never passed: with on_error allow, passing would let a flood of cold
+                // tenants' requests through unfiltered.
+                stream.record(Metric::ColdStartShed, &tenant, 1);
+                let mut shed = LocalReply::text(503, "thaw: too many new tenants on this worker; retry\n", "thaw_cold_start_shed");
+                shed.headers.push((b"retry-after".to_vec(), b"1".to_vec()));
+                return self.reply(&stream, &shed, false);
+            }
         }
         let plugin = Arc::clone(entry.serving_plugin());
         let started = pool::take(&plugin, &mut stream).and_then(|mut instance| {

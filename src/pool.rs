@@ -14,8 +14,11 @@
 //!
 //! Before a fresh instance is created, idle instances of the least recently used tenants on this
 //! worker are evicted while the budget would otherwise be exceeded.
+//!
+//! With `cold_starts` configured, each worker also admits the first requests of tenants it has not
+//! served within [`COLD_AFTER`] at that rate only ([`admit`]): a token bucket per worker.
 
-use crate::config::Isolation;
+use crate::config::{ColdStartLimit, Isolation, TenantId};
 use crate::proxy_wasm::host;
 use crate::proxy_wasm::{GuestError, GuestInstance, Plugin};
 use crate::telemetry::{Metric, StatsSink};
@@ -26,6 +29,10 @@ use std::time::{Duration, Instant};
 
 /// How often a worker sweeps its idle instances for retirement.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A tenant the worker has not served for this long is cold again (its code and data pages, its
+/// pooled instances and slots are likely gone by then).
+pub const COLD_AFTER: Duration = Duration::from_secs(600);
 
 struct TenantPool {
     plugin: Weak<Plugin>,
@@ -43,6 +50,48 @@ struct WorkerPools {
 thread_local! {
     static POOLS: RefCell<WorkerPools> =
         RefCell::new(WorkerPools { tenants: HashMap::new(), uses: 0, last_sweep: Instant::now() });
+    static WARM: RefCell<WarmTenants> = RefCell::new(WarmTenants { served: HashMap::new(), tokens: 0.0, refilled: None, last_sweep: Instant::now() });
+}
+
+/// The tenants this worker served lately, and its cold-start token bucket.
+struct WarmTenants {
+    served: HashMap<TenantId, Instant>,
+    tokens: f64,
+    /// When the bucket was last refilled (`None`: never used, full).
+    refilled: Option<Instant>,
+    last_sweep: Instant,
+}
+
+/// Whether this worker takes a request of `tenant` now under `limit`: always if it served the
+/// tenant within [`COLD_AFTER`]; otherwise if a cold-start token is left (then the tenant is warm).
+pub fn admit(tenant: &TenantId, limit: ColdStartLimit) -> bool {
+    WARM.with(|warm| {
+        let mut warm = warm.borrow_mut();
+        let now = Instant::now();
+        if now.duration_since(warm.last_sweep) >= COLD_AFTER / 10 {
+            warm.last_sweep = now;
+            warm.served.retain(|_, at| now.duration_since(*at) < COLD_AFTER);
+        }
+        if let Some(at) = warm.served.get_mut(tenant) {
+            if now.duration_since(*at) < COLD_AFTER {
+                *at = now;
+                return true;
+            }
+        }
+        let burst = f64::from(limit.burst);
+        let tokens = match warm.refilled {
+            None => burst,
+            Some(at) => (warm.tokens + now.duration_since(at).as_secs_f64() * f64::from(limit.per_second)).min(burst),
+        };
+        warm.refilled = Some(now);
+        if tokens < 1.0 {
+            warm.tokens = tokens;
+            return false;
+        }
+        warm.tokens = tokens - 1.0;
+        warm.served.insert(tenant.clone(), now);
+        true
+    })
 }
 
 /// An instance for one request of `plugin`'s tenant: an idle pooled one, or a fresh one.

@@ -56,6 +56,9 @@ pub enum Metric {
     InstanceRefused,
     /// Counter: idle instances evicted (least recently used tenant first) to stay within the budget.
     InstanceEvicted,
+    /// Counter: first requests of a tenant the worker had not served lately, shed (503) because the
+    /// worker's `cold_starts` rate was spent.
+    ColdStartShed,
     /// Counter: requests answered per `on_error` because the tenant's init calls are not all
     /// answered yet (`proxy_wasm::init_calls`).
     TenantNotReady,
@@ -68,7 +71,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 22] = [
+    pub const ALL: [Metric; 23] = [
         Metric::ColdStart,
         Metric::AotLoad,
         Metric::SnapshotResume,
@@ -87,6 +90,7 @@ impl Metric {
         Metric::QuarantinedRequest,
         Metric::InstanceRefused,
         Metric::InstanceEvicted,
+        Metric::ColdStartShed,
         Metric::TenantNotReady,
         Metric::GuestCounter,
         Metric::GuestGauge,
@@ -113,6 +117,7 @@ impl Metric {
             Metric::QuarantinedRequest => "wasm_quarantined_request_total",
             Metric::InstanceRefused => "wasm_instance_refused_total",
             Metric::InstanceEvicted => "wasm_instance_evicted_total",
+            Metric::ColdStartShed => "wasm_cold_start_shed_total",
             Metric::TenantNotReady => "wasm_tenant_not_ready_total",
             Metric::GuestCounter => "wasm_guest_counter",
             Metric::GuestGauge => "wasm_guest_gauge",

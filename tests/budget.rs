@@ -33,6 +33,7 @@ fn many_tenants_stay_within_a_small_budget() {
         memory_budget_mb: budget_mb,
         max_live_instances: thaw::config::DEFAULT_MAX_LIVE_INSTANCES,
         crash_loop: DEFAULT_CRASH_LOOP,
+        cold_starts: None,
         snapshots: None,
         tenants,
     };
@@ -73,6 +74,7 @@ fn ten_thousand_tenants_load_and_serve() {
         memory_budget_mb: 64,
         max_live_instances: thaw::config::DEFAULT_MAX_LIVE_INSTANCES,
         crash_loop: DEFAULT_CRASH_LOOP,
+        cold_starts: None,
         snapshots: None,
         tenants,
     };

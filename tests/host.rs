@@ -61,6 +61,7 @@ impl Workspace {
             memory_budget_mb: thaw::config::DEFAULT_MEMORY_BUDGET_MB,
             max_live_instances: thaw::config::DEFAULT_MAX_LIVE_INSTANCES,
             crash_loop: DEFAULT_CRASH_LOOP,
+            cold_starts: None,
             snapshots: None,
             tenants,
         };
@@ -463,4 +464,37 @@ fn older_guests_with_malloc_start_and_abi_0_2_0_run() {
     assert_eq!(serve(&config, &stream), Verdict::Stop);
     let replies = stream.replies();
     assert_eq!((replies[0].status, replies[0].body.as_slice()), (200, &b"via-malloc"[..]), "{replies:?}");
+}
+
+#[test]
+fn past_the_cold_start_rate_new_tenants_are_shed_and_served_ones_are_not() {
+    let ws = Workspace::new();
+    let guest = guest("(func (export \"proxy_on_request_headers\") (param i32 i32 i32) (result i32) (i32.const 0))");
+    let tenants = (0..4).map(|i| ws.tenant(&format!("t{i}"), &guest, "")).collect();
+    // on_error allow: a shed request must still never pass unfiltered.
+    let mut config = Arc::try_unwrap(ws.load(tenants, Policy::Allow).unwrap()).ok().unwrap();
+    config.cold_starts = Some(thaw::config::ColdStartLimit { per_second: 1, burst: 2 });
+    let config = Arc::new(config);
+    let request = |tenant: &str| {
+        let stream = FakeStream::with(&[("x-tenant-id", tenant)]);
+        let verdict = serve(&config, &stream);
+        (verdict, stream)
+    };
+    assert_eq!(request("t0").0, Verdict::Continue);
+    assert_eq!(request("t1").0, Verdict::Continue);
+    let (verdict, shed) = request("t2");
+    assert_eq!(verdict, Verdict::Stop);
+    let reply = &shed.replies()[0];
+    assert_eq!(reply.status, 503);
+    assert!(reply.headers.iter().any(|(k, v)| k == b"retry-after" && v == b"1"), "{reply:?}");
+    assert_eq!(shed.metric(Metric::ColdStartShed, "t2"), 1);
+    // Tenants this worker served are not cold: never shed, whatever the bucket holds.
+    for _ in 0..10 {
+        assert_eq!(request("t0").0, Verdict::Continue);
+        assert_eq!(request("t1").0, Verdict::Continue);
+    }
+    // The bucket refills at per_second.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(request("t2").0, Verdict::Continue);
+    assert_eq!(request("t3").0, Verdict::Stop);
 }

@@ -57,6 +57,7 @@ fn load(dir: &Path, keys: &[&Path], names: &[(&str, &str)]) -> Result<Arc<Filter
         memory_budget_mb: thaw::config::DEFAULT_MEMORY_BUDGET_MB,
         max_live_instances: thaw::config::DEFAULT_MAX_LIVE_INSTANCES,
         crash_loop: DEFAULT_CRASH_LOOP,
+        cold_starts: None,
         snapshots: None,
         tenants,
     };

@@ -23,6 +23,7 @@ fn running_out_of_instance_slots_is_a_counted_refusal() {
         memory_budget_mb: DEFAULT_MEMORY_BUDGET_MB,
         max_live_instances: 3,
         crash_loop: DEFAULT_CRASH_LOOP,
+        cold_starts: None,
         snapshots: None,
         tenants: vec![guest.tenant("t", Vec::new(), InstancePolicy::DEFAULT)],
     };

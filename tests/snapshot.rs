@@ -95,6 +95,7 @@ impl Setup {
             memory_budget_mb: DEFAULT_MEMORY_BUDGET_MB,
             max_live_instances: thaw::config::DEFAULT_MAX_LIVE_INSTANCES,
             crash_loop: DEFAULT_CRASH_LOOP,
+            cold_starts: None,
             snapshots: Some(SnapshotSettings { dir: self.snapshot_dir(), key: self.seal_key.clone(), encrypt, signed: false }),
             tenants,
         };
