@@ -170,6 +170,13 @@ cmd_bench() {
   ENVOY_BIN="$(envoy_bin)" "$VENV/bin/python" "$ROOT/bench/bench.py" "$@"
 }
 
+# thaw at platform scale (bench/scale.py): 10,000 distinct tenants, 100,000 shared, a reload that
+# changes one, cold-tenant floods; writes its section of RELIABILITY.md.
+cmd_scale() {
+  cmd_build
+  ENVOY_BIN="$(envoy_bin)" "$VENV/bin/python" "$ROOT/bench/scale.py" "$@"
+}
+
 # The aarch64 .cwasm proven to load and run on aarch64: the thaw CLI cross-built with Debian's
 # rustc-web (-Zbuild-std: rustup has no aarch64 std here) and gcc's aarch64 linker, run under
 # qemu-user, dry-runs (`thaw check`) the auth filter the x86_64 CLI compiled and signed for it.
@@ -248,6 +255,7 @@ case "${1:-}" in
   run) cmd_run ;;
   test) cmd_test ;;
   bench) shift; cmd_bench "$@" ;;
+  scale) shift; cmd_scale "$@" ;;
   aarch64) cmd_aarch64 ;;
-  *) echo "usage: $0 {deps|build|run|test|aarch64|bench [--scenarios 1,2,3,5,6] [--quick]}" >&2; exit 2 ;;
+  *) echo "usage: $0 {deps|build|run|test|aarch64|bench [--scenarios 1,2,3,5,6] [--quick]|scale [--scenarios scale,reload,flood] [--quick]}" >&2; exit 2 ;;
 esac
