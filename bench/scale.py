@@ -220,7 +220,7 @@ class ListenerEnvoy:
     def load_times_ms(self):
         """thaw's own figures for each filter config it loaded: (tenants, reused files, ms)."""
         self.log.flush()
-        pattern = r"(\d+) tenants loaded from .*?; (\d+) files as an earlier config verified them; in (\d+) ms"
+        pattern = r"(\d+) tenants loaded from .*?; (\d+) files as an earlier config verified them; (?:\d+ snapshots as resumed before; )?in (\d+) ms"
         return [tuple(map(int, m)) for m in re.findall(pattern, self.log_path.read_text())]
 
     def stop(self):

@@ -8,11 +8,11 @@ use crate::artifact::ArtifactKind;
 use crate::artifact::{ArtifactDigest, ArtifactError, VerifiedArtifact};
 use crate::config::{Config, CrashLoop, OnArtifactFailure, Policy, SignedFile, SnapshotSettings, TenantConfig, TenantId, TenantSource};
 use crate::engine;
-use crate::load_cache::{self, InitCheck, LoadedModule};
+use crate::load_cache::{self, InitCheck, LoadedModule, ResumedSnapshot};
 use crate::log_at;
 use crate::pool;
 use crate::proxy_wasm::abi::AbiVersion;
-use crate::proxy_wasm::{host, Action, Effect, GuestError, GuestInstance, HttpCallback, Plugin, Subject};
+use crate::proxy_wasm::{host, Action, Effect, GuestError, GuestInstance, HttpCallback, Linked, Plugin, Subject};
 use crate::reply_view::ReplyView;
 use crate::snapshot::{self, Binding, Refusal, SealKey};
 use crate::stream::{CallResponse, Direction, HeaderKind, HttpStream, LocalReply};
@@ -36,8 +36,9 @@ pub struct Tenant {
     pending_snapshot: Mutex<Option<Box<PendingSnapshot>>>,
     /// That snapshot: requests are served from it once it exists.
     snapshot_after_init: OnceLock<Arc<Plugin>>,
-    /// Keeps the tenant's verified module in `load_cache` while this config lives.
+    /// Keep the tenant's verified module and resumed snapshot in `load_cache` while this config lives.
     _module: Arc<LoadedModule>,
+    _snapshot: Option<Arc<load_cache::ResumedSnapshot>>,
 }
 
 impl Tenant {
@@ -127,6 +128,8 @@ pub struct FilterConfig {
     pub cold_starts: Option<crate::config::ColdStartLimit>,
     /// Artifact files taken as an earlier, still live config verified them (`load_cache`).
     pub reused_files: usize,
+    /// Stored snapshots taken as an earlier, still live config resumed them (`load_cache`).
+    pub reused_snapshots: usize,
 }
 
 impl FilterConfig {
@@ -147,7 +150,7 @@ impl FilterConfig {
         // so a reload re-does only what changed.
         let mut modules: HashMap<(PathBuf, Evidence), Arc<LoadedModule>> = HashMap::new();
         let mut prepared = load_files(engine, &trust, config);
-        let mut reused = 0;
+        let (mut reused, mut snapshots_reused) = (0, 0);
         let seal_key = match &config.snapshots {
             Some(settings) => Some(SealKey::load(&settings.key).map_err(|e| format!("invalid filter_config field `snapshots.key`: {e}"))?),
             None => None,
@@ -177,9 +180,21 @@ impl FilterConfig {
                     })
                 }
             };
+            // A stored snapshot an earlier live config resumed, with the tenant, its snapshot
+            // source, the snapshot file and the settings as they were then, is resumed again
+            // without reading anything (`load_cache`). Stamped before anything is read.
+            let snapshot_key = match (&config.snapshots, &tenant.snapshot_source, &seal_key, &loaded) {
+                (Some(settings), Some(source), Some(seal_key), Ok(_)) => {
+                    let path = snapshot::path_for(&settings.dir, &tenant.id);
+                    let signature = settings.signed.then(|| snapshot::signature_of(&path).path().to_path_buf());
+                    load_cache::SnapshotKey::of(tenant, source, &trust, &path, signature.as_deref(), seal_key.fingerprint())
+                }
+                _ => None,
+            };
+            let kept_snapshot = snapshot_key.as_ref().and_then(load_cache::resumed_snapshot);
             // A snapshot source is an artifact like the module: verified under the same trust.
-            let snapshot_source = match (&tenant.snapshot_source, &loaded) {
-                (Some(source), Ok(_)) => Some(read_snapshot_source(source, &trust).map_err(|e| (e, "snapshot source"))),
+            let snapshot_source = match (&tenant.snapshot_source, &loaded, &kept_snapshot) {
+                (Some(source), Ok(_), None) => Some(read_snapshot_source(source, &trust).map_err(|e| (e, "snapshot source"))),
                 _ => None,
             }
             .transpose();
@@ -206,10 +221,24 @@ impl FilterConfig {
                 }
             };
             let mut pending_snapshot = None;
-            let snapshotted = match (&config.snapshots, snapshot_source, &seal_key) {
-                (Some(settings), Some(source), Some(seal_key)) => {
+            let mut resumed_snapshot = None;
+            let snapshotted = match (kept_snapshot, &config.snapshots, snapshot_source, &seal_key) {
+                (Some(kept), ..) => {
+                    snapshots_reused += 1;
+                    let plugin = Plugin::from_linked(engine, tenant, &kept.linked, kept.digest, Some(kept.host.clone()));
+                    let tick = kept.host.tick_period_ms;
+                    resumed_snapshot = Some(kept);
+                    Some((plugin, Some(tick)))
+                }
+                (None, Some(settings), Some(source), Some(seal_key)) => {
                     match resume_or_snapshot(engine, settings, seal_key, &trust, tenant, source, stats)? {
-                        Ok(plugin) => Some(plugin),
+                        Ok((plugin, resumed)) => {
+                            if let (Some(resumed), Some(key)) = (&resumed, snapshot_key) {
+                                load_cache::keep_resumed_snapshot(key, resumed);
+                            }
+                            resumed_snapshot = resumed;
+                            Some((plugin, None))
+                        }
                         Err(pending) => {
                             pending_snapshot = Some(pending);
                             None
@@ -219,9 +248,11 @@ impl FilterConfig {
                 _ => None,
             };
             let (plugin, tick_period_ms) = match snapshotted {
+                // Resumed by an earlier config: instantiated and checked then.
+                Some((plugin, Some(tick))) => (plugin, tick),
                 // One resumed instance now: checks the snapshot instantiates, and builds its
                 // copy-on-write memory image here rather than on the first request.
-                Some(plugin) => {
+                Some((plugin, None)) => {
                     let instance = plugin.instantiate().map_err(|e| e.to_string())?;
                     let tick = instance.host_snapshot().tick_period_ms;
                     (plugin, tick)
@@ -258,12 +289,13 @@ impl FilterConfig {
                     pending_snapshot: Mutex::new(pending_snapshot),
                     snapshot_after_init: OnceLock::new(),
                     _module: loaded,
+                    _snapshot: resumed_snapshot,
                 },
             );
         }
         log_at!(
             Info,
-            "thaw: filter `{name}`: {} tenants loaded from {} artifact files ({} distinct), signatures verified; {reused} files as an earlier config verified them; in {} ms",
+            "thaw: filter `{name}`: {} tenants loaded from {} artifact files ({} distinct), signatures verified; {reused} files as an earlier config verified them; {snapshots_reused} snapshots as resumed before; in {} ms",
             tenants.len(),
             modules.len(),
             modules.values().map(|m| m.digest).collect::<std::collections::HashSet<_>>().len(),
@@ -280,6 +312,7 @@ impl FilterConfig {
             on_error: config.on_error,
             cold_starts: config.cold_starts,
             reused_files: reused,
+            reused_snapshots: snapshots_reused,
         })
     }
 }
@@ -378,7 +411,12 @@ fn artifact_refused(stats: &mut dyn StatsSink, tenant: &TenantId, error: &Artifa
     }
 }
 
-/// A tenant's plugin resumed from its stored snapshot, or from a snapshot made now (and stored);
+/// A tenant's plugin resumed from a snapshot, and what `load_cache` may keep of it (`None` for a
+/// snapshot made now: its file is too new to be kept).
+type Resumed = (Plugin, Option<Arc<ResumedSnapshot>>);
+
+/// A tenant's plugin resumed from its stored snapshot (with what `load_cache` keeps of it), or from
+/// a snapshot made now (and stored);
 /// `Err(pending)` when the guest's init cannot be snapshotted now (logged with the reason:
 /// per-worker init then; `pending` can try again once its init calls are answered).
 fn resume_or_snapshot(
@@ -389,7 +427,7 @@ fn resume_or_snapshot(
     tenant: &TenantConfig,
     artifact: VerifiedArtifact,
     stats: &mut dyn StatsSink,
-) -> Result<Result<Plugin, Box<PendingSnapshot>>, String> {
+) -> Result<Result<Resumed, Box<PendingSnapshot>>, String> {
     let id = &tenant.id;
     let fingerprint = engine::engine_fingerprint(engine).map_err(|e| format!("{e:#}"))?;
     let binding = Binding::new(id, artifact.digest(), &tenant.plugin_config, &tenant.vm_config, &fingerprint);
@@ -401,7 +439,10 @@ fn resume_or_snapshot(
                 .map_err(|e| format!("tenant `{id}`: snapshot {}: {e:#}", path.display()))?;
             stats.record(Metric::AotLoad, id, started.elapsed().as_micros() as i64);
             log_at!(Info, "thaw: tenant `{id}`: resumed stored snapshot {} (init not run)", path.display());
-            return Plugin::resumed(engine, tenant, module, artifact.digest(), unsealed.host().clone()).map(Ok);
+            let linked = Linked::link(engine, &module, None).map_err(|e| format!("tenant `{id}`: snapshot {}: {e}", path.display()))?;
+            let resumed = ResumedSnapshot { digest: artifact.digest(), linked, host: unsealed.host().clone() };
+            let plugin = Plugin::from_linked(engine, tenant, &resumed.linked, resumed.digest, Some(resumed.host.clone()));
+            return Ok(Ok((plugin, Some(Arc::new(resumed)))));
         }
         Err(Refusal::Missing) => {}
         Err(refusal) => {
@@ -423,7 +464,7 @@ fn resume_or_snapshot(
         binding,
     };
     match pending.take(None)? {
-        Some(plugin) => Ok(Ok(plugin)),
+        Some(plugin) => Ok(Ok((plugin, None))),
         None => Ok(Err(Box::new(pending))),
     }
 }

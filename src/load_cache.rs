@@ -13,15 +13,19 @@
 //!   its stamp, so a stamp younger than [`RACY`] is not kept (git's "racy" rule): that file is
 //!   read and verified again next time;
 //! - a module: its artifact digest (this process has one runtime engine, so one engine);
-//! - an init check: the module with the tenant's plugin and VM configuration (only successes).
+//! - an init check: the module with the tenant's plugin and VM configuration (only successes);
+//! - a resumed stored snapshot ([`ResumedSnapshot`]): the tenant and its configurations, its
+//!   snapshot source's verification (as a file's, above), the stored snapshot's stamp (and its
+//!   signature's, under `snapshots.signed`), the seal key's fingerprint and the trust's.
 //!
 //! The cache holds modules weakly: configs hold them ([`LoadedModule`] in each tenant), so a module
 //! lives while some config (the new one, or an old one still finishing its streams) uses it, and
 //! the memory of tenants that every live config dropped is released.
 
 use crate::artifact::{ArtifactDigest, ArtifactError, VerifiedArtifact};
-use crate::config::TenantConfig;
+use crate::config::{SignedFile, TenantConfig, TenantId};
 use crate::log_at;
+use crate::proxy_wasm::host::HostSnapshot;
 use crate::proxy_wasm::Linked;
 use crate::trust::{Evidence, Trust};
 use std::collections::HashMap;
@@ -77,6 +81,11 @@ struct FileKey {
 }
 
 impl FileKey {
+    /// Whether a stamp is too young to be kept (see [`RACY`]).
+    fn is_racy(&self) -> bool {
+        self.artifact.is_racy() || self.evidence_stamps.iter().any(FileStamp::is_racy)
+    }
+
     /// Stamps the artifact and its evidence files before they are read, so that a change after
     /// this moment makes a later key differ (at worst one more read).
     fn of(path: &Path, evidence: &Evidence, trust: &Trust, allow_jit: bool) -> Option<FileKey> {
@@ -138,10 +147,71 @@ impl LoadedModule {
     }
 }
 
+/// A tenant's stored snapshot, resumed: the snapshot's module linked, its host state, and the
+/// digest of the source it was made from.
+pub struct ResumedSnapshot {
+    pub digest: ArtifactDigest,
+    pub linked: Linked,
+    pub host: HostSnapshot,
+}
+
+/// What a resumed snapshot depended on (see the module note).
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct SnapshotKey {
+    source: FileKey,
+    tenant: TenantId,
+    configs: GuestConfigs,
+    snapshot: PathBuf,
+    stamps: Vec<FileStamp>,
+    seal: [u8; 32],
+}
+
+impl SnapshotKey {
+    /// Stamps the snapshot source, the stored snapshot (and `signature`, when it must be signed)
+    /// before they are read; `None` when one cannot be stamped or changed too recently to be kept.
+    pub fn of(
+        tenant: &TenantConfig,
+        source: &SignedFile,
+        trust: &Trust,
+        snapshot: &Path,
+        signature: Option<&Path>,
+        seal: [u8; 32],
+    ) -> Option<SnapshotKey> {
+        let source = FileKey::of(&source.path, &source.evidence, trust, false)?;
+        let mut stamps = vec![FileStamp::of(snapshot)?];
+        if let Some(signature) = signature {
+            stamps.push(FileStamp::of(signature)?);
+        }
+        let racy = source.is_racy() || stamps.iter().any(FileStamp::is_racy);
+        (!racy).then(|| SnapshotKey {
+            source,
+            tenant: tenant.id.clone(),
+            configs: (tenant.plugin_config.clone(), tenant.vm_config.clone()),
+            snapshot: snapshot.to_path_buf(),
+            stamps,
+            seal,
+        })
+    }
+}
+
+/// The snapshot a live config resumed under `key`, if any.
+pub fn resumed_snapshot(key: &SnapshotKey) -> Option<Arc<ResumedSnapshot>> {
+    with_cache(|c| c.snapshots.get(key).and_then(Weak::upgrade))
+}
+
+/// Keeps `resumed` under `key` for later configs (while some config holds it).
+pub fn keep_resumed_snapshot(key: SnapshotKey, resumed: &Arc<ResumedSnapshot>) {
+    with_cache(|c| {
+        c.prune();
+        c.snapshots.insert(key, Arc::downgrade(resumed));
+    })
+}
+
 #[derive(Default)]
 struct Cache {
     by_file: HashMap<FileKey, Weak<LoadedModule>>,
     by_digest: HashMap<ArtifactDigest, Weak<LoadedModule>>,
+    snapshots: HashMap<SnapshotKey, Weak<ResumedSnapshot>>,
 }
 
 impl Cache {
@@ -149,6 +219,7 @@ impl Cache {
     fn prune(&mut self) {
         self.by_file.retain(|_, m| m.strong_count() > 0);
         self.by_digest.retain(|_, m| m.strong_count() > 0);
+        self.snapshots.retain(|_, m| m.strong_count() > 0);
     }
 }
 
@@ -203,7 +274,7 @@ pub fn module(
     with_cache(|c| {
         c.prune();
         c.by_digest.insert(digest, Arc::downgrade(&loaded));
-        if let Some(key) = key.filter(|k| !k.artifact.is_racy() && !k.evidence_stamps.iter().any(FileStamp::is_racy)) {
+        if let Some(key) = key.filter(|k| !k.is_racy()) {
             c.by_file.insert(key, Arc::downgrade(&loaded));
         }
     });

@@ -93,6 +93,16 @@ impl SealKey {
         Ok(SealKey { mac: derive(b"thaw snapshot mac v1"), aead: derive(b"thaw snapshot aead v1") })
     }
 
+    /// Identifies the key without revealing it (a one-way derivation of the derived keys), for
+    /// `load_cache`: a snapshot resumed under one key is not reused under another.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"thaw snapshot key fingerprint v1");
+        h.update(self.mac);
+        h.update(self.aead);
+        h.finalize().into()
+    }
+
     pub fn load(path: &Path) -> Result<SealKey, String> {
         let secret = std::fs::read(path).map_err(|e| format!("cannot read snapshot key {}: {e}", path.display()))?;
         SealKey::from_secret(secret.trim_ascii()).map_err(|e| format!("{}: {e}", path.display()))

@@ -152,6 +152,38 @@ fn init_runs_once_then_every_instance_and_every_load_resumes() {
 }
 
 #[test]
+fn a_reload_resumes_a_kept_snapshot_unless_the_snapshot_or_its_source_changed() {
+    let s = Setup::new();
+    let mut stats = FakeStream::default();
+    let made = s.load(vec![s.tenant("acme", SMALL)], false, &mut stats);
+    let expected = ask(&made, "acme");
+    // Just stored: too young a stamp to keep. Resumed from the file, then kept.
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let first = s.load(vec![s.tenant("acme", SMALL)], false, &mut stats);
+    assert_eq!(first.reused_snapshots, 0);
+    let second = s.load(vec![s.tenant("acme", SMALL)], false, &mut stats);
+    assert_eq!(second.reused_snapshots, 1);
+    assert_eq!(ask(&second, "acme"), expected);
+    // Another plugin configuration: not the kept snapshot (its binding differs: made anew).
+    let other = s.load(vec![s.tenant("acme", r#"{"entries":10}"#)], false, &mut stats);
+    assert_eq!(other.reused_snapshots, 0);
+    drop(other);
+    // The stored snapshot tampered: never the kept one; refused, counted, replaced.
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let third = s.load(vec![s.tenant("acme", SMALL)], false, &mut stats);
+    let stored = s.stored("acme");
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&stored, &bytes).unwrap();
+    let mut refused = FakeStream::default();
+    let fourth = s.load(vec![s.tenant("acme", SMALL)], false, &mut refused);
+    assert_eq!((fourth.reused_snapshots, refused.records(Metric::SnapshotRefused)), (0, 1));
+    assert_eq!(ask(&fourth, "acme"), expected);
+    drop((made, first, second, third, fourth));
+}
+
+#[test]
 fn wrong_snapshots_are_refused_counted_and_replaced() {
     let s = Setup::new();
     let mut stats = FakeStream::default();
