@@ -45,15 +45,6 @@ def log(msg):
 
 # ---------------------------------------------------------------- distinct artifacts
 
-def uleb(n):
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def sleb(n):
     out = bytearray()
     while True:
@@ -64,7 +55,7 @@ def sleb(n):
             return bytes(out)
 
 
-def read_uleb(data, pos):
+def read_leb128(data, pos):
     result = shift = 0
     while True:
         byte = data[pos]
@@ -82,22 +73,22 @@ def with_distinct_code(wasm, n):
     sections, pos = [], 8
     while pos < len(wasm):
         sid = wasm[pos]
-        size, body_at = read_uleb(wasm, pos + 1)
+        size, body_at = read_leb128(wasm, pos + 1)
         sections.append([sid, wasm[body_at:body_at + size]])
         pos = body_at + size
     by_id = {s[0]: s for s in sections if s[0] != 0}
     assert 1 in by_id and 3 in by_id and 10 in by_id, "the guest needs type, function and code sections"
 
     def append(section, entry):
-        count, at = read_uleb(section[1], 0)
-        section[1] = uleb(count + 1) + section[1][at:] + entry
+        count, at = read_leb128(section[1], 0)
+        section[1] = b.leb128(count + 1) + section[1][at:] + entry
         return count
 
     new_type = append(by_id[1], b"\x60\x00\x01\x7f")
-    append(by_id[3], uleb(new_type))
+    append(by_id[3], b.leb128(new_type))
     body = b"\x00\x41" + sleb(n) + b"\x0b"
-    append(by_id[10], uleb(len(body)) + body)
-    return wasm[:8] + b"".join(bytes([sid]) + uleb(len(payload)) + payload for sid, payload in sections)
+    append(by_id[10], b.leb128(len(body)) + body)
+    return wasm[:8] + b"".join(bytes([sid]) + b.leb128(len(payload)) + payload for sid, payload in sections)
 
 
 class Artifacts:
