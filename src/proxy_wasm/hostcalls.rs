@@ -705,10 +705,10 @@ fn proxy_set_shared_data(c: C, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32) -> 
 }
 
 fn proxy_register_shared_queue(mut c: C, np: i32, nl: i32, out: i32) -> HostResult {
-    let name = memory::read(&c, np, nl)?;
+    let name = read_stored(&c, np, nl)?;
     memory::check_in_bounds(&c, out, 4)?;
     let from_root = c.data().stream().is_none();
-    let id = shared::register_queue(c.data().tenant.as_str(), &name, from_root);
+    let id = shared::register_queue(c.data().tenant.as_str(), &name, from_root)?;
     memory::write_u32(&mut c, out, id)
 }
 
