@@ -163,6 +163,10 @@ pub const MAX_SHARED_DATA_BYTES: usize = 16 * 1024 * 1024;
 pub const MAX_SHARED_QUEUES: usize = 1024;
 pub const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
 pub const QUEUE_ITEM_OVERHEAD_BYTES: usize = 32;
+/// Most distinct guest metric names one tenant defines: their values are kept process-wide (as
+/// Envoy keeps them per plugin) for the life of the process, so new names without end would grow
+/// host memory without end, as shared data did. A definition of a new name past it is BAD_ARGUMENT.
+pub const MAX_GUEST_METRICS: usize = 1024;
 /// Most bytes one `fd_write` logs (the rest is counted as written and dropped): iovecs may point
 /// at the same memory many times over, so their total is not bounded by the guest's memory.
 pub const MAX_FD_WRITE_BYTES: usize = 1024 * 1024;
