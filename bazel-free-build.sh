@@ -128,7 +128,8 @@ deps_rust() {
   rustup component add clippy rustfmt
 }
 
-# cargo-fuzz from crates.io, pinned, only when missing (or another version).
+# cargo-fuzz from crates.io, pinned, only when missing (or another version): a fuzz-only step (the
+# fuzz command and test's smoke runs), so `build` and `run` do not pay for it.
 deps_fuzz() {
   if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
     log "cargo-fuzz: installing $CARGO_FUZZ_VERSION from crates.io"
@@ -138,7 +139,6 @@ deps_fuzz() {
 
 cmd_deps() {
   deps_rust
-  deps_fuzz
   deps_apt
   deps_venv
   deps_trixie_tool cosign
