@@ -282,8 +282,8 @@ fuzz_run() {
     return 1
   fi
   # The last status line (coverage), and the executions and their rate.
-  printf '%-16s %s | %s\n' "$target" "$(grep -E '^#[0-9]+' "$out" | tail -n1 | cut -c1-100)" \
-    "$(grep -E 'stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' "$out" | tr -s ' ' | tr '\n' ' ')"
+  printf '%-16s %s | %s\n' "$target" "$(grep -aE '^#[0-9]+' "$out" | tail -n1 | cut -c1-100)" \
+    "$(grep -aE 'stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' "$out" | tr -s ' ' | tr '\n' ' ')"
 }
 
 # A bounded run of every fuzz target: seconds each (-runs and -max_total_time bound it), enough to

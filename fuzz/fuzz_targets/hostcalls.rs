@@ -77,6 +77,9 @@ fn serde_json_like(fields: &[(&str, String)]) -> String {
     format!("{{{}}}", body.join(", "))
 }
 
+/// One step of the stream: a filter callback, as Envoy would call it.
+type Step<'a> = &'a dyn Fn(&mut StreamFilter, &FuzzStream) -> Option<Verdict>;
+
 /// What the two control bytes choose.
 struct Phases(u16);
 
@@ -90,7 +93,7 @@ fn pair(k: &str, v: &[u8]) -> HeaderPair {
     (k.as_bytes().to_vec(), v.to_vec())
 }
 
-/// Runs one stream; returns whether the tenant was the per-request one.
+/// Runs one stream through the filter as the control bits say; returns it, with what it saw.
 fn drive(phases: &Phases, script: &[u8]) -> FuzzStream {
     let config = config();
     let pooled = phases.bit(0);
@@ -130,7 +133,7 @@ fn drive(phases: &Phases, script: &[u8]) -> FuzzStream {
     let eos = phases.bit(1);
     let v = filter.on_request_headers(stream.clone(), eos);
     let mut live = step(&mut filter, &mut stream, true, Some(v));
-    let order: [(u32, &dyn Fn(&mut StreamFilter, &FuzzStream) -> Option<Verdict>, bool); 5] = [
+    let order: [(u32, Step, bool); 5] = [
         (2, &|f: &mut StreamFilter, s: &FuzzStream| Some(f.on_body(s.clone(), Direction::Request, !phases.bit(3))), true),
         (3, &|f: &mut StreamFilter, s: &FuzzStream| Some(f.on_trailers(s.clone(), Direction::Request)), true),
         (4, &|f: &mut StreamFilter, s: &FuzzStream| Some(f.on_response_headers(s.clone(), !phases.bit(5) && !phases.bit(6))), false),

@@ -155,7 +155,7 @@ impl HttpStream for FuzzStream {
         (id % 5 != 4).then(|| match kind {
             AttributeKind::Bytes => AttributeValue::Bytes(format!("attribute-{id}").into_bytes()),
             AttributeKind::Int => AttributeValue::Int(u64::from(id) * 1000 + 7),
-            AttributeKind::Bool => AttributeValue::Bool(id % 2 == 0),
+            AttributeKind::Bool => AttributeValue::Bool(id.is_multiple_of(2)),
         })
     }
 
