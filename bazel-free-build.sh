@@ -10,6 +10,9 @@
 #   aarch64  build, then cross-build the thaw CLI for aarch64 and, under qemu-user, dry-run the
 #          aarch64 auth and chaos filters compiled and signed here (allowed, denied, guest
 #          failures; wrong architectures refused both ways). Part of test (see README, "aarch64").
+#   fuzz [--minutes N] [TARGET...]  build, then run each fuzz target (fuzz/, cargo fuzz) for N
+#          minutes (default 10), one process each, corpora kept in build/fuzz-corpus; test runs a
+#          bounded smoke run of every target instead (RELIABILITY.md, "Fuzzing")
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
@@ -23,7 +26,24 @@ GUESTS=(auth-filter probe-filter chaos-filter heavy-init-filter conformance-filt
 # docker-registry (CNCF distribution 2.8) and apache2-utils (htpasswd): the real registry of the OCI
 # tests (integration/registry.py), with and without basic auth.
 # Raw-ABI C guests (clang-19 + wasi-libc; examples/c): older guest shapes, hostile arguments.
-C_GUESTS=(c-auth-abi010 c-auth-abi020 c-hostile-args)
+C_GUESTS=(c-auth-abi010 c-auth-abi020 c-hostile-args c-fuzz-hostcalls)
+# The fuzz targets (fuzz/, cargo fuzz on libFuzzer; c-fuzz-hostcalls above is the hostcall
+# target's harness guest), and the cargo-fuzz release installed from crates.io when missing.
+FUZZ_TARGETS=(config artifact header_map snapshot sigstore_bundle trusted_root hostcalls)
+CARGO_FUZZ_VERSION="0.13.2"
+# How the fuzz targets are built (fuzz and test alike, so one build serves both):
+#   -O -a: optimized, with debug assertions and overflow checks (an overflow in pointer or length
+#          arithmetic is a finding, not a wrap);
+#   -s none: no sanitizer. thaw is safe Rust outside the FFI layer (not reached here) and
+#          native::deserialize; guest memory is Wasmtime's guarded mmap, which ASan does not see.
+#          What CI pays is the instrumented build of Wasmtime and Cranelift (measured: 22.5 min
+#          of one core, RELIABILITY.md); ASan instruments the same code again, for checks the safe
+#          Rust around it already makes (bounds, overflow with -a);
+#   --no-cfg-fuzzing: dependencies (Wasmtime, serde_json, sigstore) built as in production, not
+#          with their `cfg(fuzzing)` shortcuts;
+#   --codegen-units 16: the build (Wasmtime and Cranelift, instrumented) is most of the CI cost.
+# RUSTC_BOOTSTRAP=1: libFuzzer's instrumentation flags are nightly-only; this is the stable toolchain.
+FUZZ_BUILD_FLAGS=(-O -a -s none --no-cfg-fuzzing --codegen-units 16)
 # The aarch64 check only: the cross linker and C library, and qemu-user to run the result.
 AARCH64_APT_PACKAGES=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
 AARCH64_TRIPLE="aarch64-unknown-linux-gnu"
@@ -106,6 +126,15 @@ deps_rust() {
   cargo clippy --version >/dev/null 2>&1 && cargo fmt --version >/dev/null 2>&1 && return 0
   log "rust: adding clippy and rustfmt to the toolchain"
   rustup component add clippy rustfmt
+}
+
+# cargo-fuzz from crates.io, pinned, only when missing (or another version): a fuzz-only step (the
+# fuzz command and test's smoke runs), so `build` and `run` do not pay for it.
+deps_fuzz() {
+  if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
+    log "cargo-fuzz: installing $CARGO_FUZZ_VERSION from crates.io"
+    cargo install cargo-fuzz --locked --version "$CARGO_FUZZ_VERSION"
+  fi
 }
 
 cmd_deps() {
@@ -234,13 +263,77 @@ expect_refusal() {
   fi
 }
 
+# cargo fuzz with thaw's flags: the lock file must be current (cargo fuzz has no --locked).
+cargo_fuzz() {
+  local sub="$1"; shift
+  (cd "$ROOT/fuzz" && cargo metadata --locked --format-version 1 >/dev/null &&
+     THAW_GUESTS="$BUILD/guests" RUSTC_BOOTSTRAP=1 cargo fuzz "$sub" "${FUZZ_BUILD_FLAGS[@]}" "$@")
+}
+
+# Runs fuzz target $1 with libFuzzer options "${@:2}": its working corpus in build/fuzz-corpus
+# (the build's real artifacts added for the artifact target), the committed seeds and crash
+# inputs in fuzz/corpus read too (every one is run first, so a crash found once is replayed every
+# time); a new crash lands in build/fuzz-artifacts. Prints libFuzzer's final figures.
+fuzz_run() {
+  local target="$1"; shift
+  local corpus="$BUILD/fuzz-corpus/$target" found="$BUILD/fuzz-artifacts/$target"
+  mkdir -p "$corpus" "$found" "$ROOT/fuzz/corpus/$target"
+  if [ "$target" = artifact ]; then
+    cp "$BUILD"/guests/c-*.wasm "$BUILD"/guests/c-*.cwasm "$corpus/" 2>/dev/null || true
+  fi
+  local out="$BUILD/fuzz-artifacts/$target.log"
+  if ! cargo_fuzz run "$target" "$corpus" "$ROOT/fuzz/corpus/$target" -- \
+      -artifact_prefix="$found/" -print_final_stats=1 -timeout=20 -rss_limit_mb=2048 "$@" >"$out" 2>&1; then
+    tail -n 60 "$out" >&2
+    echo "fuzz target $target failed (log: $out; crash input under $found)" >&2
+    return 1
+  fi
+  # The last status line (coverage), and the executions and their rate.
+  printf '%-16s %s | %s\n' "$target" "$(grep -aE '^#[0-9]+' "$out" | tail -n1 | cut -c1-100)" \
+    "$(grep -aE 'stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' "$out" | tr -s ' ' | tr '\n' ' ')"
+}
+
+# A bounded run of every fuzz target: seconds each (-runs and -max_total_time bound it), enough to
+# replay the committed corpus and crash inputs and to prove each target runs and can fail.
+fuzz_smoke() {
+  deps_fuzz
+  log "fuzz: building the targets (cargo fuzz ${FUZZ_BUILD_FLAGS[*]})"
+  cargo_fuzz build
+  log "fuzz: a smoke run of each target (${FUZZ_TARGETS[*]})"
+  local t
+  for t in "${FUZZ_TARGETS[@]}"; do
+    fuzz_run "$t" -runs=200000 -max_total_time=15
+  done
+}
+
+cmd_fuzz() {
+  local minutes=10 targets=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --minutes) minutes="${2:?--minutes needs a number}"; shift 2 ;;
+      *) targets+=("$1"); shift ;;
+    esac
+  done
+  [ "${#targets[@]}" -gt 0 ] || targets=("${FUZZ_TARGETS[@]}")
+  cmd_build
+  deps_fuzz
+  cargo_fuzz build
+  local t
+  for t in "${targets[@]}"; do
+    log "fuzz: $t for $minutes minute(s)"
+    fuzz_run "$t" -max_total_time=$((minutes * 60))
+  done
+}
+
 cmd_test() {
   cmd_build
   log "rustfmt and clippy (warnings are errors)"
   cargo fmt --check
   cargo clippy --release --locked --all-targets -- -D warnings
+  (cd "$ROOT/fuzz" && cargo fmt --check)
   log "unit and host tests"
   THAW_GUESTS="$BUILD/guests" cargo test --release --locked
+  fuzz_smoke
   cmd_aarch64
   log "integration suite against the real Envoy $ENVOY_VERSION, a real registry, docker-compose, qemu-user"
   # test_enforcement_random.py draws a new seed each run (printed; THAW_RANDOM_SEED replays one).
@@ -257,5 +350,6 @@ case "${1:-}" in
   bench) shift; cmd_bench "$@" ;;
   scale) shift; cmd_scale "$@" ;;
   aarch64) cmd_aarch64 ;;
-  *) echo "usage: $0 {deps|build|run|test|aarch64|bench [--scenarios 1,2,3,5,6] [--quick]|scale [--scenarios scale,reload,flood] [--quick]}" >&2; exit 2 ;;
+  fuzz) shift; cmd_fuzz "$@" ;;
+  *) echo "usage: $0 {deps|build|run|test|aarch64|bench [--scenarios 1,2,3,5,6] [--quick]|scale [--scenarios scale,reload,flood] [--quick]|fuzz [--minutes N] [TARGET...]}" >&2; exit 2 ;;
 esac

@@ -85,9 +85,17 @@ impl SealKey {
         if secret.len() < MIN_KEY_BYTES {
             return Err(format!("a snapshot key needs at least {MIN_KEY_BYTES} bytes of secret, found {}", secret.len()));
         }
+        // HKDF (RFC 5869) with SHA-256: extract with a fixed salt, then one expand block per
+        // key. The secret is never an HMAC key itself: HMAC pads a key shorter than its block
+        // with zeros, so `secret` and `secret` followed by NUL bytes were the same key (the
+        // snapshot fuzzer's finding, RELIABILITY.md).
+        let mut extract = new_mac(b"thaw snapshot key").expect("HMAC takes any key length");
+        extract.update(secret);
+        let prk = extract.finalize().into_bytes();
         let derive = |label: &[u8]| -> [u8; 32] {
-            let mut mac = new_mac(secret).expect("HMAC takes any key length");
+            let mut mac = new_mac(&prk).expect("HMAC takes any key length");
             mac.update(label);
+            mac.update(&[1]);
             mac.finalize().into_bytes().into()
         };
         Ok(SealKey { mac: derive(b"thaw snapshot mac v1"), aead: derive(b"thaw snapshot aead v1") })
@@ -310,6 +318,20 @@ mod tests {
 
     fn binding() -> Binding {
         Binding::new(&TenantId::try_from("acme").unwrap(), ArtifactDigest([7; 32]), b"{}", b"", b"engine")
+    }
+
+    /// The snapshot fuzzer's finding: a secret and the same secret followed by NUL bytes derived
+    /// the same keys (HMAC zero-pads short keys), so either unsealed the other's snapshots.
+    #[test]
+    fn secrets_padded_with_zeros_are_other_keys() {
+        let secret = b"thaw fuzz snapshot secret, 32+ bytes long";
+        let key = SealKey::from_secret(secret).unwrap();
+        let padded = SealKey::from_secret(&[&secret[..], &[0; 4]].concat()).unwrap();
+        assert_ne!(key.mac, padded.mac);
+        assert_ne!(key.aead, padded.aead);
+        let file = seal(&key, &binding(), &Created { cwasm: b"precompiled".to_vec(), host: HostSnapshot::default() }, false);
+        assert!(unseal(&key, &binding(), &file).is_ok());
+        assert_eq!(unseal(&padded, &binding(), &file).err(), Some(Refusal::BadSeal));
     }
 
     #[test]

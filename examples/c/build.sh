@@ -24,6 +24,10 @@ declare -A FLAGS=(
   [c-auth-abi020]="-mexec-model=reactor -nodefaultlibs -lc -Wl,--export=malloc"
   # reactor, freestanding: its own _initialize and proxy_on_memory_allocate
   [c-hostile-args]="-mexec-model=reactor -nostartfiles -nostdlib"
+  # the hostcall fuzzer's harness (fuzz/): freestanding like c-hostile-args, with a fixed memory of
+  # 8 pages (initial = maximum: it never grows), an explicit 64 KiB stack below __heap_base, and
+  # bulk memory (memory.copy/fill for the copies clang would otherwise call memcpy/memset for)
+  [c-fuzz-hostcalls]="-mexec-model=reactor -nostartfiles -nostdlib -mbulk-memory -Wl,--initial-memory=524288 -Wl,--max-memory=524288 -Wl,-z,stack-size=65536"
 )
 
 for name in "${!FLAGS[@]}"; do

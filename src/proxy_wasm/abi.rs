@@ -150,6 +150,23 @@ pub const MAX_HEADER_PAIRS: usize = 1024;
 /// value, a queue item. Envoy's host keeps any size; thaw bounds what outlives a call so that
 /// host memory, which no memory cap counts, stays bounded by value (BAD_ARGUMENT above it).
 pub const MAX_STORED_VALUE_BYTES: usize = 1024 * 1024;
+/// Most shared-data keys one tenant holds, and most bytes (keys and values) in them. Shared data
+/// lives as long as the process, outside every instance's memory cap: bounded by value only, one
+/// guest could grow Envoy's memory without end by setting ever new keys (the hostcall fuzzer did:
+/// RELIABILITY.md, "Fuzzing"). Envoy's host has no bound; a set past one is BAD_ARGUMENT, as a
+/// value over `MAX_STORED_VALUE_BYTES` is.
+pub const MAX_SHARED_DATA_KEYS: usize = 65_536;
+pub const MAX_SHARED_DATA_BYTES: usize = 16 * 1024 * 1024;
+/// Most shared queues one tenant registers, and most bytes its queues hold (names, and items not
+/// yet dequeued, each counted with `QUEUE_ITEM_OVERHEAD_BYTES` so that empty items count too), for
+/// the same reason: a registration or an enqueue past them is BAD_ARGUMENT.
+pub const MAX_SHARED_QUEUES: usize = 1024;
+pub const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
+pub const QUEUE_ITEM_OVERHEAD_BYTES: usize = 32;
+/// Most distinct guest metric names one tenant defines: their values are kept process-wide (as
+/// Envoy keeps them per plugin) for the life of the process, so new names without end would grow
+/// host memory without end, as shared data did. A definition of a new name past it is BAD_ARGUMENT.
+pub const MAX_GUEST_METRICS: usize = 1024;
 /// Most bytes one `fd_write` logs (the rest is counted as written and dropped): iovecs may point
 /// at the same memory many times over, so their total is not bounded by the guest's memory.
 pub const MAX_FD_WRITE_BYTES: usize = 1024 * 1024;

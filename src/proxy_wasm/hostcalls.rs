@@ -738,10 +738,10 @@ fn proxy_set_shared_data(c: C, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32) -> 
 }
 
 fn proxy_register_shared_queue(mut c: C, np: i32, nl: i32, out: i32) -> HostResult {
-    let name = memory::read(&c, np, nl)?;
+    let name = read_stored(&c, np, nl)?;
     memory::check_in_bounds(&c, out, 4)?;
     let from_root = c.data().stream().is_none();
-    let id = shared::register_queue(c.data().tenant.as_str(), &name, from_root);
+    let id = shared::register_queue(c.data().tenant.as_str(), &name, from_root)?;
     memory::write_u32(&mut c, out, id)
 }
 
@@ -992,6 +992,25 @@ fn metric_values() -> &'static Mutex<std::collections::HashMap<(String, String),
     VALUES.get_or_init(Default::default)
 }
 
+/// Makes room for `tenant`'s metric `name` among the process-wide values (at most
+/// `abi::MAX_GUEST_METRICS` names per tenant).
+fn register_metric_name(tenant: &str, name: &str) -> HostResult {
+    static NAMES: Mutex<Option<std::collections::HashMap<String, usize>>> = Mutex::new(None);
+    let mut values = metric_values().lock().unwrap_or_else(|p| p.into_inner());
+    let key = (tenant.to_string(), name.to_string());
+    if values.contains_key(&key) {
+        return Ok(());
+    }
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    let count = names.get_or_insert_with(Default::default).entry(tenant.to_string()).or_insert(0);
+    if *count >= abi::MAX_GUEST_METRICS {
+        return Err(Status::BadArgument.into());
+    }
+    *count += 1;
+    values.insert(key, 0);
+    Ok(())
+}
+
 /// Metric ids as Envoy's host makes them: the low two bits are the type (counter 0, gauge 1,
 /// histogram 2), the rest counts the metrics of that type (1, 2, ...), in definition order.
 fn metric_id(metrics: &[(u32, String)], index: usize) -> u32 {
@@ -1012,6 +1031,7 @@ fn proxy_define_metric(mut c: C, metric_type: i32, np: i32, nl: i32, out: i32) -
         return Err(Status::BadArgument.into());
     }
     let name = String::from_utf8(name).map_err(|_| Status::BadArgument)?;
+    register_metric_name(c.data().tenant.as_str(), &name)?;
     let metrics = &mut c.data_mut().metrics;
     let index = match metrics.iter().position(|(t, n)| *t == metric_type as u32 && *n == name) {
         Some(i) => i,
@@ -1123,4 +1143,20 @@ fn proxy_http_call(mut c: C, args: [i32; 8], timeout: i32, token_out: i32) -> Ho
     let id = started.map_err(call_status)?;
     let token = c.data_mut().calls.add(CallKind::Http, id);
     memory::write_u32(&mut c, token_out, token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Metric names were kept without bound (found with the fuzzer's out-of-memory finding, RELIABILITY.md).
+    #[test]
+    fn a_tenant_defines_a_bounded_number_of_metric_names() {
+        for i in 0..abi::MAX_GUEST_METRICS {
+            assert!(register_metric_name("metrics-bound", &format!("m{i}")).is_ok());
+        }
+        assert!(matches!(register_metric_name("metrics-bound", "one more"), Err(HostError::Status(Status::BadArgument))));
+        assert!(register_metric_name("metrics-bound", "m7").is_ok(), "a name already kept is always allowed");
+        assert!(register_metric_name("metrics-other", "one more").is_ok(), "another tenant has its own bound");
+    }
 }
