@@ -10,6 +10,10 @@
 #   aarch64  build, then cross-build the thaw CLI for aarch64 and, under qemu-user, dry-run the
 #          aarch64 auth and chaos filters compiled and signed here (allowed, denied, guest
 #          failures; wrong architectures refused both ways). Part of test (see README, "aarch64").
+#   soak   build, then the soak with churn (integration/soak.py): real Envoy with listeners from
+#          a file rewritten every few seconds, wrk on several tenants, a leak probe, hostile
+#          guests, tampered artifacts; fails on any unexpected status, leak, RSS drift or crash.
+#          `soak --minutes N` (default 2); test runs a short one (see RELIABILITY.md, "Soak").
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
@@ -227,6 +231,17 @@ expect_refusal() {
   fi
 }
 
+# The soak (integration/soak.py; its arguments, e.g. --minutes N, passed on), on what cmd_build made.
+run_soak() {
+  log "soak: real Envoy $ENVOY_VERSION, listeners from a file rewritten under wrk load ($*)"
+  ENVOY_BIN="$(envoy_bin)" "$VENV/bin/python" "$ROOT/integration/soak.py" "$@"
+}
+
+cmd_soak() {
+  cmd_build
+  run_soak "$@"
+}
+
 cmd_test() {
   cmd_build
   log "rustfmt and clippy (warnings are errors)"
@@ -240,6 +255,8 @@ cmd_test() {
   ENVOY_BIN="$(envoy_bin)" COSIGN_BIN="$BUILD/tools/cosign" ORAS_BIN="$BUILD/tools/oras" \
     THAW_AARCH64_BIN="$BUILD/aarch64-target/$AARCH64_TRIPLE/release/thaw" \
     "$VENV/bin/python" -m unittest discover -s "$ROOT/integration" -p 'test_*.py' -v
+  # A short soak (about 2 minutes with setup); its checks are those of the 30-minute one.
+  run_soak --minutes 1.5
 }
 
 case "${1:-}" in
@@ -249,5 +266,6 @@ case "${1:-}" in
   test) cmd_test ;;
   bench) shift; cmd_bench "$@" ;;
   aarch64) cmd_aarch64 ;;
-  *) echo "usage: $0 {deps|build|run|test|aarch64|bench [--scenarios 1,2,3,5,6] [--quick]}" >&2; exit 2 ;;
+  soak) shift; cmd_soak "$@" ;;
+  *) echo "usage: $0 {deps|build|run|test|aarch64|soak [--minutes N]|bench [--scenarios 1,2,3,5,6] [--quick]}" >&2; exit 2 ;;
 esac
