@@ -392,6 +392,15 @@ class Soak:
             sampler.join(timeout=5)
         self.figures["load_s"] = round(time.monotonic() - t0, 1)
         self.collect_wrk(outputs)
+        # Envoy never crashed: the same process (pid and start time), alive.
+        try:
+            alive = envoy.process.poll() is None and start_time(pid) == born
+        except OSError:
+            alive = False
+        if not alive:
+            self.figures["envoy"] = {"alive": False}
+            self.fail(f"Envoy (pid {pid}) is not the process that started: exited {envoy.process.poll()}")
+            return
         # Envoy's own account of the reloads, against what the driver saw.
         lds1 = counters(envoy, "listener_manager.lds.")
         applied = lds1.get("listener_manager.lds.update_success", 0) - lds0.get("listener_manager.lds.update_success", 0)
@@ -408,13 +417,10 @@ class Soak:
                                                                       "total_listeners_draining", "total_listeners_active")}
         self.check_hostile_and_refusals(envoy)
         self.check_rss()
-        # Envoy never crashed: the same process, alive, live, up since before the load.
-        alive = envoy.process.poll() is None and start_time(pid) == born
+        # ... live, and up since before the load.
         server = counters(envoy, "server.")
         uptime, state = server.get("server.uptime", 0), server.get("server.state", -1)
-        self.figures["envoy"] = {"alive": alive, "same_pid": alive, "uptime_s": uptime, "state": state}
-        if not alive:
-            self.fail(f"Envoy (pid {pid}) is not the process that started: exited {envoy.process.poll()}")
+        self.figures["envoy"] = {"alive": True, "same_pid": True, "uptime_s": uptime, "state": state}
         if state != 0 or uptime < self.figures["load_s"] - 5:
             self.fail(f"Envoy server.state {state} (0 is LIVE), uptime {uptime} s over a {self.figures['load_s']} s load")
         # thaw's hook guards log "thaw: panic in <hook>"; a Rust panic message outside a guest's own
@@ -529,7 +535,7 @@ class Soak:
         """VmRSS every second; every 5 s also what Envoy's allocator says it holds (admin /memory),
         to tell a heap that grows from pages the kernel still counts."""
         n = 0
-        while not stop.is_set():
+        while not stop.is_set() and n < self.seconds + 600:
             try:
                 t = time.monotonic() - self.t0
                 self.rss.append((t, rss_kib(pid)))
@@ -640,7 +646,11 @@ class Soak:
             next_at = max(next_at, now) + (self.args.warmup_reload_every if now < burst_end else self.args.reload_every)
             if now < burst_end:
                 self.figures["warmup_pushes"] = self.figures.get("warmup_pushes", 0) + 1
-            accounted = self.push(envoy, MUTATIONS[pushes % len(MUTATIONS)], pushes)
+            try:
+                accounted = self.push(envoy, MUTATIONS[pushes % len(MUTATIONS)], pushes)
+            except OSError as e:
+                self.fail(f"push {pushes}: Envoy's admin endpoint or a listener stopped answering: {e}")
+                accounted = False
             pushes += 1
             if not accounted:
                 # Envoy and the driver disagree on what the listeners are: later pushes would be
@@ -777,16 +787,17 @@ class Soak:
         return "timeout"
 
     def verify(self, expect, n, kind):
-        """Retries (at most 10 s: workers take up a new listener shortly after Envoy accepts it)."""
+        """Retries (at most 10 s or 100 tries: workers take up a new listener shortly after Envoy
+        accepts it)."""
         deadline = time.monotonic() + 10
         tries = 0
         while True:
             tries += 1
             try:
                 seen = expect.check(f"{n}.{tries}")
-            except OSError as e:
-                seen = f"error {e}"
-            if seen is None or seen.startswith("LEAK") or time.monotonic() > deadline:
+            except (OSError, http.client.HTTPException) as e:
+                seen = f"error {e!r}"
+            if seen is None or seen.startswith("LEAK") or time.monotonic() > deadline or tries >= 100:
                 break
             time.sleep(0.1)
         self.pushes["verified_checks"] += 1
