@@ -149,12 +149,13 @@ fn new_runtime_engine(max_live_instances: u32) -> Result<Engine, String> {
                 .decommit_batch_size(32)
                 .linear_memory_keep_resident(2 << 20)
                 .pagemap_scan(wasmtime::Enabled::Auto)
-                // A freed slot stays resident up to `keep_resident` and affine to its module, even
-                // once that module is gone (a reload drops it). Wasmtime prefers never-used slots
-                // while fewer than this many freed ones wait, so with its default (100) every
-                // reload's new modules touched fresh slots: the soak saw Envoy's RSS climb for tens
-                // of minutes toward (100 + live) x 2 MiB (RELIABILITY.md, "Soak"). Few idle slots:
-                // a new module reuses the least recently used one instead.
+                // A freed slot keeps the pages its instance dirtied resident, up to `keep_resident`,
+                // and stays affine to its module, even once that module is gone (a reload drops
+                // it). Wasmtime prefers never-used slots while fewer than this many freed ones
+                // wait, so with its default (100) every reload's new modules took fresh slots: the
+                // soak saw Envoy's RSS still climbing after 7 minutes, toward (100 + live) x 2 MiB
+                // (RELIABILITY.md, "Soak"). Few idle slots: a new module reuses the least recently
+                // used one instead.
                 .max_unused_warm_slots(MAX_UNUSED_WARM_SLOTS);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
             let engine = Engine::new(&config).map_err(|e| format!("cannot create the Wasmtime engine: {e:#}"))?;
