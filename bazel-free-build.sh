@@ -13,6 +13,12 @@
 #   fuzz [--minutes N] [TARGET...]  build, then run each fuzz target (fuzz/, cargo fuzz) for N
 #          minutes (default 10), one process each, corpora kept in build/fuzz-corpus; test runs a
 #          bounded smoke run of every target instead (RELIABILITY.md, "Fuzzing")
+#   scale  build, then bench/scale.py: 10,000 distinct tenants, 100,000 shared, a reload that
+#          changes one, cold-tenant floods (RELIABILITY.md, "Scale, reloads and cold-tenant floods")
+#   soak   build, then the soak with churn (integration/soak.py): real Envoy with listeners from
+#          a file rewritten every few seconds, wrk on several tenants, a leak probe, hostile
+#          guests, tampered artifacts; fails on any unexpected status, leak, RSS drift or crash.
+#          `soak --minutes N` (default 2); test runs a 2-minute one (see RELIABILITY.md, "Soak").
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
@@ -325,6 +331,17 @@ cmd_fuzz() {
   done
 }
 
+# The soak (integration/soak.py; its arguments, e.g. --minutes N, passed on), on what cmd_build made.
+run_soak() {
+  log "soak: real Envoy $ENVOY_VERSION, listeners from a file rewritten under wrk load ($*)"
+  ENVOY_BIN="$(envoy_bin)" "$VENV/bin/python" "$ROOT/integration/soak.py" "$@"
+}
+
+cmd_soak() {
+  cmd_build
+  run_soak "$@"
+}
+
 cmd_test() {
   cmd_build
   log "rustfmt and clippy (warnings are errors)"
@@ -340,6 +357,9 @@ cmd_test() {
   ENVOY_BIN="$(envoy_bin)" COSIGN_BIN="$BUILD/tools/cosign" ORAS_BIN="$BUILD/tools/oras" \
     THAW_AARCH64_BIN="$BUILD/aarch64-target/$AARCH64_TRIPLE/release/thaw" \
     "$VENV/bin/python" -m unittest discover -s "$ROOT/integration" -p 'test_*.py' -v
+  # A short soak (2 minutes of load, about 2 min 10 s in all): the checks of the 30-minute one,
+  # with a probe-rate floor a busy CI machine meets (the long run needs 10^6 probe requests).
+  run_soak --minutes 2 --min-probe-rps 100
 }
 
 case "${1:-}" in
@@ -351,5 +371,6 @@ case "${1:-}" in
   scale) shift; cmd_scale "$@" ;;
   aarch64) cmd_aarch64 ;;
   fuzz) shift; cmd_fuzz "$@" ;;
-  *) echo "usage: $0 {deps|build|run|test|aarch64|bench [--scenarios 1,2,3,5,6] [--quick]|scale [--scenarios scale,reload,flood] [--quick]|fuzz [--minutes N] [TARGET...]}" >&2; exit 2 ;;
+  soak) shift; cmd_soak "$@" ;;
+  *) echo "usage: $0 {deps|build|run|test|aarch64|soak [--minutes N]|bench [--scenarios 1,2,3,5,6] [--quick]|scale [--scenarios scale,reload,flood] [--quick]|fuzz [--minutes N] [TARGET...]}" >&2; exit 2 ;;
 esac

@@ -70,11 +70,12 @@ def thaw(*args, check=True):
 
 
 class Upstream:
-    """An HTTP upstream that answers 200 and records the headers of every request it saw."""
+    """An HTTP upstream that answers 200 and records the headers of every request it saw (all of
+    them kept in `seen`, unless `record=False`: a long load would fill memory)."""
 
-    def __init__(self):
+    def __init__(self, record=True):
         self.seen = []
-        seen = self.seen
+        seen = self.seen if record else _Discard()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -128,6 +129,13 @@ class Upstream:
 
     def close(self):
         self.server.close()
+
+
+class _Discard:
+    """A list that keeps nothing (the non-recording upstream's `seen`)."""
+
+    def append(self, _item):
+        pass
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -231,6 +239,31 @@ def envoy_config(http_filters, upstream_port, listen_port, admin_port, routes=No
     }
 
 
+def lds_listener(http_filters, port, name="main", upstream_port=1):
+    """The harness's listener (`envoy_config`'s) named `name` on `port`, as an LDS resource."""
+    config = envoy_config(http_filters, upstream_port, port, 1)
+    return dict(config["static_resources"]["listeners"][0], name=name,
+                **{"@type": "type.googleapis.com/envoy.config.listener.v3.Listener"})
+
+
+def lds_bootstrap(lds_path, upstream_port, admin_port):
+    """A bootstrap (as `envoy_config` makes, no static listeners) whose listeners come from the file
+    `lds_path`, which Envoy reloads whenever it is replaced (`write_lds`)."""
+    bootstrap = envoy_config([], upstream_port, 1, admin_port)
+    bootstrap["static_resources"]["listeners"] = []
+    bootstrap["node"] = {"id": "thaw-test", "cluster": "thaw-test"}
+    bootstrap["dynamic_resources"] = {"lds_config": {"path_config_source": {"path": str(lds_path)}, "resource_api_version": "V3"}}
+    return bootstrap
+
+
+def write_lds(lds_path, listeners):
+    """Replaces the LDS file atomically (a temporary file renamed over it) with `listeners`."""
+    lds_path = Path(lds_path)
+    tmp = lds_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"resources": listeners}))
+    os.replace(tmp, lds_path)
+
+
 def envoy_env():
     env = dict(os.environ)
     env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(RELEASE)
@@ -255,8 +288,9 @@ class Envoy:
     """A running Envoy with `http_filters`, in front of `upstream`. Use as a context manager."""
 
     def __init__(self, http_filters, upstream, workdir, routes=None, concurrency=2, log_level="info", config_text=None,
-                 port=None, admin_port=None):
-        """`config_text` (YAML or JSON with this Envoy's ports already in it) replaces the generated config."""
+                 port=None, admin_port=None, extra_args=()):
+        """`config_text` (YAML or JSON with this Envoy's ports already in it) replaces the generated config;
+        `extra_args` are appended to Envoy's command line."""
         self.port = port or free_port()
         self.admin_port = admin_port or free_port()
         self.workdir = Path(workdir)
@@ -267,13 +301,14 @@ class Envoy:
         self.log_path = self.workdir / f"envoy-{self.port}.log"
         self.concurrency = concurrency
         self.log_level = log_level
+        self.extra_args = list(extra_args)
         self.process = None
 
     def __enter__(self):
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             [ENVOY, "-c", str(self.config_path), "--disable-hot-restart", "--concurrency", str(self.concurrency),
-             "-l", self.log_level, "--base-id", str(self.port)],
+             "-l", self.log_level, "--base-id", str(self.port), *self.extra_args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=envoy_env(),
