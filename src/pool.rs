@@ -20,7 +20,7 @@
 
 use crate::config::{ColdStartLimit, Isolation, TenantId};
 use crate::proxy_wasm::host;
-use crate::proxy_wasm::{GuestError, GuestInstance, Plugin};
+use crate::proxy_wasm::{FailureKind, GuestError, GuestInstance, Plugin};
 use crate::telemetry::{Metric, StatsSink};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -123,7 +123,21 @@ pub fn take(plugin: &Arc<Plugin>, stats: &mut dyn StatsSink) -> Result<GuestInst
     }
     make_room(plugin.initial_memory_bytes, stats);
     let started = Instant::now();
-    let instance = plugin.instantiate()?;
+    let instance = match plugin.instantiate() {
+        // Out of instance slots (or budget): idle instances hold slots too, so a flood of tenants
+        // under `pooled` could fill them all and refuse everyone; evict this worker's least
+        // recently used idle instances, one at a time, and try again.
+        Err(e) if e.kind() == FailureKind::Refused => loop {
+            if !evict_lru(stats) {
+                return Err(e);
+            }
+            match plugin.instantiate() {
+                Err(e) if e.kind() == FailureKind::Refused => continue,
+                other => break other?,
+            }
+        },
+        other => other?,
+    };
     let metric = if plugin.is_resumed() { Metric::SnapshotResume } else { Metric::ColdStart };
     stats.record(metric, tenant, started.elapsed().as_micros() as i64);
     Ok(instance)
@@ -154,23 +168,29 @@ pub fn give_back(plugin: &Arc<Plugin>, mut instance: GuestInstance, stats: &mut 
 /// Evicts idle instances on this worker, least recently used tenant first, until `needed` more
 /// bytes fit in the process budget (or nothing idle is left here).
 fn make_room(needed: usize, stats: &mut dyn StatsSink) {
-    if host::live_bytes().saturating_add(needed) <= host::budget_bytes() {
-        return;
+    while host::live_bytes().saturating_add(needed) > host::budget_bytes() {
+        if !evict_lru(stats) {
+            return;
+        }
     }
+}
+
+/// Evicts the oldest idle instance of this worker's least recently used tenant; false when this
+/// worker holds none.
+fn evict_lru(stats: &mut dyn StatsSink) -> bool {
     POOLS.with(|pools| {
         let mut pools = pools.borrow_mut();
-        while host::live_bytes().saturating_add(needed) > host::budget_bytes() {
-            let Some(lru) = pools.tenants.values_mut().filter(|p| !p.idle.is_empty()).min_by_key(|p| p.last_used) else {
-                return;
-            };
-            let evicted = lru.idle.remove(0);
-            if let Some(plugin) = lru.plugin.upgrade() {
-                stats.record(Metric::PoolSize, &plugin.tenant, -1);
-                stats.record(Metric::InstanceEvicted, &plugin.tenant, 1);
-            }
-            drop(evicted);
+        let Some(lru) = pools.tenants.values_mut().filter(|p| !p.idle.is_empty()).min_by_key(|p| p.last_used) else {
+            return false;
+        };
+        let evicted = lru.idle.remove(0);
+        if let Some(plugin) = lru.plugin.upgrade() {
+            stats.record(Metric::PoolSize, &plugin.tenant, -1);
+            stats.record(Metric::InstanceEvicted, &plugin.tenant, 1);
         }
-    });
+        drop(evicted);
+        true
+    })
 }
 
 impl WorkerPools {

@@ -1,6 +1,6 @@
 //! Instance slots (Wasmtime's pooling allocator, `max_live_instances`) running out is a clean,
-//! counted refusal answered per `on_error`, never a crash; its own test binary, as the engine and
-//! its slots are process-wide.
+//! counted refusal answered per `on_error`, never a crash, and idle pooled instances give their
+//! slots up to new tenants; its own test binary, as the engine and its slots are process-wide.
 
 mod common;
 
@@ -47,4 +47,40 @@ fn running_out_of_instance_slots_is_a_counted_refusal() {
     }
     let mut again = StreamFilter::new(Arc::clone(&config));
     assert_eq!(again.on_request_headers(stream.clone(), true), Verdict::Continue);
+    again.on_stream_complete(stream.clone());
+    // In the same test: slots are process-wide, and idle instances are per worker thread.
+    idle_pooled_instances_give_up_their_slots_to_new_tenants();
+}
+
+/// With every slot free, pooled tenants served one after the other each leave an idle instance.
+fn idle_pooled_instances_give_up_their_slots_to_new_tenants() {
+    let guest = common::pass_through_guest(1);
+    let pooled = InstancePolicy { isolation: thaw::config::Isolation::Pooled, ..InstancePolicy::DEFAULT };
+    let config = Config {
+        trust: thaw::config::TrustSettings::keys(vec![guest.public.clone()]),
+        on_artifact_failure: Default::default(),
+        tenant_from: TenantSource::Header("x-tenant-id".into()),
+        unknown_tenant: Policy::Deny,
+        on_error: Policy::Deny,
+        allow_jit: false,
+        memory_budget_mb: DEFAULT_MEMORY_BUDGET_MB,
+        max_live_instances: 3,
+        crash_loop: DEFAULT_CRASH_LOOP,
+        cold_starts: None,
+        snapshots: None,
+        tenants: (0..6).map(|i| guest.tenant(&format!("p{i}"), Vec::new(), pooled)).collect(),
+    };
+    let config = Arc::new(FilterConfig::load("slots-pooled", &config, &mut NoStats).unwrap());
+    // Six tenants one after the other: each leaves an idle instance holding a slot; past three,
+    // the least recently used one is evicted rather than the request refused.
+    for i in 0..6 {
+        let stream = FakeStream::with(&[("x-tenant-id", &format!("p{i}"))]);
+        let mut filter = StreamFilter::new(Arc::clone(&config));
+        assert_eq!(filter.on_request_headers(stream.clone(), true), Verdict::Continue, "tenant p{i}");
+        filter.on_stream_complete(stream.clone());
+        assert_eq!(stream.records(Metric::InstanceRefused), 0, "tenant p{i}");
+        if i >= 3 {
+            assert!(stream.records(Metric::InstanceEvicted) > 0, "tenant p{i}: an idle instance gave up its slot");
+        }
+    }
 }
