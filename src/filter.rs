@@ -380,7 +380,9 @@ fn load_files(engine: &'static wasmtime::Engine, trust: &Trust, config: &Config)
         return work().into_iter().collect();
     }
     std::thread::scope(|scope| {
-        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        // A helper the OS will not start leaves its share to the others (this thread included).
+        let helpers: Vec<_> =
+            (1..threads).filter_map(|_| std::thread::Builder::new().name("thaw-load".into()).spawn_scoped(scope, work).ok()).collect();
         let mut all: HashMap<_, _> = work().into_iter().collect();
         for helper in helpers {
             // A panic in a helper is re-raised here, on the hook's thread, whose guard catches it.
