@@ -48,20 +48,11 @@ def log(msg):
 
 # ---------------------------------------------------------------- artifacts
 
-def leb128(n):
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
-
-
 def with_custom_section(wasm, payload):
     """The module plus a custom section: different bytes (and digest) for each tenant."""
     name = b"thaw-bench-tenant"
-    body = leb128(len(name)) + name + payload
-    return wasm + b"\x00" + leb128(len(body)) + body
+    body = h.leb128(len(name)) + name + payload
+    return wasm + b"\x00" + h.leb128(len(body)) + body
 
 
 class Artifacts:

@@ -55,17 +55,6 @@ def sleb(n):
             return bytes(out)
 
 
-def read_leb128(data, pos):
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return result, pos
-
-
 def with_distinct_code(wasm, n):
     """`wasm` plus one more function, `() -> i32` returning `n`: Wasmtime compiles every defined
     function, so each tenant's native code really differs (not only a custom section)."""
@@ -73,22 +62,22 @@ def with_distinct_code(wasm, n):
     sections, pos = [], 8
     while pos < len(wasm):
         sid = wasm[pos]
-        size, body_at = read_leb128(wasm, pos + 1)
+        size, body_at = h.read_leb128(wasm, pos + 1)
         sections.append([sid, wasm[body_at:body_at + size]])
         pos = body_at + size
     by_id = {s[0]: s for s in sections if s[0] != 0}
     assert 1 in by_id and 3 in by_id and 10 in by_id, "the guest needs type, function and code sections"
 
     def append(section, entry):
-        count, at = read_leb128(section[1], 0)
-        section[1] = b.leb128(count + 1) + section[1][at:] + entry
+        count, at = h.read_leb128(section[1], 0)
+        section[1] = h.leb128(count + 1) + section[1][at:] + entry
         return count
 
     new_type = append(by_id[1], b"\x60\x00\x01\x7f")
-    append(by_id[3], b.leb128(new_type))
+    append(by_id[3], h.leb128(new_type))
     body = b"\x00\x41" + sleb(n) + b"\x0b"
-    append(by_id[10], b.leb128(len(body)) + body)
-    return wasm[:8] + b"".join(bytes([sid]) + b.leb128(len(payload)) + payload for sid, payload in sections)
+    append(by_id[10], h.leb128(len(body)) + body)
+    return wasm[:8] + b"".join(bytes([sid]) + h.leb128(len(payload)) + payload for sid, payload in sections)
 
 
 class Artifacts:

@@ -44,6 +44,28 @@ def _ephemeral_low():
 _PORTS_GIVEN = set()
 
 
+def leb128(n):
+    """Unsigned LEB128, as Wasm encodes counts and sizes."""
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def read_leb128(data, at):
+    """(value, position after it) of the unsigned LEB128 at `at`."""
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, at
+
+
 def free_port():
     """A free loopback port for a listener, below the kernel's ephemeral range: a port taken from
     that range (bind to port 0) can become some connection's source port before Envoy binds it

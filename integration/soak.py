@@ -57,26 +57,6 @@ MUTATIONS = ("add", "change_artifact", "change_config", "remove", "stable_artifa
 # Artifacts
 
 
-def _leb128(n):
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _read_leb128(data, at):
-    value = shift = 0
-    while True:
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, at
-
-
 def with_passive_segment(wasm, payload):
     """`wasm` with one more data segment, passive (never copied into memory, no code refers to it):
     the module behaves the same, but its compiled .cwasm (which keeps the module's data), digest
@@ -85,17 +65,17 @@ def with_passive_segment(wasm, payload):
     added = False
     while at < len(wasm):
         section = wasm[at]
-        size, body = _read_leb128(wasm, at + 1)
+        size, body = h.read_leb128(wasm, at + 1)
         payload_bytes = wasm[body:body + size]
         at = body + size
         if section in (11, 12):  # data, data count: one segment more
-            count, rest = _read_leb128(payload_bytes, 0)
-            new = _leb128(count + 1) + payload_bytes[rest:]
+            count, rest = h.read_leb128(payload_bytes, 0)
+            new = h.leb128(count + 1) + payload_bytes[rest:]
             if section == 11:
-                new += _leb128(1) + _leb128(len(payload)) + payload  # flags 1: passive
+                new += h.leb128(1) + h.leb128(len(payload)) + payload  # flags 1: passive
                 added = True
             payload_bytes = new
-        out += bytes([section]) + _leb128(len(payload_bytes)) + payload_bytes
+        out += bytes([section]) + h.leb128(len(payload_bytes)) + payload_bytes
     if not added:
         raise ValueError("the module has no data section")
     return bytes(out)
