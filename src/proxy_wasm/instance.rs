@@ -15,7 +15,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::{Engine, ExternType, Instance, InstancePre, Module, Store, TypedFunc};
+use wasmtime::{Engine, ExternType, Instance, InstancePre, Module, ModuleExport, Store, TypedFunc};
 
 /// A tenant's loaded program, shared (read-only) by every worker.
 pub struct Plugin {
@@ -37,6 +37,8 @@ pub struct Plugin {
     /// The ABI the guest declares.
     pub abi: AbiVersion,
     shape: ExportShape,
+    /// The guest's callbacks, resolved once per module (shared with every tenant of the module).
+    callbacks: Arc<Callbacks>,
     /// Set when the guest's init makes HTTP calls: ready once the root instance recorded them
     /// all with their answers (`init_calls`).
     pub readiness: Option<super::init_calls::Readiness>,
@@ -53,6 +55,8 @@ pub struct Linked {
     abi: AbiVersion,
     /// What the module's exports say about how Envoy's host drives it.
     shape: ExportShape,
+    /// Where the module's callbacks are among its exports.
+    callbacks: Arc<Callbacks>,
 }
 
 /// How a guest is started and called, from its exports (once per module).
@@ -104,7 +108,8 @@ impl Linked {
         let mut linker = hostcalls::linker(engine, snapshot_init).map_err(|e| format!("host functions: {e:#}"))?;
         hostcalls::add_stubs_for_unknown_imports(&mut linker, module, snapshot_init)?;
         let pre = linker.instantiate_pre(module).map_err(|e| format!("cannot link the module: {e:#}"))?;
-        Ok(Linked { pre, initial_memory_bytes, abi, shape })
+        let callbacks = Arc::new(Callbacks::of(module));
+        Ok(Linked { pre, initial_memory_bytes, abi, shape, callbacks })
     }
 }
 
@@ -256,6 +261,7 @@ impl Plugin {
             resume,
             abi: linked.abi,
             shape: linked.shape,
+            callbacks: Arc::clone(&linked.callbacks),
             readiness: None,
         }
     }
@@ -331,7 +337,7 @@ impl Plugin {
             kind: FailureKind::Trap,
             reason: format!("{e:#}"),
         };
-        let exports = Exports::new(&mut store, instance).map_err(failed)?;
+        let exports = Exports::new(&mut store, instance, &self.callbacks).map_err(failed)?;
         let memory = instance.get_memory(&mut store, "memory").ok_or_else(|| failed(wasmtime::Error::msg("no memory")))?;
         store.data_mut().memory = Some(GuestMemory { memory, allocate: exports.allocate.clone() });
         let mut guest = GuestInstance {
@@ -398,13 +404,31 @@ fn classify(error: &wasmtime::Error, limits: &super::host::MemoryLimits) -> Fail
 /// The root context of every instance (one plugin per instance).
 const ROOT_CONTEXT_ID: u32 = 1;
 
-/// The guest's callbacks. All optional but the allocator. Their types are checked once per module
-/// (`check_export_types`, at link); in an instance each is looked up on first use only (a
-/// request calls a handful of the twenty-odd), so a fresh instance per request pays for what it
-/// calls.
+/// An instance's callbacks: the module's [`Callbacks`], each made callable in this instance on
+/// first use.
 struct Exports {
     instance: Instance,
     allocate: TypedFunc<i32, i32>,
+    callbacks: Callbacks,
+}
+
+impl Exports {
+    fn new(store: &mut Store<HostState>, instance: Instance, callbacks: &Callbacks) -> wasmtime::Result<Exports> {
+        let mut callbacks = callbacks.clone();
+        let allocate = callbacks.allocate.func(&instance, store)?.ok_or_else(|| wasmtime::Error::msg("no allocator export"))?.clone();
+        Ok(Exports { instance, allocate, callbacks })
+    }
+}
+
+/// The guest's callbacks, all optional but the allocator. Found among the module's exports once
+/// per module (an index each, no name lookup per instance) and their types checked once per module
+/// (`check_export_types`, at link); in an instance each is made callable on first use only (a
+/// request calls a handful of the twenty-odd), so a fresh instance per request pays for what it
+/// calls, and nothing for what the guest does not export.
+#[derive(Clone)]
+struct Callbacks {
+    /// `proxy_on_memory_allocate`, else `malloc`.
+    allocate: Lazy<i32, i32>,
     initialize: Lazy<(), ()>,
     on_context_create: Lazy<(i32, i32), ()>,
     on_vm_start: Lazy<(i32, i32), i32>,
@@ -435,77 +459,101 @@ struct Exports {
     on_delete: Lazy<i32, ()>,
 }
 
-/// One optional guest export, looked up (and its type checked) the first time it is called.
-struct Lazy<P, R> {
-    name: &'static str,
-    func: std::cell::OnceCell<Option<TypedFunc<P, R>>>,
-}
-
-impl<P: wasmtime::WasmParams, R: wasmtime::WasmResults> Lazy<P, R> {
-    fn new(name: &'static str) -> Lazy<P, R> {
-        Lazy { name, func: std::cell::OnceCell::new() }
+impl Callbacks {
+    fn of(module: &Module) -> Callbacks {
+        let allocate = Lazy::new(module, "proxy_on_memory_allocate");
+        Callbacks {
+            allocate: if allocate.is_exported() { allocate } else { Lazy::new(module, "malloc") },
+            initialize: Lazy::new(module, "_initialize"),
+            on_context_create: Lazy::new(module, "proxy_on_context_create"),
+            on_vm_start: Lazy::new(module, "proxy_on_vm_start"),
+            on_configure: Lazy::new(module, "proxy_on_configure"),
+            start: Lazy::new(module, "_start"),
+            main: Lazy::new(module, "main"),
+            on_request_headers: Lazy::new(module, "proxy_on_request_headers"),
+            on_request_headers_abi010: Lazy::new(module, "proxy_on_request_headers"),
+            on_request_body: Lazy::new(module, "proxy_on_request_body"),
+            on_request_trailers: Lazy::new(module, "proxy_on_request_trailers"),
+            on_response_headers: Lazy::new(module, "proxy_on_response_headers"),
+            on_response_headers_abi010: Lazy::new(module, "proxy_on_response_headers"),
+            on_response_body: Lazy::new(module, "proxy_on_response_body"),
+            on_response_trailers: Lazy::new(module, "proxy_on_response_trailers"),
+            on_http_call_response: Lazy::new(module, "proxy_on_http_call_response"),
+            on_tick: Lazy::new(module, "proxy_on_tick"),
+            on_grpc_receive: Lazy::new(module, "proxy_on_grpc_receive"),
+            on_grpc_initial_metadata: Lazy::new(module, "proxy_on_grpc_receive_initial_metadata"),
+            on_grpc_trailing_metadata: Lazy::new(module, "proxy_on_grpc_receive_trailing_metadata"),
+            on_grpc_close: Lazy::new(module, "proxy_on_grpc_close"),
+            on_queue_ready: Lazy::new(module, "proxy_on_queue_ready"),
+            on_done: Lazy::new(module, "proxy_on_done"),
+            on_log: Lazy::new(module, "proxy_on_log"),
+            on_delete: Lazy::new(module, "proxy_on_delete"),
+        }
     }
 
-    /// Calls the export with `args`, or answers `absent` when the guest has none.
-    fn call_or(&self, instance: &Instance, store: &mut Store<HostState>, args: P, absent: R) -> wasmtime::Result<R> {
-        let func = match self.func.get() {
-            Some(func) => func.clone(),
-            None => {
-                let func = match instance.get_func(&mut *store, self.name) {
-                    Some(f) => Some(f.typed(&*store).map_err(|e| e.context(format!("export `{}`", self.name)))?),
-                    None => None,
-                };
-                let _ = self.func.set(func.clone());
-                func
-            }
-        };
-        match func {
-            Some(f) => f.call(store, args),
-            None => Ok(absent),
+    /// Whether the guest exports the stream callback.
+    fn exports(&self, callback: HttpCallback, abi010: bool) -> bool {
+        match callback {
+            HttpCallback::RequestHeaders if abi010 => self.on_request_headers_abi010.is_exported(),
+            HttpCallback::RequestHeaders => self.on_request_headers.is_exported(),
+            HttpCallback::RequestBody => self.on_request_body.is_exported(),
+            HttpCallback::RequestTrailers => self.on_request_trailers.is_exported(),
+            HttpCallback::ResponseHeaders if abi010 => self.on_response_headers_abi010.is_exported(),
+            HttpCallback::ResponseHeaders => self.on_response_headers.is_exported(),
+            HttpCallback::ResponseBody => self.on_response_body.is_exported(),
+            HttpCallback::ResponseTrailers => self.on_response_trailers.is_exported(),
         }
     }
 }
 
-impl Exports {
-    fn new(store: &mut Store<HostState>, instance: Instance) -> wasmtime::Result<Exports> {
-        let allocator = |store: &mut Store<HostState>, name: &str| -> wasmtime::Result<Option<TypedFunc<i32, i32>>> {
-            match instance.get_func(&mut *store, name) {
-                Some(f) => Ok(Some(f.typed(&*store).map_err(|e| e.context(format!("export `{name}`")))?)),
-                None => Ok(None),
-            }
+/// One optional guest export: where it is among the module's exports (`None`: not exported, or
+/// not a function), and, in an instance, the function made callable (type-checked) on first use.
+struct Lazy<P, R> {
+    name: &'static str,
+    export: Option<ModuleExport>,
+    func: Option<TypedFunc<P, R>>,
+}
+
+/// A module's `Lazy` is cloned into each instance before any use, so the clone starts unresolved.
+impl<P, R> Clone for Lazy<P, R> {
+    fn clone(&self) -> Lazy<P, R> {
+        Lazy { name: self.name, export: self.export, func: None }
+    }
+}
+
+impl<P: wasmtime::WasmParams, R: wasmtime::WasmResults> Lazy<P, R> {
+    fn new(module: &Module, name: &'static str) -> Lazy<P, R> {
+        let export = match module.get_export(name) {
+            Some(ExternType::Func(_)) => module.get_export_index(name),
+            _ => None,
         };
-        let allocate = match allocator(store, "proxy_on_memory_allocate")? {
-            Some(f) => f,
-            None => allocator(store, "malloc")?.ok_or_else(|| wasmtime::Error::msg("no allocator export"))?,
-        };
-        Ok(Exports {
-            instance,
-            allocate,
-            initialize: Lazy::new("_initialize"),
-            on_context_create: Lazy::new("proxy_on_context_create"),
-            on_vm_start: Lazy::new("proxy_on_vm_start"),
-            on_configure: Lazy::new("proxy_on_configure"),
-            start: Lazy::new("_start"),
-            main: Lazy::new("main"),
-            on_request_headers: Lazy::new("proxy_on_request_headers"),
-            on_request_headers_abi010: Lazy::new("proxy_on_request_headers"),
-            on_request_body: Lazy::new("proxy_on_request_body"),
-            on_request_trailers: Lazy::new("proxy_on_request_trailers"),
-            on_response_headers: Lazy::new("proxy_on_response_headers"),
-            on_response_headers_abi010: Lazy::new("proxy_on_response_headers"),
-            on_response_body: Lazy::new("proxy_on_response_body"),
-            on_response_trailers: Lazy::new("proxy_on_response_trailers"),
-            on_http_call_response: Lazy::new("proxy_on_http_call_response"),
-            on_tick: Lazy::new("proxy_on_tick"),
-            on_grpc_receive: Lazy::new("proxy_on_grpc_receive"),
-            on_grpc_initial_metadata: Lazy::new("proxy_on_grpc_receive_initial_metadata"),
-            on_grpc_trailing_metadata: Lazy::new("proxy_on_grpc_receive_trailing_metadata"),
-            on_grpc_close: Lazy::new("proxy_on_grpc_close"),
-            on_queue_ready: Lazy::new("proxy_on_queue_ready"),
-            on_done: Lazy::new("proxy_on_done"),
-            on_log: Lazy::new("proxy_on_log"),
-            on_delete: Lazy::new("proxy_on_delete"),
-        })
+        Lazy { name, export, func: None }
+    }
+
+    fn is_exported(&self) -> bool {
+        self.export.is_some()
+    }
+
+    /// The export in `instance`, made callable on first use; `None` when the guest has none.
+    fn func(&mut self, instance: &Instance, store: &mut Store<HostState>) -> wasmtime::Result<Option<&TypedFunc<P, R>>> {
+        let Some(export) = &self.export else { return Ok(None) };
+        if self.func.is_none() {
+            let context = || format!("export `{}`", self.name);
+            let func = instance
+                .get_module_export(&mut *store, export)
+                .and_then(wasmtime::Extern::into_func)
+                .ok_or_else(|| wasmtime::Error::msg("not a function of this instance").context(context()))?;
+            self.func = Some(func.typed(&*store).map_err(|e| e.context(context()))?);
+        }
+        Ok(self.func.as_ref())
+    }
+
+    /// Calls the export with `args`, or answers `absent` when the guest has none.
+    fn call_or(&mut self, instance: &Instance, store: &mut Store<HostState>, args: P, absent: R) -> wasmtime::Result<R> {
+        match self.func(instance, store)? {
+            Some(f) => f.call(store, args),
+            None => Ok(absent),
+        }
     }
 }
 
@@ -594,7 +642,7 @@ impl GuestInstance {
         &mut self,
         hook: &'static str,
         context: CallContext,
-        f: impl FnOnce(&Exports, &mut Store<HostState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Instance, &mut Callbacks, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, GuestError> {
         if self.failed {
             let reason = "instance already failed".into();
@@ -605,10 +653,12 @@ impl GuestInstance {
             let mut store = CallScope::install(&mut self.store, context);
             // A panic in host code during the call (a thaw bug) unwinds through the guest's frames:
             // the instance may be cut off mid-call, so it is failed, never reused.
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&self.exports, &mut store))).unwrap_or_else(|panic| {
-                let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
-                Err(wasmtime::Error::msg(format!("host panic during the call: {}", what.unwrap_or_default())))
-            })
+            let exports = &mut self.exports;
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&exports.instance, &mut exports.callbacks, &mut store)))
+                .unwrap_or_else(|panic| {
+                    let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+                    Err(wasmtime::Error::msg(format!("host panic during the call: {}", what.unwrap_or_default())))
+                })
         };
         result.map_err(|e| {
             self.failed = true;
@@ -635,24 +685,24 @@ impl GuestInstance {
         let plugin_len = self.store.data().plugin_config.len() as i32;
         // Reactor guests export `_initialize`; command-style guests `_start` (as Envoy's host).
         let ExportShape { initialize, main, .. } = self.shape;
-        self.call("_initialize", init(Phase::Other), |e, s| {
+        self.call("_initialize", init(Phase::Other), |i, c, s| {
             if !initialize {
-                return e.start.call_or(&e.instance, s, (), ());
+                return c.start.call_or(i, s, (), ());
             }
-            e.initialize.call_or(&e.instance, &mut *s, (), ())?;
+            c.initialize.call_or(i, &mut *s, (), ())?;
             if main {
-                e.main.call_or(&e.instance, s, (0, 0), 0)?;
+                c.main.call_or(i, s, (0, 0), 0)?;
             }
             Ok(())
         })?;
-        self.call("proxy_on_context_create", init(Phase::Other), |e, s| e.on_context_create.call_or(&e.instance, s, (root, 0), ()))?;
-        let vm_ok = self.call("proxy_on_vm_start", init(Phase::Other), |e, s| e.on_vm_start.call_or(&e.instance, s, (root, vm_len), 1))?;
+        self.call("proxy_on_context_create", init(Phase::Other), |i, c, s| c.on_context_create.call_or(i, s, (root, 0), ()))?;
+        let vm_ok = self.call("proxy_on_vm_start", init(Phase::Other), |i, c, s| c.on_vm_start.call_or(i, s, (root, vm_len), 1))?;
         if vm_ok == 0 {
             self.failed = true;
             return Err(GuestError::Rejected { tenant: self.tenant.clone(), hook: "proxy_on_vm_start" });
         }
         let configured =
-            self.call("proxy_on_configure", init(Phase::Configure), |e, s| e.on_configure.call_or(&e.instance, s, (root, plugin_len), 1))?;
+            self.call("proxy_on_configure", init(Phase::Configure), |i, c, s| c.on_configure.call_or(i, s, (root, plugin_len), 1))?;
         if configured == 0 {
             self.failed = true;
             return Err(GuestError::Rejected { tenant: self.tenant.clone(), hook: "proxy_on_configure" });
@@ -716,8 +766,8 @@ impl GuestInstance {
         self.next_context_id = self.next_context_id.checked_add(1).unwrap_or(ROOT_CONTEXT_ID + 1);
         let root = self.root_context_id as i32;
         self.store.data_mut().contexts.push(id);
-        self.call("proxy_on_context_create", CallContext::new(Subject::Nothing, Phase::Other), |e, s| {
-            e.on_context_create.call_or(&e.instance, s, (id as i32, root), ())
+        self.call("proxy_on_context_create", CallContext::new(Subject::Nothing, Phase::Other), |i, c, s| {
+            c.on_context_create.call_or(i, s, (id as i32, root), ())
         })?;
         Ok(id)
     }
@@ -738,18 +788,19 @@ impl GuestInstance {
             HttpCallback::ResponseHeaders => self.shape.response_headers_abi010,
             _ => false,
         };
-        self.call(callback.export_name(), CallContext::new(Subject::Stream(stream), Phase::Http(callback)), |e, s| {
-            let i = &e.instance;
-            match callback {
-                HttpCallback::RequestHeaders if abi010 => e.on_request_headers_abi010.call_or(i, s, (id, n), 0),
-                HttpCallback::RequestHeaders => e.on_request_headers.call_or(i, s, (id, n, eos), 0),
-                HttpCallback::RequestBody => e.on_request_body.call_or(i, s, (id, n, eos), 0),
-                HttpCallback::RequestTrailers => e.on_request_trailers.call_or(i, s, (id, n), 0),
-                HttpCallback::ResponseHeaders if abi010 => e.on_response_headers_abi010.call_or(i, s, (id, n), 0),
-                HttpCallback::ResponseHeaders => e.on_response_headers.call_or(i, s, (id, n, eos), 0),
-                HttpCallback::ResponseBody => e.on_response_body.call_or(i, s, (id, n, eos), 0),
-                HttpCallback::ResponseTrailers => e.on_response_trailers.call_or(i, s, (id, n), 0),
-            }
+        if !self.failed && !self.exports.callbacks.exports(callback, abi010) {
+            // A callback the guest does not export answers Continue (0), as Envoy's host: no call.
+            return Ok(Action::from(0));
+        }
+        self.call(callback.export_name(), CallContext::new(Subject::Stream(stream), Phase::Http(callback)), |i, c, s| match callback {
+            HttpCallback::RequestHeaders if abi010 => c.on_request_headers_abi010.call_or(i, s, (id, n), 0),
+            HttpCallback::RequestHeaders => c.on_request_headers.call_or(i, s, (id, n, eos), 0),
+            HttpCallback::RequestBody => c.on_request_body.call_or(i, s, (id, n, eos), 0),
+            HttpCallback::RequestTrailers => c.on_request_trailers.call_or(i, s, (id, n), 0),
+            HttpCallback::ResponseHeaders if abi010 => c.on_response_headers_abi010.call_or(i, s, (id, n), 0),
+            HttpCallback::ResponseHeaders => c.on_response_headers.call_or(i, s, (id, n, eos), 0),
+            HttpCallback::ResponseBody => c.on_response_body.call_or(i, s, (id, n, eos), 0),
+            HttpCallback::ResponseTrailers => c.on_response_trailers.call_or(i, s, (id, n), 0),
         })
         .map(Action::from)
     }
@@ -770,7 +821,7 @@ impl GuestInstance {
         let counts = response.as_ref().map_or((0, 0, 0), |r| (r.headers.len(), r.body.len(), r.trailers.len()));
         let args = (self.root_context_id as i32, token as i32, counts.0 as i32, counts.1 as i32, counts.2 as i32);
         let context = CallContext::new(subject, Phase::HttpCallResponse).answering(response, None);
-        self.call("proxy_on_http_call_response", context, |e, s| e.on_http_call_response.call_or(&e.instance, s, args, ()))
+        self.call("proxy_on_http_call_response", context, |i, c, s| c.on_http_call_response.call_or(i, s, args, ()))
     }
 
     /// An event of Envoy call stream `envoy_id`: what the gRPC call or stream it carries (in this
@@ -815,14 +866,14 @@ impl GuestInstance {
             D::Close(code, message) => ("proxy_on_grpc_close", CallResponse::default(), Some((code, message)), code as i32),
         };
         let context = CallContext::new(subject, Phase::GrpcResponse).answering(Some(response), status);
-        self.call(export, context, |e, s| {
+        self.call(export, context, |i, c, s| {
             let f = match export {
-                "proxy_on_grpc_receive_initial_metadata" => &e.on_grpc_initial_metadata,
-                "proxy_on_grpc_receive" => &e.on_grpc_receive,
-                "proxy_on_grpc_receive_trailing_metadata" => &e.on_grpc_trailing_metadata,
-                _ => &e.on_grpc_close,
+                "proxy_on_grpc_receive_initial_metadata" => &mut c.on_grpc_initial_metadata,
+                "proxy_on_grpc_receive" => &mut c.on_grpc_receive,
+                "proxy_on_grpc_receive_trailing_metadata" => &mut c.on_grpc_trailing_metadata,
+                _ => &mut c.on_grpc_close,
             };
-            f.call_or(&e.instance, s, (root_id, token, n), ())
+            f.call_or(i, s, (root_id, token, n), ())
         })
     }
 
@@ -831,7 +882,7 @@ impl GuestInstance {
     pub fn on_tick(&mut self, callouts: Box<dyn Callouts>) -> Result<u64, GuestError> {
         let root = self.root_context_id as i32;
         let context = CallContext::new(Subject::Root(callouts), Phase::Other);
-        let result = self.call("proxy_on_tick", context, |e, s| e.on_tick.call_or(&e.instance, s, root, ()));
+        let result = self.call("proxy_on_tick", context, |i, c, s| c.on_tick.call_or(i, s, root, ()));
         self.store.data_mut().effects.clear();
         result.map(|()| self.store.data().tick_period_ms)
     }
@@ -841,7 +892,7 @@ impl GuestInstance {
     pub fn on_queue_ready(&mut self, callouts: Box<dyn Callouts>, queue: u32) -> Result<(), GuestError> {
         let args = (self.root_context_id as i32, queue as i32);
         let context = CallContext::new(Subject::Root(callouts), Phase::Other);
-        let result = self.call("proxy_on_queue_ready", context, |e, s| e.on_queue_ready.call_or(&e.instance, s, args, ()));
+        let result = self.call("proxy_on_queue_ready", context, |i, c, s| c.on_queue_ready.call_or(i, s, args, ()));
         self.store.data_mut().effects.clear();
         result
     }
@@ -881,13 +932,13 @@ impl GuestInstance {
     pub fn finish_http_context(&mut self, stream: Option<Box<dyn HttpStream>>, context: u32) -> Result<(), GuestError> {
         let id = context as i32;
         let nothing = |phase| CallContext::new(Subject::Nothing, phase);
-        self.call("proxy_on_done", nothing(Phase::Other), |e, s| e.on_done.call_or(&e.instance, s, id, 1))?;
+        self.call("proxy_on_done", nothing(Phase::Other), |i, c, s| c.on_done.call_or(i, s, id, 1))?;
         let log = match stream {
             Some(stream) => CallContext::new(Subject::Stream(stream), Phase::Log),
             None => nothing(Phase::Log),
         };
-        self.call("proxy_on_log", log, |e, s| e.on_log.call_or(&e.instance, s, id, ()))?;
-        self.call("proxy_on_delete", nothing(Phase::Other), |e, s| e.on_delete.call_or(&e.instance, s, id, ()))?;
+        self.call("proxy_on_log", log, |i, c, s| c.on_log.call_or(i, s, id, ()))?;
+        self.call("proxy_on_delete", nothing(Phase::Other), |i, c, s| c.on_delete.call_or(i, s, id, ()))?;
         self.store.data_mut().contexts.retain(|c| *c != context);
         self.store.data_mut().effects.clear();
         Ok(())

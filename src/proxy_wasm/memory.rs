@@ -22,9 +22,11 @@ impl From<Status> for HostError {
 
 pub type HostResult<T = ()> = Result<T, HostError>;
 
-fn guest(caller: &Caller<'_, HostState>) -> HostResult<GuestMemory> {
-    // Set right after instantiation, before any guest code that could call the host runs.
-    caller.data().memory.clone().ok_or(HostError::Status(Status::InternalFailure))
+/// The guest's memory and allocator, set right after instantiation, before any guest code that
+/// could call the host runs. Borrowed: every hostcall reaches it (a clone of the allocator's typed
+/// function costs a type-registry reference count each time).
+fn guest<'a>(caller: &'a Caller<'_, HostState>) -> HostResult<&'a GuestMemory> {
+    caller.data().memory.as_ref().ok_or(HostError::Status(Status::InternalFailure))
 }
 
 fn range(ptr: i32, len: usize, memory_size: usize) -> HostResult<std::ops::Range<usize>> {
@@ -85,7 +87,7 @@ pub fn return_bytes(caller: &mut Caller<'_, HostState>, bytes: &[u8], ptr_out: i
     let ptr = if bytes.is_empty() {
         0
     } else {
-        let allocate = guest(caller)?.allocate;
+        let allocate = guest(caller)?.allocate.clone();
         let len = i32::try_from(bytes.len()).map_err(|_| Status::BadArgument)?;
         let ptr = allocate.call(&mut *caller, len).map_err(HostError::Trap)?;
         if ptr == 0 {
