@@ -199,7 +199,8 @@ cmd_run() {
 
 cmd_bench() {
   cmd_build
-  log "benchmark peers: native auth module; matplotlib for plots"
+  log "benchmark peers: native auth module; matplotlib for plots; valgrind (instructions per request)"
+  apt_ensure valgrind
   (cd "$ROOT/bench/native-auth" && CARGO_TARGET_DIR="$BUILD/native-target" cargo build --release --locked -q)
   "$VENV/bin/python" -c "import matplotlib" 2>/dev/null || "$VENV/bin/pip" install -q "matplotlib==3.9.2"
   ENVOY_BIN="$(envoy_bin)" "$VENV/bin/python" "$ROOT/bench/bench.py" "$@"

@@ -56,11 +56,15 @@ def with_custom_section(wasm, payload):
 
 
 class Artifacts:
-    """Per-tenant artifacts: t<i>.wasm (distinct bytes), t<i>.cwasm and its signature."""
+    """Per-tenant artifacts: t<i>.wasm (distinct bytes), t<i>.cwasm and its signature. With
+    `distinct_code`, each tenant's module also has one function of its own (`h.with_distinct_code`),
+    so each tenant's native code differs and every .cwasm is compiled and deserialized on its own;
+    V8 gets the same modules."""
 
-    def __init__(self, guest="auth-filter"):
+    def __init__(self, guest="auth-filter", distinct_code=False):
         self.guest = guest
-        self.dir = WORK / "artifacts" / guest
+        self.distinct_code = distinct_code
+        self.dir = WORK / "artifacts" / (f"{guest}-distinct-code" if distinct_code else guest)
         self.dir.mkdir(parents=True, exist_ok=True)
         keys = WORK / "keys"
         if not (keys / "bench.key.pem").exists():
@@ -69,6 +73,33 @@ class Artifacts:
         self.wasm = (h.GUESTS / f"{guest}.wasm").read_bytes()
 
     def ensure(self, n):
+        if self.distinct_code:
+            return self.ensure_distinct(n)
+        return self.ensure_same_code(n)
+
+    def ensure_distinct(self, n):
+        """Makes t0..t<n-1>, each compiled from its own module, two at a time (two cores)."""
+        import concurrent.futures
+
+        def one(i):
+            wasm, cwasm = self.dir / f"t{i}.wasm", self.dir / f"t{i}.cwasm"
+            if not Path(f"{cwasm}.sig").exists():
+                wasm.write_bytes(h.with_distinct_code(self.wasm, i))
+                subprocess.run([h.THAW, "compile", wasm, "-o", cwasm], check=True, capture_output=True)
+                subprocess.run([h.THAW, "sign", "--key", self.private, cwasm, "-o", f"{cwasm}.sig"], check=True, capture_output=True)
+            return wasm, cwasm
+
+        started = time.monotonic()
+        missing = sum(not Path(f"{self.dir / f't{i}.cwasm'}.sig").exists() for i in range(n))
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            made = list(pool.map(one, range(n)))
+        if n > 1:
+            assert made[0][1].read_bytes() != made[1][1].read_bytes(), "distinct-code artifacts compiled to the same bytes"
+        if missing:
+            log(f"artifacts: {missing} distinct-code {self.guest} made in {time.monotonic() - started:.0f} s")
+        return made
+
+    def ensure_same_code(self, n):
         """Makes t0..t<n-1>. Wasmtime emits the same code for modules that differ only in a custom
         section, so one compiled .cwasm is copied per tenant (asserted on the first two); each
         tenant's file is still signed, verified and loaded on its own."""
@@ -292,7 +323,7 @@ def scenario_startup(art, counts, repeats, skip_v8_above):
                 r["idle"].append(idle_rss / 1024)
                 r["loaded"].append(loaded_rss / 1024)
                 r["hwm"].append(hwm / 1024)
-                log(f"startup n={n} {kind} rep={rep}: ready {run.ready_s*1000:.0f} ms, rss idle {idle_rss/1024:.0f} MiB, served {loaded_rss/1024:.0f} MiB")
+                log(f"startup {art.dir.name} n={n} {kind} rep={rep}: ready {run.ready_s*1000:.0f} ms, rss idle {idle_rss/1024:.0f} MiB, served {loaded_rss/1024:.0f} MiB")
     return results
 
 
@@ -365,12 +396,36 @@ def scenario_heavy(repeats):
     return results
 
 
+MICRO_MODES = [("thaw-per-request+snapshot", "resumed"), ("thaw-per-request", "fresh"), ("thaw-pooled", "reused")]
+MICRO_REQUESTS = 2000
+
+
 def scenario_micro():
-    p = subprocess.run(["cargo", "bench", "--locked", "--bench", "micro"], cwd=ROOT, capture_output=True, text=True,
-                       env=dict(os.environ, THAW_GUESTS=str(h.GUESTS)))
+    """6: the in-process micro-benchmarks, and instructions per request under callgrind."""
+    env = dict(os.environ, THAW_GUESTS=str(h.GUESTS), RUST_BACKTRACE="0")
+    p = subprocess.run(["cargo", "bench", "--locked", "--bench", "micro"], cwd=ROOT, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         raise RuntimeError(p.stderr[-3000:])
-    return "\n".join(l for l in p.stdout.splitlines() if l.startswith("|"))
+    table = "\n".join(l for l in p.stdout.splitlines() if l.startswith("|"))
+    binary = next((l.split("(", 1)[1].rstrip(")") for l in p.stderr.splitlines() if "Running benches/micro.rs" in l), None)
+    instructions = {}
+    for kind, mode in MICRO_MODES:
+        instructions[kind] = callgrind_per_request(ROOT / binary, mode, env) if binary else None
+        log(f"micro: {kind}: {instructions[kind]} instructions per request")
+    return {"table": table, "instructions": instructions}
+
+
+def callgrind_per_request(binary, mode, env):
+    """Instructions per request of auth-filter served as `mode` (see benches/micro.rs), counted by
+    callgrind inside the request functions only: a figure that does not drift with machine load."""
+    out = WORK / f"callgrind-{mode}.out"
+    p = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--toggle-collect=micro::one_request*",
+                        "--toggle-collect=micro::reused_request*", str(binary), "--bench"], capture_output=True, text=True,
+                       env=dict(env, THAW_MICRO_PER_REQUEST_ONLY=str(MICRO_REQUESTS), THAW_MICRO_MODE=mode), timeout=1800)
+    collected = next((l.split("Collected :", 1)[1] for l in p.stderr.splitlines() if "Collected :" in l), None)
+    if p.returncode != 0 or collected is None:
+        raise RuntimeError(f"callgrind ({mode}) failed: {p.stderr[-2000:]}")
+    return int(collected.strip()) // MICRO_REQUESTS
 
 
 # ---------------------------------------------------------------- report
@@ -392,8 +447,8 @@ def plot(results, out_dir):
     except ImportError:
         return []
     files = []
-    if "startup" in results:
-        st = results["startup"]
+    if "startup_distinct" in results:
+        st = results["startup_distinct"]
         for metric, label, name in [("ready", "start to ready (ms)", "bench-startup.png"), ("loaded", "RSS after serving every tenant (MiB)", "bench-memory.png")]:
             fig, ax = plt.subplots(figsize=(7, 4.5))
             for kind in KINDS:
@@ -402,7 +457,7 @@ def plot(results, out_dir):
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=kind)
             ax.set_xscale("log")
             ax.set_yscale("log")
-            ax.set_xlabel("tenants")
+            ax.set_xlabel("tenants (each with its own native code)")
             ax.set_ylabel(label)
             ax.legend()
             ax.grid(True, which="both", alpha=.3)
@@ -428,6 +483,24 @@ def plot(results, out_dir):
     return files
 
 
+def startup_table(w, st):
+    counts = sorted({n for n, _ in st})
+    w("| tenants | config | start to ready ms (spread) | vs none | vs v8 | RSS idle MiB | RSS after serving MiB | per tenant MiB (served - none) |")
+    w("|---|---|---|---|---|---|---|---|")
+    for n in counts:
+        none = st.get((n, "none"))
+        v8 = st.get((n, "envoy-wasm-v8"))
+        for kind in KINDS:
+            r = st.get((n, kind))
+            if not r:
+                w(f"| {n} | {kind} | not run (see note) | | | | | |")
+                continue
+            per_tenant = (med(r["loaded"]) - med(none["loaded"])) / n if none else float("nan")
+            w(f"| {n} | {kind} | {med(r['ready']):.0f} ({spread(r['ready'])}) | {ratio(med(r['ready']), med(none['ready']) if none else 0)} | "
+              f"{ratio(med(r['ready']), med(v8['ready']) if v8 else 0)} | {med(r['idle']):.0f} | {med(r['loaded']):.0f} | {per_tenant:.2f} |")
+    w("")
+
+
 def report(results, args, started, finished, m0, m1, pngs):
     L = []
     w = L.append
@@ -443,32 +516,21 @@ def report(results, args, started, finished, m0, m1, pngs):
       "(thaw, the signed `auth-filter.cwasm`), and where noted **thaw-per-request+snapshot** (per_request resuming the tenant's "
       "stored post-init snapshot, the recommended strict configuration). Routes answer with `direct_response`; Envoy runs one worker pinned to CPU 0, "
       "the load generator is `wrk` (Debian) pinned to CPU 1. Envoy's Wasm filter has no tenant selection, so each V8 tenant gets its "
-      "own listener and VM; thaw serves all tenants from one listener by the `x-tenant-id` header. Every tenant has its own artifact "
-      "(the module plus a custom section naming the tenant: distinct bytes and digests). Wasmtime drops custom sections when "
-      "compiling, so the tenants' `.cwasm` files are byte-identical: thaw reads and verifies every tenant's file but deserializes "
-      "identical bytes once (one shared Module), while V8 compiles every tenant's module. That sharing is a property of thaw "
-      "(tenants on the same filter version share native code); with truly different code per tenant, add one deserialize "
-      "(section 6) per distinct artifact to thaw's start-to-ready.\n")
-    if "startup" in results:
-        st = results["startup"]
-        counts = sorted({n for n, _ in st})
+      "own listener and VM; thaw serves all tenants from one listener by the `x-tenant-id` header. Every tenant has its own "
+      "artifact (distinct bytes and digests); section 1 also has tenants with distinct native code.\n")
+    if "startup" in results or "startup_distinct" in results:
         w("## 1. Start to ready, and 4. memory\n")
         w("Envoy process start to `/ready` answering 200, and resident memory (RSS) at ready and after every tenant served one request. "
-          "Ratios are to **none** and to **envoy-wasm-v8**.\n")
-        w("| tenants | config | start to ready ms (spread) | vs none | vs v8 | RSS idle MiB | RSS after serving MiB | per tenant MiB (served - none) |")
-        w("|---|---|---|---|---|---|---|---|")
-        for n in counts:
-            none = st.get((n, "none"))
-            v8 = st.get((n, "envoy-wasm-v8"))
-            for kind in KINDS:
-                r = st.get((n, kind))
-                if not r:
-                    w(f"| {n} | {kind} | not run (see note) | | | | | |")
-                    continue
-                per_tenant = (med(r["loaded"]) - med(none["loaded"])) / n if none else float("nan")
-                w(f"| {n} | {kind} | {med(r['ready']):.0f} ({spread(r['ready'])}) | {ratio(med(r['ready']), med(none['ready']) if none else 0)} | "
-                  f"{ratio(med(r['ready']), med(v8['ready']) if v8 else 0)} | {med(r['idle']):.0f} | {med(r['loaded']):.0f} | {per_tenant:.2f} |")
-        w(f"\nenvoy-wasm-v8 is not run above {args.skip_v8_above} tenants: at the measured rate its start alone would take most of "
+          "Ratios are to **none** and to **envoy-wasm-v8**. Two tenant populations: every tenant with native code of its own "
+          "(the module plus one function returning the tenant's number: Wasmtime compiles it, so every `.cwasm` differs and thaw "
+          "deserializes each; V8 compiles the same modules), and tenants whose modules differ only in a custom section (one shared "
+          "native code in thaw, as tenants on the same filter version have).\n")
+        for key, title in [("startup_distinct", "Every tenant with its own native code"),
+                           ("startup", "Tenants sharing native code (a custom section apart)")]:
+            if key in results:
+                w(f"### {title}\n")
+                startup_table(w, results[key])
+        w(f"envoy-wasm-v8 is not run above {args.skip_v8_above} tenants: at the measured rate its start alone would take most of "
           "the 15-minute budget (extrapolate from the rows above).\n")
     if "cold" in results:
         c = results["cold"]
@@ -520,7 +582,19 @@ def report(results, args, started, finished, m0, m1, pngs):
           "deserialize = `Module::deserialize` of the verified bytes; instantiate + init = fresh instance with `_initialize`, "
           "`proxy_on_vm_start`, `proxy_on_configure`; resume = fresh instance from the post-init snapshot; on_request_headers = "
           "context create, the call, and context end through the host.\n")
-        w(results["micro"])
+        w(results["micro"]["table"])
+        w("")
+        w(f"Instructions per request (callgrind, `Ir` inside the request functions of `benches/micro.rs`, {MICRO_REQUESTS} requests of "
+          "auth-filter; `THAW_MICRO_PER_REQUEST_ONLY` there has the command): unlike the times, this count does not move with the "
+          "machine's load, so it shows progress on a noisy machine.\n")
+        w("| config | what one request is | instructions per request |")
+        w("|---|---|---|")
+        what = {"resumed": "fresh instance resumed from the snapshot, context, `proxy_on_request_headers`, context end, drop",
+                "fresh": "fresh instance with init, context, `proxy_on_request_headers`, context end, drop",
+                "reused": "context, `proxy_on_request_headers`, context end on one instance"}
+        for kind, mode in MICRO_MODES:
+            n = results["micro"]["instructions"].get(kind)
+            w(f"| {kind} | {what[mode]} | {n:,} |" if n else f"| {kind} | {what[mode]} | - |")
         w("")
     if pngs:
         w("## Plots\n")
@@ -555,6 +629,7 @@ def main():
     art = Artifacts()
     results = {}
     if "1" in scenarios or "4" in scenarios:
+        results["startup_distinct"] = scenario_startup(Artifacts(distinct_code=True), counts, args.repeats, args.skip_v8_above)
         results["startup"] = scenario_startup(art, counts, args.repeats, args.skip_v8_above)
     if "2" in scenarios:
         results["cold"] = scenario_cold(art, args.cold_tenants, 1)

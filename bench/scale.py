@@ -45,41 +45,6 @@ def log(msg):
 
 # ---------------------------------------------------------------- distinct artifacts
 
-def sleb(n):
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        done = (n == 0 and not byte & 0x40) or (n == -1 and byte & 0x40)
-        out.append(byte | (0 if done else 0x80))
-        if done:
-            return bytes(out)
-
-
-def with_distinct_code(wasm, n):
-    """`wasm` plus one more function, `() -> i32` returning `n`: Wasmtime compiles every defined
-    function, so each tenant's native code really differs (not only a custom section)."""
-    assert wasm[:8] == b"\0asm\x01\0\0\0"
-    sections, pos = [], 8
-    while pos < len(wasm):
-        sid = wasm[pos]
-        size, body_at = h.read_leb128(wasm, pos + 1)
-        sections.append([sid, wasm[body_at:body_at + size]])
-        pos = body_at + size
-    by_id = {s[0]: s for s in sections if s[0] != 0}
-    assert 1 in by_id and 3 in by_id and 10 in by_id, "the guest needs type, function and code sections"
-
-    def append(section, entry):
-        count, at = h.read_leb128(section[1], 0)
-        section[1] = h.leb128(count + 1) + section[1][at:] + entry
-        return count
-
-    new_type = append(by_id[1], b"\x60\x00\x01\x7f")
-    append(by_id[3], h.leb128(new_type))
-    body = b"\x00\x41" + sleb(n) + b"\x0b"
-    append(by_id[10], h.leb128(len(body)) + body)
-    return wasm[:8] + b"".join(bytes([sid]) + h.leb128(len(payload)) + payload for sid, payload in sections)
-
-
 class Artifacts:
     """Signed, distinct .cwasm files t<i>.cwasm made from the C auth guest, kept across runs."""
 
@@ -99,7 +64,7 @@ class Artifacts:
         if stamp.exists() and stamp.read_text() == self.version:
             return cwasm
         wasm = self.dir / f"{name}.wasm"
-        wasm.write_bytes(with_distinct_code(self.wasm, n))
+        wasm.write_bytes(h.with_distinct_code(self.wasm, n))
         subprocess.run([h.THAW, "compile", wasm, "-o", cwasm], check=True, capture_output=True)
         subprocess.run([h.THAW, "sign", "--key", self.private, cwasm, "-o", f"{cwasm}.sig"], check=True, capture_output=True)
         wasm.unlink()

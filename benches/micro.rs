@@ -78,6 +78,16 @@ fn one_request(plugin: &Plugin) {
     instance.finish_http_context(None, context).unwrap();
 }
 
+/// One request on `instance`, reused, as `pooled` serves it: create the HTTP context,
+/// `proxy_on_request_headers`, end the context.
+#[inline(never)]
+fn reused_request(instance: &mut thaw::proxy_wasm::GuestInstance) {
+    let context = instance.create_http_context().unwrap();
+    instance.on_request_headers(Box::new(stream_for_request()), context, 2, true).unwrap();
+    instance.take_effects();
+    instance.finish_http_context(None, context).unwrap();
+}
+
 fn main() {
     let guests = std::env::var_os("THAW_GUESTS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("build/guests"));
     let dir = tempfile::tempdir().unwrap();
@@ -85,7 +95,14 @@ fn main() {
     let public = dir.path().join("k.pub");
     std::fs::write(&public, key.public_key_pem()).unwrap();
     let keys = vec![TrustedKey::load(&public).unwrap()];
+    // `THAW_MICRO_PER_REQUEST_ONLY=N`: only N requests of auth-filter, served as
+    // `THAW_MICRO_MODE` says (`resumed`, the default: per_request from the snapshot; `fresh`:
+    // per_request with init; `reused`: one instance, as pooled), then exit. For
+    // `valgrind --tool=callgrind --toggle-collect='micro::one_request*' --toggle-collect='micro::reused_request*'`
+    // (instructions per request, a figure that does not drift with machine load; bench.py
+    // reports it) and for `perf record`.
     let only_per_request = std::env::var("THAW_MICRO_PER_REQUEST_ONLY").ok().and_then(|n| n.parse::<usize>().ok());
+    let mode = std::env::var("THAW_MICRO_MODE").unwrap_or_else(|_| "resumed".into());
     // Under valgrind the reservation for the default slots cannot be made (run it with
     // RUST_BACKTRACE=0: with two slots, allocation waits on the decommit batch through an error).
     let runtime = if only_per_request.is_some() { engine::runtime_engine_sized(2) } else { engine::runtime_engine() }.unwrap();
@@ -127,11 +144,13 @@ fn main() {
         let resumed = Plugin::resumed(runtime, &tenant, snap_module, ArtifactDigest::of(&wasm), snapshot.host().clone()).unwrap();
         let resume = measure(30, 50, || drop(resumed.instantiate().unwrap()));
         if let Some(n) = only_per_request {
-            // One loop of `n` per_request requests on the resumed plugin, nothing else: for
-            // `valgrind --tool=callgrind --toggle-collect=*one_request*` (instructions per request,
-            // a figure that does not drift with machine load) and for `perf record`.
-            for _ in 0..n {
-                one_request(&resumed);
+            match mode.as_str() {
+                "fresh" => (0..n).for_each(|_| one_request(&plugin)),
+                "reused" => {
+                    let mut instance = plugin.instantiate().unwrap();
+                    (0..n).for_each(|_| reused_request(&mut instance));
+                }
+                _ => (0..n).for_each(|_| one_request(&resumed)),
             }
             return;
         }
@@ -139,13 +158,7 @@ fn main() {
         let fresh_request = per_request(&plugin);
         let resumed_request = per_request(&resumed);
         let mut instance = plugin.instantiate().unwrap();
-        let stream = stream_for_request();
-        let call = measure(30, 200, || {
-            let context = instance.create_http_context().unwrap();
-            instance.on_request_headers(Box::new(stream.clone()), context, 2, true).unwrap();
-            instance.take_effects();
-            instance.finish_http_context(None, context).unwrap();
-        });
+        let call = measure(30, 200, || reused_request(&mut instance));
         println!(
             "| {guest} | {} KiB | {} KiB | {} | {} | {} | {} | {} | {} | {} |",
             wasm.len() / 1024,

@@ -66,6 +66,41 @@ def read_leb128(data, at):
             return value, at
 
 
+def sleb(n):
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        done = (n == 0 and not byte & 0x40) or (n == -1 and byte & 0x40)
+        out.append(byte | (0 if done else 0x80))
+        if done:
+            return bytes(out)
+
+
+def with_distinct_code(wasm, n):
+    """`wasm` plus one more function, `() -> i32` returning `n`: Wasmtime compiles every defined
+    function, so each tenant's native code really differs (not only a custom section)."""
+    assert wasm[:8] == b"\0asm\x01\0\0\0"
+    sections, pos = [], 8
+    while pos < len(wasm):
+        sid = wasm[pos]
+        size, body_at = read_leb128(wasm, pos + 1)
+        sections.append([sid, wasm[body_at:body_at + size]])
+        pos = body_at + size
+    by_id = {s[0]: s for s in sections if s[0] != 0}
+    assert 1 in by_id and 3 in by_id and 10 in by_id, "the guest needs type, function and code sections"
+
+    def append(section, entry):
+        count, at = read_leb128(section[1], 0)
+        section[1] = leb128(count + 1) + section[1][at:] + entry
+        return count
+
+    new_type = append(by_id[1], b"\x60\x00\x01\x7f")
+    append(by_id[3], leb128(new_type))
+    body = b"\x00\x41" + sleb(n) + b"\x0b"
+    append(by_id[10], leb128(len(body)) + body)
+    return wasm[:8] + b"".join(bytes([sid]) + leb128(len(payload)) + payload for sid, payload in sections)
+
+
 def free_port():
     """A free loopback port for a listener, below the kernel's ephemeral range: a port taken from
     that range (bind to port 0) can become some connection's source port before Envoy binds it
