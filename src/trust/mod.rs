@@ -398,8 +398,9 @@ impl Trust {
         path: &Path,
         not_trusted: impl FnOnce() -> String,
     ) -> Result<Verified, Refusal> {
+        let digest = signature::Digest::of(signed);
         let signers: Vec<&WindowedKey> =
-            self.keys.iter().filter(|k| signature::verify(std::slice::from_ref(&k.key), signed, sig, path).is_ok()).collect();
+            self.keys.iter().filter(|k| signature::verify_digest(std::slice::from_ref(&k.key), &digest, sig, path).is_ok()).collect();
         if signers.is_empty() {
             return Err(Refusal::new(Reason::Signature, not_trusted()));
         }

@@ -8,7 +8,7 @@
 //! key-pair `sign-blob` signatures, one ECDSA verification.
 
 use base64::Engine as _;
-use p256::ecdsa::signature::{Signer, Verifier};
+use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p256::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
 use std::fmt;
@@ -107,10 +107,32 @@ pub fn verify<'k>(
     signature: &Signature,
     signature_path: &Path,
 ) -> Result<&'k TrustedKey, SignatureError> {
+    verify_digest(keys, &Digest::of(bytes), signature, signature_path)
+}
+
+/// The SHA-256 of signed bytes, which ECDSA P-256 (SHA-256) signs: computed once, however many
+/// keys and signature forms are tried (a hash of an 800 KiB artifact costs more than the check).
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    pub fn of(bytes: &[u8]) -> Digest {
+        use sha2::Digest as _;
+        Digest(sha2::Sha256::digest(bytes).into())
+    }
+}
+
+/// [`verify`] over the bytes' [`Digest`].
+pub fn verify_digest<'k>(
+    keys: &'k [TrustedKey],
+    digest: &Digest,
+    signature: &Signature,
+    signature_path: &Path,
+) -> Result<&'k TrustedKey, SignatureError> {
+    use p256::ecdsa::signature::hazmat::PrehashVerifier;
     // Go's crypto/ecdsa (cosign) does not normalise S; both forms are the same signature.
     let normalized = signature.normalize_s().unwrap_or(*signature);
     keys.iter()
-        .find(|k| k.key.verify(bytes, signature).is_ok() || k.key.verify(bytes, &normalized).is_ok())
+        .find(|k| k.key.verify_prehash(&digest.0, signature).is_ok() || k.key.verify_prehash(&digest.0, &normalized).is_ok())
         .ok_or_else(|| SignatureError::NotTrusted { path: signature_path.into() })
 }
 
