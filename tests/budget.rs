@@ -7,7 +7,7 @@ mod common;
 
 use common::FakeStream;
 use std::sync::Arc;
-use thaw::config::{Config, InstancePolicy, Isolation, Policy, TenantConfig, TenantSource, DEFAULT_CRASH_LOOP};
+use thaw::config::{Config, InstancePolicy, Isolation, TenantConfig};
 use thaw::filter::{FilterConfig, StreamFilter, Verdict};
 use thaw::proxy_wasm::host;
 use thaw::telemetry::{Metric, NoStats};
@@ -23,20 +23,7 @@ fn many_tenants_stay_within_a_small_budget() {
     let pooled = InstancePolicy { isolation: Isolation::Pooled, ..InstancePolicy::DEFAULT };
     let tenants: Vec<TenantConfig> = (0..40).map(|i| guest.tenant(&format!("t{i}"), Vec::new(), pooled)).collect();
     let budget_mb = 8;
-    let config = Config {
-        trust: thaw::config::TrustSettings::keys(vec![guest.public.clone()]),
-        on_artifact_failure: Default::default(),
-        tenant_from: TenantSource::Header("x-tenant-id".into()),
-        unknown_tenant: Policy::Deny,
-        on_error: Policy::Deny,
-        allow_jit: false,
-        memory_budget_mb: budget_mb,
-        max_live_instances: thaw::config::DEFAULT_MAX_LIVE_INSTANCES,
-        crash_loop: DEFAULT_CRASH_LOOP,
-        cold_starts: None,
-        snapshots: None,
-        tenants,
-    };
+    let config = Config { memory_budget_mb: budget_mb, ..common::config(vec![guest.public.clone()], tenants) };
     let config = Arc::new(FilterConfig::load("budget", &config, &mut NoStats).unwrap());
     let stream = FakeStream::default();
     for round in 0..3 {
@@ -64,20 +51,7 @@ fn ten_thousand_tenants_load_and_serve() {
     let pooled = InstancePolicy { isolation: Isolation::Pooled, ..InstancePolicy::DEFAULT };
     let tenants: Vec<TenantConfig> =
         (0..10_000).map(|i| guest.tenant(&format!("tenant-{i}"), format!("{{\"n\":{i}}}").into_bytes(), pooled)).collect();
-    let config = Config {
-        trust: thaw::config::TrustSettings::keys(vec![guest.public.clone()]),
-        on_artifact_failure: Default::default(),
-        tenant_from: TenantSource::Header("x-tenant-id".into()),
-        unknown_tenant: Policy::Deny,
-        on_error: Policy::Deny,
-        allow_jit: false,
-        memory_budget_mb: 64,
-        max_live_instances: thaw::config::DEFAULT_MAX_LIVE_INSTANCES,
-        crash_loop: DEFAULT_CRASH_LOOP,
-        cold_starts: None,
-        snapshots: None,
-        tenants,
-    };
+    let config = Config { memory_budget_mb: 64, ..common::config(vec![guest.public.clone()], tenants) };
     let config = Arc::new(FilterConfig::load("many", &config, &mut NoStats).unwrap());
     assert_eq!(config.tenants.len(), 10_000);
     let stream = FakeStream::default();

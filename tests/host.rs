@@ -9,7 +9,7 @@ use common::FakeStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use thaw::config::{Config, InstancePolicy, Isolation, Policy, TenantConfig, TenantId, TenantSource, DEFAULT_CRASH_LOOP};
+use thaw::config::{Config, InstancePolicy, Isolation, Policy, TenantConfig, TenantId, DEFAULT_CRASH_LOOP};
 use thaw::engine::{self, Target};
 use thaw::filter::{FilterConfig, StreamFilter, Verdict};
 use thaw::pool;
@@ -51,20 +51,7 @@ impl Workspace {
     }
 
     fn load(&self, tenants: Vec<TenantConfig>, on_error: Policy) -> Result<Arc<FilterConfig>, String> {
-        let config = Config {
-            trust: thaw::config::TrustSettings::keys(vec![self.public.clone()]),
-            on_artifact_failure: Default::default(),
-            tenant_from: TenantSource::Header("x-tenant-id".into()),
-            unknown_tenant: Policy::Deny,
-            on_error,
-            allow_jit: false,
-            memory_budget_mb: thaw::config::DEFAULT_MEMORY_BUDGET_MB,
-            max_live_instances: thaw::config::DEFAULT_MAX_LIVE_INSTANCES,
-            crash_loop: DEFAULT_CRASH_LOOP,
-            cold_starts: None,
-            snapshots: None,
-            tenants,
-        };
+        let config = Config { on_error, ..common::config(vec![self.public.clone()], tenants) };
         FilterConfig::load("test", &config, &mut NoStats).map(Arc::new)
     }
 }

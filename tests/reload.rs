@@ -3,10 +3,12 @@
 //! modules of tenants no live config holds are released. One test, so nothing else in this binary
 //! loads modules at the same time (the cache and its counts are process-wide).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use thaw::config::{Config, InstancePolicy, Policy, TenantConfig, TenantId, TenantSource, TrustSettings, DEFAULT_CRASH_LOOP};
+use thaw::config::{InstancePolicy, TenantConfig, TenantId};
 use thaw::engine::{self, Target};
 use thaw::filter::FilterConfig;
 use thaw::load_cache;
@@ -47,20 +49,7 @@ fn load(dir: &Path, keys: &[&Path], names: &[(&str, &str)]) -> Result<Arc<Filter
             snapshot_source: None,
         })
         .collect();
-    let config = Config {
-        trust: TrustSettings::keys(keys.iter().map(|k| k.to_path_buf()).collect()),
-        on_artifact_failure: Default::default(),
-        tenant_from: TenantSource::Header("x-tenant-id".into()),
-        unknown_tenant: Policy::Deny,
-        on_error: Policy::Deny,
-        allow_jit: false,
-        memory_budget_mb: thaw::config::DEFAULT_MEMORY_BUDGET_MB,
-        max_live_instances: thaw::config::DEFAULT_MAX_LIVE_INSTANCES,
-        crash_loop: DEFAULT_CRASH_LOOP,
-        cold_starts: None,
-        snapshots: None,
-        tenants,
-    };
+    let config = common::config(keys.iter().map(|k| k.to_path_buf()).collect(), tenants);
     FilterConfig::load("reload", &config, &mut NoStats).map(Arc::new)
 }
 

@@ -6,27 +6,15 @@ mod common;
 
 use common::FakeStream;
 use std::sync::Arc;
-use thaw::config::{Config, InstancePolicy, Policy, TenantSource, DEFAULT_CRASH_LOOP, DEFAULT_MEMORY_BUDGET_MB};
+use thaw::config::{Config, InstancePolicy};
 use thaw::filter::{FilterConfig, StreamFilter, Verdict};
 use thaw::telemetry::{Metric, NoStats};
 
 #[test]
 fn running_out_of_instance_slots_is_a_counted_refusal() {
     let guest = common::pass_through_guest(1);
-    let config = Config {
-        trust: thaw::config::TrustSettings::keys(vec![guest.public.clone()]),
-        on_artifact_failure: Default::default(),
-        tenant_from: TenantSource::Header("x-tenant-id".into()),
-        unknown_tenant: Policy::Deny,
-        on_error: Policy::Deny,
-        allow_jit: false,
-        memory_budget_mb: DEFAULT_MEMORY_BUDGET_MB,
-        max_live_instances: 3,
-        crash_loop: DEFAULT_CRASH_LOOP,
-        cold_starts: None,
-        snapshots: None,
-        tenants: vec![guest.tenant("t", Vec::new(), InstancePolicy::DEFAULT)],
-    };
+    let tenants = vec![guest.tenant("t", Vec::new(), InstancePolicy::DEFAULT)];
+    let config = Config { max_live_instances: 3, ..common::config(vec![guest.public.clone()], tenants) };
     let config = Arc::new(FilterConfig::load("slots", &config, &mut NoStats).unwrap());
     // Three streams in flight hold the three slots; the fourth finds none.
     let stream = FakeStream::with(&[("x-tenant-id", "t")]);
@@ -56,20 +44,8 @@ fn running_out_of_instance_slots_is_a_counted_refusal() {
 fn idle_pooled_instances_give_up_their_slots_to_new_tenants() {
     let guest = common::pass_through_guest(1);
     let pooled = InstancePolicy { isolation: thaw::config::Isolation::Pooled, ..InstancePolicy::DEFAULT };
-    let config = Config {
-        trust: thaw::config::TrustSettings::keys(vec![guest.public.clone()]),
-        on_artifact_failure: Default::default(),
-        tenant_from: TenantSource::Header("x-tenant-id".into()),
-        unknown_tenant: Policy::Deny,
-        on_error: Policy::Deny,
-        allow_jit: false,
-        memory_budget_mb: DEFAULT_MEMORY_BUDGET_MB,
-        max_live_instances: 3,
-        crash_loop: DEFAULT_CRASH_LOOP,
-        cold_starts: None,
-        snapshots: None,
-        tenants: (0..6).map(|i| guest.tenant(&format!("p{i}"), Vec::new(), pooled)).collect(),
-    };
+    let tenants = (0..6).map(|i| guest.tenant(&format!("p{i}"), Vec::new(), pooled)).collect();
+    let config = Config { max_live_instances: 3, ..common::config(vec![guest.public.clone()], tenants) };
     let config = Arc::new(FilterConfig::load("slots-pooled", &config, &mut NoStats).unwrap());
     // Six tenants one after the other: each leaves an idle instance holding a slot; past three,
     // the least recently used one is evicted rather than the request refused.

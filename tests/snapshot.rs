@@ -12,10 +12,7 @@ use common::FakeStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thaw::artifact::ArtifactDigest;
-use thaw::config::{
-    Config, InstancePolicy, Policy, SignedFile, SnapshotSettings, TenantConfig, TenantId, TenantSource, DEFAULT_CRASH_LOOP,
-    DEFAULT_MEMORY_BUDGET_MB,
-};
+use thaw::config::{Config, InstancePolicy, SignedFile, SnapshotSettings, TenantConfig, TenantId};
 use thaw::engine::{self, Target};
 use thaw::filter::{FilterConfig, StreamFilter};
 use thaw::proxy_wasm::abi::Status;
@@ -85,20 +82,8 @@ impl Setup {
     }
 
     fn load(&self, tenants: Vec<TenantConfig>, encrypt: bool, stats: &mut FakeStream) -> Arc<FilterConfig> {
-        let config = Config {
-            trust: thaw::config::TrustSettings::keys(vec![self.public.clone()]),
-            on_artifact_failure: Default::default(),
-            tenant_from: TenantSource::Header("x-tenant-id".into()),
-            unknown_tenant: Policy::Deny,
-            on_error: Policy::Deny,
-            allow_jit: false,
-            memory_budget_mb: DEFAULT_MEMORY_BUDGET_MB,
-            max_live_instances: thaw::config::DEFAULT_MAX_LIVE_INSTANCES,
-            crash_loop: DEFAULT_CRASH_LOOP,
-            cold_starts: None,
-            snapshots: Some(SnapshotSettings { dir: self.snapshot_dir(), key: self.seal_key.clone(), encrypt, signed: false }),
-            tenants,
-        };
+        let snapshots = Some(SnapshotSettings { dir: self.snapshot_dir(), key: self.seal_key.clone(), encrypt, signed: false });
+        let config = Config { snapshots, ..common::config(vec![self.public.clone()], tenants) };
         Arc::new(FilterConfig::load("snapshots", &config, stats).unwrap())
     }
 

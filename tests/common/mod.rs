@@ -1,12 +1,12 @@
 //! Shared by the host tests: [`FakeStream`], the one fake of the safe `HttpStream` interface (an
-//! Envoy stream without Envoy), and [`SignedGuest`], a real, signed artifact on disk with no
-//! particular guest logic.
+//! Envoy stream without Envoy), [`SignedGuest`], a real, signed artifact on disk with no
+//! particular guest logic, and [`config`], the filter config the tests start from.
 #![allow(dead_code)]
 
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
-use thaw::config::{InstancePolicy, TenantConfig, TenantId};
+use thaw::config::{Config, InstancePolicy, Policy, TenantConfig, TenantId, TenantSource, TrustSettings};
 use thaw::engine::{self, Target};
 use thaw::stream::{Callouts, HeaderKind, HeaderPair, HttpStream, LocalReply};
 use thaw::telemetry::{Metric, StatsSink};
@@ -124,6 +124,26 @@ impl HttpStream for FakeStream {
 
     fn route_tenant(&self) -> Option<TenantId> {
         None
+    }
+}
+
+/// The filter config the host tests start from (each overrides what it tests): `tenants` under
+/// `keys`, the tenant named by `x-tenant-id`, unknown tenants and guest failures denied, the
+/// default budget, slots and crash loop, no cold-start limit, no snapshots.
+pub fn config(keys: Vec<PathBuf>, tenants: Vec<TenantConfig>) -> Config {
+    Config {
+        trust: TrustSettings::keys(keys),
+        on_artifact_failure: Default::default(),
+        tenant_from: TenantSource::Header("x-tenant-id".into()),
+        unknown_tenant: Policy::Deny,
+        on_error: Policy::Deny,
+        allow_jit: false,
+        memory_budget_mb: thaw::config::DEFAULT_MEMORY_BUDGET_MB,
+        max_live_instances: thaw::config::DEFAULT_MAX_LIVE_INSTANCES,
+        crash_loop: thaw::config::DEFAULT_CRASH_LOOP,
+        cold_starts: None,
+        snapshots: None,
+        tenants,
     }
 }
 
