@@ -48,12 +48,6 @@ def log(msg):
 
 # ---------------------------------------------------------------- artifacts
 
-def with_custom_section(wasm, payload):
-    """The module plus a custom section: different bytes (and digest) for each tenant."""
-    name = b"thaw-bench-tenant"
-    body = h.leb128(len(name)) + name + payload
-    return wasm + b"\x00" + h.leb128(len(body)) + body
-
 
 class Artifacts:
     """Per-tenant artifacts: t<i>.wasm (distinct bytes), t<i>.cwasm and its signature. With
@@ -107,7 +101,7 @@ class Artifacts:
         for i in range(n):
             wasm, cwasm = self.dir / f"t{i}.wasm", self.dir / f"t{i}.cwasm"
             if not wasm.exists():
-                wasm.write_bytes(with_custom_section(self.wasm, str(i).encode()))
+                wasm.write_bytes(h.with_custom_section(self.wasm, b"thaw-bench-tenant", str(i).encode()))
             if not cwasm.exists():
                 if i < 2:
                     h.thaw("compile", wasm, "-o", cwasm)

@@ -66,7 +66,15 @@ def read_leb128(data, at):
             return value, at
 
 
+def with_custom_section(wasm, name, payload):
+    """`wasm` plus a custom section `name` holding `payload`: other bytes and digest, the same code
+    (Wasmtime drops custom sections when it compiles)."""
+    body = leb128(len(name)) + name + payload
+    return wasm + b"\x00" + leb128(len(body)) + body
+
+
 def sleb(n):
+    """Signed LEB128, as Wasm encodes `i32.const` operands."""
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7

@@ -21,7 +21,7 @@ import time
 import unittest
 from pathlib import Path
 
-from harness import ENVOY, GUESTS, RELEASE, ROOT, THAW, free_port, thaw, workdir
+from harness import ENVOY, GUESTS, RELEASE, ROOT, THAW, free_port, thaw, with_custom_section, workdir
 
 COMPOSE_DIR = ROOT / "integration" / "compose"
 REGISTRY_BIN = "/usr/bin/docker-registry"
@@ -83,20 +83,6 @@ def make_certs(certs):
         f.chmod(0o644)
 
 
-def with_custom_section(wasm, payload):
-    """The module with a custom section appended: other bytes (a new version), same code."""
-    def leb(n):
-        out = bytearray()
-        while True:
-            b, n = n & 0x7F, n >> 7
-            out.append(b | (0x80 if n else 0))
-            if not n:
-                return bytes(out)
-    name = b"thaw-version"
-    body = leb(len(name)) + name + payload
-    return wasm + b"\x00" + leb(len(body)) + body
-
-
 @unittest.skipUnless(docker_ready(), "needs a running Docker engine and docker-compose")
 class FleetTest(unittest.TestCase):
     @classmethod
@@ -117,7 +103,7 @@ class FleetTest(unittest.TestCase):
         for g in ("auth-filter", "decision-filter", "heavy-init-filter"):
             shutil.copy2(GUESTS / f"{g}.wasm", guests / f"{g}.wasm")
         # A second build of the auth filter (other bytes, same behaviour) for the tampering case.
-        (guests / "auth-filter-v3.wasm").write_bytes(with_custom_section((GUESTS / "auth-filter.wasm").read_bytes(), b"3"))
+        (guests / "auth-filter-v3.wasm").write_bytes(with_custom_section((GUESTS / "auth-filter.wasm").read_bytes(), b"thaw-version", b"3"))
         for name in ("registry.yml", "upstream.yaml", "bootstrap.yaml", "lds.template.json"):
             shutil.copy2(COMPOSE_DIR / name, cls.fleet / name)
         for host in ("host-a", "host-b"):
