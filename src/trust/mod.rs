@@ -334,7 +334,7 @@ impl Trust {
                         signature::SignatureError::SignatureMalformed { path: origin.into(), reason }.to_string(),
                     )
                 })?;
-                self.untimed_key_signature(bytes, &sig, origin, || {
+                self.untimed_key_signature(&signature::Digest::of(bytes), &sig, origin, || {
                     signature::SignatureError::NotTrusted { path: origin.into() }.to_string()
                 })
             }
@@ -389,18 +389,18 @@ impl Trust {
         Ok(builder.to_string())
     }
 
-    /// A key signature over `signed` that carries no verified time (a detached signature, an
-    /// untimed key bundle): the first trusted key that verifies it and whose window admits that.
+    /// A key signature over the bytes whose digest is `signed` that carries no verified time (a
+    /// detached signature, an untimed key bundle): the first trusted key that verifies it and
+    /// whose window admits that.
     fn untimed_key_signature(
         &self,
-        signed: &[u8],
+        signed: &signature::Digest,
         sig: &p256::ecdsa::Signature,
         path: &Path,
         not_trusted: impl FnOnce() -> String,
     ) -> Result<Verified, Refusal> {
-        let digest = signature::Digest::of(signed);
         let signers: Vec<&WindowedKey> =
-            self.keys.iter().filter(|k| signature::verify_digest(std::slice::from_ref(&k.key), &digest, sig, path).is_ok()).collect();
+            self.keys.iter().filter(|k| signature::verify_digest(std::slice::from_ref(&k.key), signed, sig, path).is_ok()).collect();
         if signers.is_empty() {
             return Err(Refusal::new(Reason::Signature, not_trusted()));
         }
@@ -533,22 +533,24 @@ impl Trust {
     /// signature (over the artifact, or over a DSSE envelope's PAE) and its message digest.
     fn verify_untimed_key_bundle(&self, bytes: &[u8], bundle: &Bundle, path: &Path) -> Result<Verified, Refusal> {
         let malformed = |why: &str| Refusal::new(Reason::Signature, format!("{}: {why}", path.display()));
-        let (signed, signature): (std::borrow::Cow<[u8]>, &[u8]) = match &bundle.content {
+        // The digest of what is signed, computed once: compared with the bundle's, then checked.
+        let (signed, signature) = match &bundle.content {
             SignatureContent::MessageSignature(m) => {
+                let digest = signature::Digest::of(bytes);
                 if let Some(d) = &m.message_digest {
                     if d.algorithm != sigstore_types::HashAlgorithm::Sha2256 {
                         return Err(malformed("message digest is not SHA2_256"));
                     }
-                    if d.digest.as_bytes() != Sha256::digest(bytes).as_slice() {
+                    if d.digest.as_bytes() != digest.as_bytes() {
                         return Err(Refusal::new(
                             Reason::Digest,
                             format!("{}: the bundle's message digest is not this artifact's", path.display()),
                         ));
                     }
                 }
-                (bytes.into(), m.signature.as_bytes())
+                (digest, m.signature.as_bytes())
             }
-            SignatureContent::DsseEnvelope(envelope) => (envelope.pae().into(), envelope.signature.sig.as_bytes()),
+            SignatureContent::DsseEnvelope(envelope) => (signature::Digest::of(&envelope.pae()), envelope.signature.sig.as_bytes()),
             #[allow(unreachable_patterns)]
             _ => return Err(malformed("unsupported bundle content")),
         };

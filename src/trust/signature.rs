@@ -119,6 +119,10 @@ impl Digest {
         use sha2::Digest as _;
         Digest(sha2::Sha256::digest(bytes).into())
     }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
 }
 
 /// [`verify`] over the bytes' [`Digest`].
