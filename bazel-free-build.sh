@@ -10,9 +10,10 @@
 #   aarch64  build, then cross-build the thaw CLI for aarch64 and, under qemu-user, dry-run the
 #          aarch64 auth and chaos filters compiled and signed here (allowed, denied, guest
 #          failures; wrong architectures refused both ways). Part of test (see README, "aarch64").
-#   fuzz [--minutes N] [TARGET...]  build, then run each fuzz target (fuzz/, cargo fuzz) for N
-#          minutes (default 10), one process each, corpora kept in build/fuzz-corpus; test runs a
-#          bounded smoke run of every target instead (RELIABILITY.md, "Fuzzing")
+#   fuzz [--minutes N] [--runs R] [--jobs J] [TARGET...]  build, then run each fuzz target
+#          (fuzz/, cargo fuzz) for N minutes (default 10) or, sooner, R executions per process, in
+#          J processes at once (default 1; they share the corpus, kept in build/fuzz-corpus); test
+#          runs a bounded smoke run of every target instead (RELIABILITY.md, "Fuzzing")
 #   scale  build, then bench/scale.py: 10,000 distinct tenants, 100,000 shared, a reload that
 #          changes one, cold-tenant floods (RELIABILITY.md, "Scale, reloads and cold-tenant floods")
 #   soak   build, then the soak with churn (integration/soak.py): real Envoy with listeners from
@@ -199,8 +200,8 @@ cmd_run() {
 
 cmd_bench() {
   cmd_build
-  log "benchmark peers: native auth module; matplotlib for plots; valgrind (instructions per request)"
-  apt_ensure valgrind
+  log "benchmark peers: native auth module; matplotlib for plots; valgrind (instructions per request); perf (where the time goes)"
+  apt_ensure valgrind linux-perf
   (cd "$ROOT/bench/native-auth" && CARGO_TARGET_DIR="$BUILD/native-target" cargo build --release --locked -q)
   "$VENV/bin/python" -c "import matplotlib" 2>/dev/null || "$VENV/bin/pip" install -q "matplotlib==3.9.2"
   ENVOY_BIN="$(envoy_bin)" "$VENV/bin/python" "$ROOT/bench/bench.py" "$@"
@@ -288,16 +289,38 @@ fuzz_run() {
   if [ "$target" = artifact ]; then
     cp "$BUILD"/guests/c-*.wasm "$BUILD"/guests/c-*.cwasm "$corpus/" 2>/dev/null || true
   fi
-  local out="$BUILD/fuzz-artifacts/$target.log"
-  if ! cargo_fuzz run "$target" "$corpus" "$ROOT/fuzz/corpus/$target" -- \
-      -artifact_prefix="$found/" -print_final_stats=1 -timeout=20 -rss_limit_mb=2048 "$@" >"$out" 2>&1; then
-    tail -n 60 "$out" >&2
-    echo "fuzz target $target failed (log: $out; crash input under $found)" >&2
+  local out="$BUILD/fuzz-artifacts/$target.log" jobs=1 arg
+  for arg in "$@"; do
+    case "$arg" in -jobs=*) jobs="${arg#-jobs=}" ;; esac
+  done
+  # With -jobs, libFuzzer writes each process's output to fuzz-<i>.log in its working directory
+  # (cargo fuzz runs it in fuzz/): cleared before, moved next to $out after.
+  rm -f "$ROOT"/fuzz/fuzz-*.log
+  local failed=0
+  cargo_fuzz run "$target" "$corpus" "$ROOT/fuzz/corpus/$target" -- \
+      -artifact_prefix="$found/" -print_final_stats=1 -timeout=20 -rss_limit_mb=2048 "$@" >"$out" 2>&1 || failed=1
+  local logs=("$out") i
+  if [ "$jobs" -gt 1 ]; then
+    logs=()
+    for ((i = 0; i < jobs; i++)); do
+      if [ -f "$ROOT/fuzz/fuzz-$i.log" ]; then
+        mv "$ROOT/fuzz/fuzz-$i.log" "$BUILD/fuzz-artifacts/$target.job$i.log"
+        logs+=("$BUILD/fuzz-artifacts/$target.job$i.log")
+      fi
+    done
+    # A job that crashed does not make the parent fail: its log says so.
+    grep -aqE '^==[0-9]+== ERROR|^SUMMARY: libFuzzer|deadly signal' "${logs[@]}" /dev/null && failed=1
+  fi
+  if [ "$failed" = 1 ]; then
+    tail -n 60 "${logs[@]}" >&2
+    echo "fuzz target $target failed (log: ${logs[*]}; crash input under $found)" >&2
     return 1
   fi
-  # The last status line (coverage), and the executions and their rate.
-  printf '%-16s %s | %s\n' "$target" "$(grep -aE '^#[0-9]+' "$out" | tail -n1 | cut -c1-100)" \
-    "$(grep -aE 'stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' "$out" | tr -s ' ' | tr '\n' ' ')"
+  # Per process: the last status line (coverage), and the executions and their rate.
+  for arg in "${logs[@]}"; do
+    printf '%-16s %s | %s\n' "$target" "$(grep -aE '^#[0-9]+' "$arg" | tail -n1 | cut -c1-100)" \
+      "$(grep -aE 'stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' "$arg" | tr -s ' ' | tr '\n' ' ')"
+  done
 }
 
 # A bounded run of every fuzz target: seconds each (-runs and -max_total_time bound it), enough to
@@ -314,21 +337,31 @@ fuzz_smoke() {
 }
 
 cmd_fuzz() {
-  local minutes=10 targets=()
+  local minutes=10 runs=-1 jobs=1 targets=()
   while [ $# -gt 0 ]; do
     case "$1" in
       --minutes) minutes="${2:?--minutes needs a number}"; shift 2 ;;
+      --jobs) jobs="${2:?--jobs needs a number}"; shift 2 ;;
+      --runs) runs="${2:?--runs needs a number}"; shift 2 ;;
       *) targets+=("$1"); shift ;;
     esac
   done
   [ "${#targets[@]}" -gt 0 ] || targets=("${FUZZ_TARGETS[@]}")
+  if ! [[ "$minutes" =~ ^[0-9]+$ && "$jobs" =~ ^[1-9][0-9]*$ && "$runs" =~ ^(-1|[0-9]+)$ ]]; then
+    echo "fuzz: --minutes, --runs and --jobs take whole numbers (got '$minutes', '$runs', '$jobs')" >&2
+    return 2
+  fi
   cmd_build
   deps_fuzz
   cargo_fuzz build
   local t
   for t in "${targets[@]}"; do
-    log "fuzz: $t for $minutes minute(s)"
-    fuzz_run "$t" -max_total_time=$((minutes * 60))
+    log "fuzz: $t for $minutes minute(s), $jobs process(es)"
+    if [ "$jobs" -gt 1 ]; then
+      fuzz_run "$t" -max_total_time=$((minutes * 60)) -runs="$runs" -jobs="$jobs" -workers="$jobs"
+    else
+      fuzz_run "$t" -max_total_time=$((minutes * 60)) -runs="$runs"
+    fi
   done
 }
 
