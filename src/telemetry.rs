@@ -29,7 +29,7 @@ pub enum Metric {
     PoolHit,
     /// Counter: a pooled tenant's request that needed a fresh instance.
     PoolMiss,
-    /// Gauge: idle instances kept for the tenant, summed over workers.
+    /// Gauge: instances kept for the tenant (idle, or out serving a request), summed over workers.
     PoolSize,
     /// Counter: artifacts refused because their signature did not verify (or was missing).
     SignatureFailure,

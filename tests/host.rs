@@ -196,6 +196,28 @@ fn a_trapping_guest_fails_closed_or_open_as_configured() {
 }
 
 #[test]
+fn a_pooled_instance_that_fails_is_taken_off_the_pool_gauge_at_the_next_miss() {
+    // Traps on the second request an instance serves.
+    let second_traps = guest(
+        r#"(global $n (mut i32) (i32.const 0))
+           (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+             (global.set $n (i32.add (global.get $n) (i32.const 1)))
+             (if (i32.eq (global.get $n) (i32.const 2)) (then unreachable))
+             (i32.const 0))"#,
+    );
+    let ws = Workspace::new();
+    let config = ws.load(vec![pooled(ws.tenant("t", &second_traps, ""))], Policy::Deny).unwrap();
+    let stream = FakeStream::with(&[("x-tenant-id", "t")]);
+    assert_eq!(serve(&config, &stream), Verdict::Continue); // a fresh instance, given back
+    assert_eq!(stream.metric(Metric::PoolSize, "t"), 1);
+    assert_eq!(serve(&config, &stream), Verdict::Stop); // the pooled one traps and is dropped
+    assert_eq!(stream.metric(Metric::PoolSize, "t"), 1, "an instance out serving a request still counts");
+    assert_eq!(serve(&config, &stream), Verdict::Continue); // a miss: the gauge is set right, then a fresh one comes back
+    assert_eq!((stream.metric(Metric::PoolSize, "t"), stream.records_for(Metric::PoolSize, "t")), (1, 3));
+    assert_eq!(stream.metric(Metric::PoolMiss, "t"), 2);
+}
+
+#[test]
 fn an_endless_loop_is_cut_at_the_deadline() {
     let spin = guest(r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (loop br 0) (i32.const 0))"#);
     let ws = Workspace::new();
@@ -286,6 +308,9 @@ fn pooled_instances_are_reused_and_per_request_ones_never() {
     assert_eq!(stream.metric(Metric::PoolMiss, "pooled"), 1);
     assert_eq!(stream.metric(Metric::PoolHit, "pooled"), 2);
     assert_eq!(stream.metric(Metric::PoolSize, "pooled"), 1);
+    // The gauge moved once, when the first instance came back: a request served from the pool
+    // takes and returns its instance, which leaves the gauge where it was.
+    assert_eq!(stream.records_for(Metric::PoolSize, "pooled"), 1);
     assert_eq!(thaw::pool::idle_count(&plugin("pooled")), 1);
 
     let stream = FakeStream::with(&[("x-tenant-id", "fresh"), ("authorization", "Bearer s3cret")]);
