@@ -9,7 +9,7 @@ Configurations, interleaved within every scenario:
 
 Every route answers with Envoy's direct_response, so what is measured is Envoy plus the filter.
 Envoy runs one worker pinned to CPU 0; wrk (Debian) runs pinned to CPU 1.
-Usage: python bench/bench.py [--scenarios 1,2,3,4,5,6] [--quick] [--out BENCHMARKS.md]
+Usage: python bench/bench.py [--scenarios 1,2,3,4,5,6,7] [--quick] [--out BENCHMARKS.md]
 """
 
 import argparse
@@ -34,6 +34,10 @@ MODULES = WORK / "modules"
 NATIVE_SO = ROOT / "build" / "native-target" / "release" / "libnative_auth.so"
 TOKENS = {"s3cret": "alice"}
 KINDS = ["none", "native", "envoy-wasm-v8", "thaw-pooled", "thaw-per-request"]
+# Section 3's paced run: 32 connections, each waiting this long between requests (about 3,000
+# requests a second for every config, below the slowest one's saturation on this machine), for
+# twice the other runs' time (CPU time is read in 10 ms ticks).
+PACED_THINK_MS = 10
 # thaw-per-request resuming a post-init snapshot (scenarios 2, 3): the configuration thaw recommends.
 SNAPSHOT_KIND = "thaw-per-request+snapshot"
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -242,6 +246,15 @@ class EnvoyRun:
             fields[key] = value.strip()
         return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
+    def cpu_seconds(self):
+        """CPU time (user and system, all threads) the Envoy process has used so far, from
+        /proc/<pid>/stat (sampled at the kernel's clock tick, 10 ms; a saturated 5 s run is
+        hundreds of ticks). Unlike throughput it leaves out the time Envoy waited for its core.
+        (schedstat's nanosecond run times were tried: on this VM they count a thread that sleeps
+        1 ms at a time at 8x what the tick sampling and `perf stat` see.)"""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self):
         self.proc.terminate()
         try:
@@ -349,12 +362,16 @@ def scenario_per_request(art, seconds, repeats):
             wrk(port, 1, 8)  # warm-up
             fixed = wrk(port, seconds, 1, think_ms=1)
             saturated = wrk(port, seconds, 32)
+            cpu_before = run.cpu_seconds()
+            paced = wrk(port, 2 * seconds, 32, think_ms=PACED_THINK_MS)
+            cpu_us = (run.cpu_seconds() - cpu_before) * 1e6 / paced["requests"]
             run.stop()
-            r = results.setdefault(kind, {k: [] for k in ["p50", "p99", "p999", "rate", "rps", "sat_p50", "sat_p99"]})
+            r = results.setdefault(kind, {k: [] for k in ["p50", "p99", "p999", "rate", "rps", "paced", "cpu", "sat_p50", "sat_p99"]})
             for key, value in [("p50", fixed["p50"]), ("p99", fixed["p99"]), ("p999", fixed["p999"]), ("rate", fixed["rps"]),
-                               ("rps", saturated["rps"]), ("sat_p50", saturated["p50"]), ("sat_p99", saturated["p99"])]:
+                               ("rps", saturated["rps"]), ("paced", paced["rps"]), ("cpu", cpu_us), ("sat_p50", saturated["p50"]), ("sat_p99", saturated["p99"])]:
                 r[key].append(value)
-            log(f"per-request {kind} rep={rep}: p50 {fixed['p50']} us p99 {fixed['p99']} us at {fixed['rps']:.0f} rps; saturated {saturated['rps']:.0f} rps")
+            log(f"per-request {kind} rep={rep}: p50 {fixed['p50']} us p99 {fixed['p99']} us at {fixed['rps']:.0f} rps; saturated {saturated['rps']:.0f} rps; "
+                f"paced {paced['rps']:.0f} rps at {cpu_us:.1f} us of Envoy CPU a request")
     return results
 
 
@@ -420,6 +437,62 @@ def callgrind_per_request(binary, mode, env):
     if p.returncode != 0 or collected is None:
         raise RuntimeError(f"callgrind ({mode}) failed: {p.stderr[-2000:]}")
     return int(collected.strip()) // MICRO_REQUESTS
+
+
+PROFILE_KINDS = ["none", "native", "envoy-wasm-v8", "thaw-pooled", SNAPSHOT_KIND]
+PROFILE_PARTS = ["filter", "envoy", "kernel", "other"]
+PROFILE_PART_NAMES = {
+    "filter": "a frame of the filter's own code on the stack: libthaw.so, libnative_auth.so, or generated code (guest code in thaw, "
+              "V8's compiled Wasm; V8 itself is inside Envoy's binary and counts as envoy), with the Envoy callbacks it calls",
+    "envoy": "Envoy's own code, no filter frame on the stack",
+    "kernel": "the kernel, no filter frame on the stack",
+    "other": "the rest (libc, the vDSO)",
+}
+# Frames of a filter's own code in `perf script` output: the two modules, and code perf knows only
+# from a JIT map (/tmp/perf-<pid>.map: generated code, which has no symbols).
+FILTER_FRAMES = ("libthaw.so", "libnative_auth.so", "/tmp/perf-")
+
+
+def scenario_profile(art, seconds):
+    """7: where Envoy's CPU goes per request, by part, under `perf record --call-graph dwarf` at the
+    paced rate of section 3 (the same for every config, so Envoy's own batching is the same too).
+    Each sample is charged to the filter when any frame of its stack is in the filter's code
+    (`FILTER_FRAMES`), else to where its leaf is. A figure is samples x period / requests."""
+    results = {}
+    freq = 999
+    for kind in PROFILE_KINDS:
+        config, admin, targets = bootstrap(kind, art, 1)
+        run = EnvoyRun(config, admin)
+        port = targets[0][0]
+        wrk(port, 1, 8)  # warm-up
+        data = WORK / f"perf-{kind}.data"
+        rec = subprocess.Popen(["perf", "record", "-q", "-F", str(freq), "--call-graph", "dwarf,16384", "-p", str(run.proc.pid),
+                                "-o", str(data), "--", "sleep", str(2 * seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        paced = wrk(port, 2 * seconds, 32, think_ms=PACED_THINK_MS)
+        _, err = rec.communicate(timeout=120)
+        run.stop()
+        if rec.returncode != 0:
+            raise RuntimeError(f"perf record failed: {err.decode()[-1000:]}")
+        script = subprocess.run(["perf", "script", "-i", str(data), "-F", "ip,sym,dso"], capture_output=True, text=True, timeout=900)
+        parts = dict.fromkeys(PROFILE_PARTS, 0)
+        for sample in script.stdout.split("\n\n"):
+            frames = [f.strip() for f in sample.strip().splitlines()]
+            if not frames:
+                continue
+            if any(m in f for f in frames for m in FILTER_FRAMES):
+                parts["filter"] += 1
+            elif frames[0].endswith("envoy/_bin/envoy)") or "envoy_dynamic_module" in frames[0]:
+                parts["envoy"] += 1
+            elif "[kernel" in frames[0]:
+                parts["kernel"] += 1
+            else:
+                parts["other"] += 1
+        data.unlink()
+        per_request = 1e6 / freq / paced["requests"]
+        results[kind] = {part: n * per_request for part, n in parts.items()}
+        results[kind]["rps"] = paced["rps"]
+        log(f"profile {kind}: {paced['rps']:.0f} rps; " + ", ".join(f"{p} {results[kind][p]:.1f}" for p in PROFILE_PARTS) + " us/request")
+    return results
 
 
 # ---------------------------------------------------------------- report
@@ -545,9 +618,14 @@ def report(results, args, started, finished, m0, m1, pngs):
         w("## 3. Per-request cost\n")
         w(f"One tenant. Fixed rate below saturation: one connection with 1 ms think time ({args.seconds} s); saturation: 32 connections "
           f"({args.seconds} s). Medians over {args.repeats} interleaved rounds (spread min-max). Added cost per request over **none**: from the "
-          "fixed-rate p50, and from throughput as 1/rps - 1/rps(none).\n")
-        w("| config | p50 us | p99 us | p99.9 us | rate rps | saturated rps (spread) | added p50 us | added from rps us | p50 vs v8 | rps vs v8 |")
-        w("|---|---|---|---|---|---|---|---|---|---|")
+          "fixed-rate p50, from throughput as 1/rps - 1/rps(none), and from Envoy's CPU time at one paced rate: 32 connections with "
+          f"{PACED_THINK_MS} ms think time ({2 * args.seconds} s, the same rate for every config, the `paced rps` column), the CPU time of all Envoy "
+          "threads (`/proc/<pid>/stat`, user + system) over the requests served. Throughput mixes in what a config does to Envoy's batching "
+          "(a slower filter leaves fewer requests per event-loop wakeup, so Envoy's own cost per request rises) and time Envoy waited for its core on "
+          "a shared machine; at one rate for all, the CPU figure is the cost a config adds.\n")
+        w("| config | p50 us | p99 us | p99.9 us | rate rps | saturated rps (spread) | paced rps | Envoy CPU us/request, paced (spread) | "
+          "added p50 us | added from rps us | added CPU us | p50 vs v8 | rps vs v8 | added CPU vs v8 | added CPU vs native |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         none, v8 = pr.get("none"), pr.get("envoy-wasm-v8")
         for kind in KINDS + [SNAPSHOT_KIND]:
             if kind not in pr:
@@ -555,8 +633,33 @@ def report(results, args, started, finished, m0, m1, pngs):
             r = pr[kind]
             added = med(r["p50"]) - med(none["p50"])
             added_rps = (1 / med(r["rps"]) - 1 / med(none["rps"])) * 1e6
+            added_cpu = med(r["cpu"]) - med(none["cpu"])
+            cpu_spread = f"{min(r['cpu']):.1f}-{max(r['cpu']):.1f}" if len(r["cpu"]) > 1 else "-"
             w(f"| {kind} | {med(r['p50']):.0f} | {med(r['p99']):.0f} | {med(r['p999']):.0f} | {med(r['rate']):.0f} | {med(r['rps']):.0f} ({spread(r['rps'])}) | "
-              f"{added:.0f} | {added_rps:.1f} | {ratio(med(r['p50']), med(v8['p50']))} | {ratio(med(r['rps']), med(v8['rps']))} |")
+              f"{med(r['paced']):.0f} | {med(r['cpu']):.1f} ({cpu_spread}) | {added:.0f} | {added_rps:.1f} | {added_cpu:.1f} | {ratio(med(r['p50']), med(v8['p50']))} | "
+              f"{ratio(med(r['rps']), med(v8['rps']))} | {ratio(added_cpu, med(v8['cpu']) - med(none['cpu']))} | "
+              f"{ratio(added_cpu, med(pr['native']['cpu']) - med(none['cpu'])) if 'native' in pr else '-'} |")
+        w("")
+    if "profile" in results:
+        pf = results["profile"]
+        w("## 7. Where the time goes\n")
+        w(f"Envoy's CPU per request by part, sampled with `perf record -F 999 --call-graph dwarf` on the Envoy process while wrk runs "
+          f"section 3's paced load (32 connections, {PACED_THINK_MS} ms think time, {2 * args.seconds} s): one rate for every config, so "
+          "Envoy's own per-request work (its event loop, codec, router) is batched alike. A sample is charged to thaw when any frame of its "
+          "stack is in the filter's code; otherwise to where it ran. " + "; ".join(f"**{k}**: {v}" for k, v in PROFILE_PART_NAMES.items())
+          + ". Added: over **none** at the same rate.\n")
+        w("| config | paced rps | " + " | ".join(f"{p} us" for p in PROFILE_PARTS) + " | total us | added us | added filter | added envoy | added kernel |")
+        w("|---|---|" + "---|" * (len(PROFILE_PARTS) + 5))
+        base = pf.get("none")
+        for kind in PROFILE_KINDS:
+            if kind not in pf:
+                continue
+            r = pf[kind]
+            total = sum(r[p] for p in PROFILE_PARTS)
+            cells = [f"{r[p]:.1f}" for p in PROFILE_PARTS]
+            if base:
+                added = [total - sum(base[p] for p in PROFILE_PARTS)] + [r[p] - base[p] for p in ("filter", "envoy", "kernel")]
+            w(f"| {kind} | {r['rps']:.0f} | " + " | ".join(cells) + f" | {total:.1f} | " + (" | ".join(f"{a:.1f}" for a in added) if base else "- | - | - | -") + " |")
         w("")
     if "heavy" in results:
         hv = results["heavy"]
@@ -596,13 +699,13 @@ def report(results, args, started, finished, m0, m1, pngs):
             w(f"![{p}]({p})\n")
     w("## Running one scenario\n")
     w("`./bazel-free-build.sh bench` runs all. One scenario: `./bazel-free-build.sh bench --scenarios 3` (1 start/memory, 2 cold tenant, "
-      "3 per-request, 5 heavy init, 6 micro; 4 is measured with 1). `--quick` uses fewer tenants and shorter runs.\n")
+      "3 per-request, 5 heavy init, 6 micro, 7 where the time goes; 4 is measured with 1). `--quick` uses fewer tenants and shorter runs.\n")
     return "\n".join(L) + "\n"
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--scenarios", default="1,2,3,5,6")
+    parser.add_argument("--scenarios", default="1,2,3,5,6,7")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--skip-v8-above", type=int, default=100)
@@ -633,6 +736,8 @@ def main():
         results["heavy"] = scenario_heavy(args.repeats)
     if "6" in scenarios:
         results["micro"] = scenario_micro()
+    if "7" in scenarios:
+        results["profile"] = scenario_profile(art, args.seconds)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     pngs = plot(results, out.parent)
