@@ -660,7 +660,7 @@ def report(results, args, started, finished, m0, m1, pngs):
         w("## 7. Where the time goes\n")
         w(f"Envoy's CPU per request by part, sampled with `perf record -F 999 --call-graph dwarf` on the Envoy process while wrk runs "
           f"section 3's paced load (32 connections, {PACED_THINK_MS} ms think time, {2 * args.seconds} s): one rate for every config, so "
-          "Envoy's own per-request work (its event loop, codec, router) is batched alike. A sample is charged to thaw when any frame of its "
+          "Envoy's own per-request work (its event loop, codec, router) is batched alike. A sample is charged to the filter when any frame of its "
           "stack is in the filter's code, to thaw's threads when it ran in one; otherwise to where it ran. " + "; ".join(f"**{k}**: {v}" for k, v in PROFILE_PART_NAMES.items())
           + ". Added: over **none** at the same rate.\n")
         w("| config | paced rps | " + " | ".join(f"{p} us" for p in PROFILE_PARTS) + " | total us | added us | added filter | added thaw threads | added envoy | added kernel |")
