@@ -248,7 +248,7 @@ class EnvoyRun:
 
     def cpu_seconds(self):
         """CPU time (user and system, all threads) the Envoy process has used so far, from
-        /proc/<pid>/stat (sampled at the kernel's clock tick, 10 ms; a saturated 5 s run is
+        /proc/<pid>/stat (sampled at the kernel's clock tick, 10 ms; section 3's paced run is
         hundreds of ticks). Unlike throughput it leaves out the time Envoy waited for its core.
         (schedstat's nanosecond run times were tried: on this VM they count a thread that sleeps
         1 ms at a time at 8x what the tick sampling and `perf stat` see.)"""
@@ -298,6 +298,11 @@ def wrk(port, seconds, connections, think_ms=0, retry=True):
     if result["non_2xx"] or result["errors"]:
         raise RuntimeError(f"wrk saw failures: {result}")
     return result
+
+
+def wrk_paced(port, seconds):
+    """The paced load of sections 3 and 7 (`PACED_THINK_MS`), for twice the other runs' time."""
+    return wrk(port, 2 * seconds, 32, think_ms=PACED_THINK_MS)
 
 
 def pct(values, q):
@@ -370,7 +375,7 @@ def scenario_per_request(art, seconds, repeats):
             fixed = wrk(port, seconds, 1, think_ms=1)
             saturated = wrk(port, seconds, 32)
             cpu_before = run.cpu_seconds()
-            paced = wrk(port, 2 * seconds, 32, think_ms=PACED_THINK_MS)
+            paced = wrk_paced(port, seconds)
             cpu_us = (run.cpu_seconds() - cpu_before) * 1e6 / paced["requests"]
             run.stop()
             r = results.setdefault(kind, {k: [] for k in ["p50", "p99", "p999", "rate", "rps", "paced", "cpu", "sat_p50", "sat_p99"]})
@@ -478,7 +483,7 @@ def scenario_profile(art, seconds):
         data = WORK / f"perf-{kind}.data"
         rec = subprocess.Popen(["perf", "record", "-q", "-F", str(freq), "--call-graph", "dwarf,16384", "-p", str(run.proc.pid),
                                 "-o", str(data), "--", "sleep", str(2 * seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        paced = wrk(port, 2 * seconds, 32, think_ms=PACED_THINK_MS)
+        paced = wrk_paced(port, seconds)
         _, err = rec.communicate(timeout=120)
         run.stop()
         if rec.returncode != 0:
