@@ -406,5 +406,5 @@ case "${1:-}" in
   aarch64) cmd_aarch64 ;;
   fuzz) shift; cmd_fuzz "$@" ;;
   soak) shift; cmd_soak "$@" ;;
-  *) echo "usage: $0 {deps|build|run|test|aarch64|soak [--minutes N]|bench [--scenarios 1,2,3,5,6] [--quick]|scale [--scenarios scale,reload,flood] [--quick]|fuzz [--minutes N] [TARGET...]}" >&2; exit 2 ;;
+  *) echo "usage: $0 {deps|build|run|test|aarch64|soak [--minutes N]|bench [--scenarios 1,2,3,5,6,7] [--quick]|scale [--scenarios scale,reload,flood] [--quick]|fuzz [--minutes N] [--runs R] [--jobs J] [TARGET...]}" >&2; exit 2 ;;
 esac
