@@ -52,6 +52,10 @@ struct TenantPool {
     last_used: u64,
     /// The stamp of this pool's place in the worker's [`EvictionQueue`].
     queued: u64,
+    /// No later than the moment one of the idle instances is due for retirement (`None`: none
+    /// is, or none is idle). Taking an instance leaves it as it was (earlier is safe: the sweep
+    /// then looks and finds nothing due).
+    retire_at: Option<Instant>,
     /// This worker's share of `wasm_instance_pool_size` as last reported to Envoy. The gauge moves
     /// by the difference when instances come back, are evicted or retired, not when one is taken:
     /// a request served from the pool takes its instance and gives it back, a difference of none,
@@ -77,6 +81,8 @@ struct WorkerPools {
     eviction: EvictionQueue,
     uses: u64,
     last_sweep: Instant,
+    /// [`crate::proxy_wasm::instance::plugins_dropped`] at the last sweep.
+    plugins_dropped: u64,
 }
 
 /// The worker's tenants in the order their pools were last used (taken from or given back to),
@@ -131,6 +137,7 @@ thread_local! {
         eviction: EvictionQueue { entries: VecDeque::new(), next_stamp: 0 },
         uses: 0,
         last_sweep: Instant::now(),
+        plugins_dropped: 0,
     });
     static WARM: RefCell<WarmTenants> = RefCell::new(WarmTenants { served: HashMap::new(), tokens: 0.0, refilled: None, last_sweep: Instant::now() });
     static LATENCY_SAMPLES: RefCell<LatencySamples> = const { RefCell::new(LatencySamples { window: None, taken: 0 }) };
@@ -267,9 +274,11 @@ pub fn give_back(plugin: &Arc<Plugin>, mut instance: GuestInstance, stats: &mut 
             idle: Vec::new(),
             last_used: uses,
             queued: 0,
+            retire_at: None,
             reported: 0,
         });
         if pool.idle.len() < plugin.policy.max_instances {
+            pool.retire_at = earliest(pool.retire_at, instance.retirement_due(&plugin.policy));
             pool.idle.push(instance);
             pool.queued = eviction.touch(plugin.uid);
         }
@@ -307,19 +316,49 @@ fn evict_lru(stats: &mut dyn StatsSink) -> bool {
     })
 }
 
+/// The earlier of two optional moments (`None`: never).
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 impl WorkerPools {
     /// Drops retired idle instances and forgets pools of configs that are gone.
+    ///
+    /// It runs on the request path, once a second, over every pool of the worker, so it reads
+    /// only what each pool holds inline: a pool's plugin and instances are looked at only when
+    /// its `retire_at` has come, or when some plugin in the process was dropped since the last
+    /// sweep. Looking at each (a `Weak` upgrade, the instances' times) stalled the worker 0.3 ms
+    /// at 600 pools and 1.7 ms at 2,300 in a cold pooled flood, once a second (timed in the
+    /// sweep).
     fn sweep(&mut self, stats: &mut dyn StatsSink) {
         let now = Instant::now();
         if now.duration_since(self.last_sweep) < SWEEP_INTERVAL {
             return;
         }
         self.last_sweep = now;
+        let dropped = crate::proxy_wasm::instance::plugins_dropped();
+        let some_plugin_gone = dropped != self.plugins_dropped;
+        self.plugins_dropped = dropped;
+        let uses = self.uses;
         self.tenants.retain(|_, pool| {
+            if some_plugin_gone && pool.plugin.strong_count() == 0 {
+                return false;
+            }
+            let recent = uses.saturating_sub(pool.last_used) < 1024;
+            let due = pool.retire_at.is_some_and(|at| at <= now);
+            if !due && (recent || !pool.idle.is_empty()) {
+                return true;
+            }
             let Some(plugin) = pool.plugin.upgrade() else { return false };
-            pool.idle.retain(|i| !i.is_retired(&plugin.policy, now));
+            if due {
+                pool.idle.retain(|i| !i.is_retired(&plugin.policy, now));
+                pool.retire_at = pool.idle.iter().map(|i| i.retirement_due(&plugin.policy)).fold(None, earliest);
+            }
             pool.report(&plugin.tenant, stats);
-            !pool.idle.is_empty() || self.uses.saturating_sub(pool.last_used) < 1024
+            !pool.idle.is_empty() || recent
         });
         let tenants = &self.tenants;
         self.eviction.compact(tenants.len(), |uid, stamp| evictable(tenants.get(&uid), stamp));
@@ -329,6 +368,11 @@ impl WorkerPools {
 /// Idle instances of `plugin` on this worker (for tests and diagnostics).
 pub fn idle_count(plugin: &Plugin) -> usize {
     POOLS.with(|pools| pools.borrow().tenants.get(&plugin.uid).map_or(0, |p| p.idle.len()))
+}
+
+/// Pools this worker keeps, idle instances or not (for tests and diagnostics).
+pub fn pool_count() -> usize {
+    POOLS.with(|pools| pools.borrow().tenants.len())
 }
 
 #[cfg(test)]

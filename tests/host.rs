@@ -394,6 +394,38 @@ fn pooled_instances_retire_after_max_requests() {
 }
 
 #[test]
+fn the_sweep_retires_idle_instances_and_forgets_the_pools_of_dropped_configs() {
+    let ws = Workspace::new();
+    let tokens = r#"{"tokens":{"s3cret":"alice"}}"#;
+    let mut idle = pooled(ws.tenant("idle", &auth_filter_wasm(), tokens));
+    idle.instances.idle_timeout_ms = 50;
+    let config = ws.load(vec![idle, pooled(ws.tenant("busy", &auth_filter_wasm(), tokens))], Policy::Deny).unwrap();
+    let plugin = |name: &str| Arc::clone(&config.tenants[&TenantId::try_from(name).unwrap()].plugin);
+    let request = |tenant: &str| FakeStream::with(&[("x-tenant-id", tenant), ("authorization", "Bearer s3cret")]);
+    let idle_stream = request("idle");
+    assert_eq!(serve(&config, &idle_stream), Verdict::Continue);
+    assert_eq!(pool::idle_count(&plugin("idle")), 1);
+    assert_eq!(serve(&config, &request("busy")), Verdict::Continue);
+    // Nobody asks for `idle` again: its instance is retired by a sweep, on another tenant's
+    // request after the sweep interval (1 s), and the tenant's gauge goes back to 0.
+    std::thread::sleep(Duration::from_millis(1100));
+    let busy_stream = request("busy");
+    assert_eq!(serve(&config, &busy_stream), Verdict::Continue);
+    assert_eq!(pool::idle_count(&plugin("idle")), 0);
+    assert_eq!(pool::idle_count(&plugin("busy")), 1);
+    assert_eq!(busy_stream.metric(Metric::PoolSize, "idle"), -1);
+    assert_eq!(pool::pool_count(), 2, "`idle` was served lately: its pool stays, empty");
+
+    // The config goes: a sweep under the next config forgets both of its pools (and drops
+    // `busy`'s idle instance), looking at no plugin of its own to find them.
+    drop(config);
+    let next = ws.load(vec![pooled(ws.tenant("next", &auth_filter_wasm(), tokens))], Policy::Deny).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(serve(&next, &request("next")), Verdict::Continue);
+    assert_eq!(pool::pool_count(), 1, "only `next`'s pool is left");
+}
+
+#[test]
 fn a_guest_growing_past_its_memory_cap_is_stopped_and_counted() {
     let hog = guest(
         r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)

@@ -42,6 +42,24 @@ pub struct Plugin {
     /// Set when the guest's init makes HTTP calls: ready once the root instance recorded them
     /// all with their answers (`init_calls`).
     pub readiness: Option<super::init_calls::Readiness>,
+    _counted: CountedDrop,
+}
+
+static PLUGINS_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// How many [`Plugin`]s the process has dropped (their configs gone). Workers look for pools of
+/// gone plugins only when this moved, so a sweep need not touch every plugin it pools for.
+pub fn plugins_dropped() -> u64 {
+    PLUGINS_DROPPED.load(Ordering::Acquire)
+}
+
+/// Counts its plugin's drop in [`PLUGINS_DROPPED`].
+struct CountedDrop;
+
+impl Drop for CountedDrop {
+    fn drop(&mut self) {
+        PLUGINS_DROPPED.fetch_add(1, Ordering::Release);
+    }
 }
 
 /// A module linked against the host functions, ready to instantiate (shared by every tenant of
@@ -263,6 +281,7 @@ impl Plugin {
             shape: linked.shape,
             callbacks: Arc::clone(&linked.callbacks),
             readiness: None,
+            _counted: CountedDrop,
         }
     }
 
@@ -628,6 +647,20 @@ impl GuestInstance {
             || self.requests >= policy.max_requests
             || now.duration_since(self.created) >= Duration::from_millis(policy.max_age_ms)
             || now.duration_since(self.last_used) >= Duration::from_millis(policy.idle_timeout_ms)
+    }
+
+    /// The earliest moment [`Self::is_retired`] turns true under `policy` without the instance
+    /// being used (at once if it already is); `None`: never by time alone.
+    pub fn retirement_due(&self, policy: &InstancePolicy) -> Option<Instant> {
+        if self.failed || self.requests >= policy.max_requests {
+            return Some(self.last_used);
+        }
+        let by_age = self.created.checked_add(Duration::from_millis(policy.max_age_ms));
+        let by_idleness = self.last_used.checked_add(Duration::from_millis(policy.idle_timeout_ms));
+        match (by_age, by_idleness) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Clears host-side request state before the instance serves another request.
