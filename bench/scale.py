@@ -400,7 +400,9 @@ def scenario_flood(art, artifacts_n, seconds, rounds):
     """Per isolation mode: without a cold-start limit, a warm flood and a cold flood (alternating,
     `rounds` each); then, in an Envoy with `cold_starts: FLOOD_LIMIT`, the same (the cold flood's
     shed requests are 503s). Each cold flood's ratio is against the warm flood just before it in the
-    same Envoy: this VM's latency drifts by half over minutes, so baselines are paired.
+    same Envoy: this VM's latency drifts by half over minutes, so baselines are paired. The report
+    also merges every round's latencies of a kind (`merged_percentile`): the target is judged on
+    those, as one round's p99 moves 2-3x from round to round here.
     A cold flood's every request names a tenant no request named before in that Envoy: enough
     tenants for 2,000 requests a second (their artifacts, `artifacts_n` distinct, round-robin)."""
     flood_lua, measure_lua = WORK / "flood.lua", WORK / "measure.lua"
