@@ -278,7 +278,7 @@ pub fn give_back(plugin: &Arc<Plugin>, mut instance: GuestInstance, stats: &mut 
             reported: 0,
         });
         if pool.idle.len() < plugin.policy.max_instances {
-            pool.retire_at = earliest(pool.retire_at, instance.retirement_due(&plugin.policy));
+            pool.retire_at = pool.retire_at.into_iter().chain(instance.retirement_due(&plugin.policy)).min();
             pool.idle.push(instance);
             pool.queued = eviction.touch(plugin.uid);
         }
@@ -316,14 +316,6 @@ fn evict_lru(stats: &mut dyn StatsSink) -> bool {
     })
 }
 
-/// The earlier of two optional moments (`None`: never).
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 impl WorkerPools {
     /// Drops retired idle instances and forgets pools of configs that are gone.
     ///
@@ -355,7 +347,7 @@ impl WorkerPools {
             let Some(plugin) = pool.plugin.upgrade() else { return false };
             if due {
                 pool.idle.retain(|i| !i.is_retired(&plugin.policy, now));
-                pool.retire_at = pool.idle.iter().map(|i| i.retirement_due(&plugin.policy)).fold(None, earliest);
+                pool.retire_at = pool.idle.iter().filter_map(|i| i.retirement_due(&plugin.policy)).min();
             }
             pool.report(&plugin.tenant, stats);
             !pool.idle.is_empty() || recent

@@ -643,24 +643,19 @@ pub struct GuestInstance {
 impl GuestInstance {
     /// Whether a pooled instance is due for retirement under `policy` at `now`.
     pub fn is_retired(&self, policy: &InstancePolicy, now: Instant) -> bool {
-        self.failed
-            || self.requests >= policy.max_requests
-            || now.duration_since(self.created) >= Duration::from_millis(policy.max_age_ms)
-            || now.duration_since(self.last_used) >= Duration::from_millis(policy.idle_timeout_ms)
+        self.retirement_due(policy).is_some_and(|due| due <= now)
     }
 
-    /// The earliest moment [`Self::is_retired`] turns true under `policy` without the instance
-    /// being used (at once if it already is); `None`: never by time alone.
+    /// The moment the instance is due for retirement under `policy` if it is not used again:
+    /// its creation if it failed or served `max_requests`, else the earlier of `max_age_ms` after
+    /// its creation and `idle_timeout_ms` after its last use; `None`: never.
     pub fn retirement_due(&self, policy: &InstancePolicy) -> Option<Instant> {
         if self.failed || self.requests >= policy.max_requests {
-            return Some(self.last_used);
+            return Some(self.created);
         }
         let by_age = self.created.checked_add(Duration::from_millis(policy.max_age_ms));
         let by_idleness = self.last_used.checked_add(Duration::from_millis(policy.idle_timeout_ms));
-        match (by_age, by_idleness) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        by_age.into_iter().chain(by_idleness).min()
     }
 
     /// Clears host-side request state before the instance serves another request.
