@@ -393,7 +393,7 @@ def merged_percentile(runs, q):
     return 0
 
 
-FLOOD_LIMIT = {"per_second": 100, "burst": 100}
+FLOOD_LIMIT = {"per_second": 100, "burst": 5}  # the defaults of `cold_starts: {}`
 
 
 def scenario_flood(art, artifacts_n, seconds, rounds):

@@ -273,8 +273,14 @@ pub const DEFAULT_MAX_INSTANCES: u64 = 4;
 pub const DEFAULT_MEMORY_LIMIT_MB: u64 = 64;
 pub const DEFAULT_MEMORY_BUDGET_MB: u64 = 2048;
 pub const DEFAULT_CRASH_LOOP: CrashLoop = CrashLoop { failures: 5, window_ms: 10_000, quarantine_ms: 30_000 };
-/// `cold_starts.per_second` when `cold_starts` is given without it.
-pub const DEFAULT_COLD_STARTS_PER_SECOND: u64 = 1000;
+/// `cold_starts.per_second` when `cold_starts` is given without it: at the 250-1,000 us a pooled
+/// cold start took in `bench/scale.py`'s flood, about 5% of a worker.
+pub const DEFAULT_COLD_STARTS_PER_SECOND: u64 = 100;
+/// `cold_starts.burst` when not given. A full bucket is spent back to back by a flood, so a burst
+/// is `burst` cold starts in a row on the worker, and the warm tenants' requests queue behind
+/// them: with a burst of 100 a pooled warm tenant's p99 under a cold flood was about twice what it
+/// was with 5 (RELIABILITY.md, "Cold-tenant floods").
+pub const DEFAULT_COLD_STARTS_BURST: u64 = 5;
 
 impl InstancePolicy {
     pub const DEFAULT: InstancePolicy = InstancePolicy {
@@ -671,7 +677,10 @@ impl Config {
                 None => None,
                 Some(c) => {
                     let per_second = knob("cold_starts.per_second", c.per_second, DEFAULT_COLD_STARTS_PER_SECOND, 1..=1_000_000)? as u32;
-                    Some(ColdStartLimit { per_second, burst: knob("cold_starts.burst", c.burst, per_second as u64, 1..=1_000_000)? as u32 })
+                    Some(ColdStartLimit {
+                        per_second,
+                        burst: knob("cold_starts.burst", c.burst, DEFAULT_COLD_STARTS_BURST, 1..=1_000_000)? as u32,
+                    })
                 }
             },
             snapshots: raw.snapshots.map(|s| SnapshotSettings { dir: s.dir, key: s.key, encrypt: s.encrypt, signed: s.signed }),
@@ -784,12 +793,17 @@ mod tests {
     }
 
     #[test]
-    fn cold_starts_take_a_rate_and_a_burst_defaulting_to_it() {
+    fn cold_starts_take_a_rate_and_a_small_burst() {
         assert_eq!(parse(GOOD).unwrap().cold_starts, None);
         let with = |v: &str| GOOD.replace(r#""tenants":{"#, &format!(r#""cold_starts":{v},"tenants":{{"#));
-        assert_eq!(parse(&with(r#"{"per_second":50}"#)).unwrap().cold_starts, Some(ColdStartLimit { per_second: 50, burst: 50 }));
-        assert_eq!(parse(&with(r#"{"per_second":50,"burst":5}"#)).unwrap().cold_starts, Some(ColdStartLimit { per_second: 50, burst: 5 }));
-        assert_eq!(parse(&with("{}")).unwrap().cold_starts, Some(ColdStartLimit { per_second: 1000, burst: 1000 }));
+        assert_eq!(parse(&with(r#"{"per_second":50}"#)).unwrap().cold_starts, Some(ColdStartLimit { per_second: 50, burst: 5 }));
+        assert_eq!(
+            parse(&with(r#"{"per_second":50,"burst":80}"#)).unwrap().cold_starts,
+            Some(ColdStartLimit { per_second: 50, burst: 80 })
+        );
+        assert_eq!(parse(&with("{}")).unwrap().cold_starts, Some(ColdStartLimit { per_second: 100, burst: 5 }));
+        let e = parse(&with(r#"{"burst":0}"#)).unwrap_err().to_string();
+        assert!(e.contains("cold_starts.burst"), "{e}");
         let e = parse(&with(r#"{"per_second":0}"#)).unwrap_err().to_string();
         assert!(e.contains("cold_starts.per_second"), "{e}");
         let e = parse(&with(r#"{"rate":1}"#)).unwrap_err().to_string();
