@@ -274,12 +274,12 @@ pub const DEFAULT_MEMORY_LIMIT_MB: u64 = 64;
 pub const DEFAULT_MEMORY_BUDGET_MB: u64 = 2048;
 pub const DEFAULT_CRASH_LOOP: CrashLoop = CrashLoop { failures: 5, window_ms: 10_000, quarantine_ms: 30_000 };
 /// `cold_starts.per_second` when `cold_starts` is given without it: at the 250-1,000 us a pooled
-/// cold start took in `bench/scale.py`'s flood, about 5% of a worker.
+/// cold start took in `bench/scale.py`'s flood, 2.5-10% of a worker.
 pub const DEFAULT_COLD_STARTS_PER_SECOND: u64 = 100;
 /// `cold_starts.burst` when not given. A full bucket is spent back to back by a flood, so a burst
 /// is `burst` cold starts in a row on the worker, and the warm tenants' requests queue behind
-/// them: with a burst of 100 a pooled warm tenant's p99 under a cold flood was about twice what it
-/// was with 5 (RELIABILITY.md, "Cold-tenant floods").
+/// them: with a burst of 100 a pooled warm tenant's p99 under a cold flood was 1.5-1.8 ms, with 5
+/// 0.8-1.2 ms (RELIABILITY.md, "Cold-tenant floods").
 pub const DEFAULT_COLD_STARTS_BURST: u64 = 5;
 
 impl InstancePolicy {
