@@ -419,11 +419,13 @@ class Envoy:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/stats/prometheus", timeout=5) as r:
             return r.read().decode()
 
-    def metric(self, name, tenant):
-        """The value of prometheus sample `name{tenant="..."}` (summed if repeated), or None."""
+    def metric(self, name, tenant=None):
+        """The value of prometheus sample `name{tenant="..."}`, or of the unlabelled `name{}` if no
+        tenant is given (summed if repeated), or None."""
+        sample = f'{name}{{tenant="{tenant}"}} ' if tenant is not None else f"{name}{{}} "
         total = None
         for line in self.stats().splitlines():
-            if line.startswith(f'{name}{{tenant="{tenant}"}} '):
+            if line.startswith(sample):
                 total = (total or 0) + float(line.rsplit(" ", 1)[1])
         return total
 

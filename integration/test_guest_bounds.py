@@ -120,11 +120,12 @@ class Stats(unittest.TestCase):
                 self.assertEqual(m("envoy_thaw_wasm_pool_hit_total", "pool"), 4)
                 self.assertEqual(m("envoy_thaw_wasm_instance_pool_size", "pool"), 1)
                 self.assertEqual(m("envoy_thaw_wasm_instance_pool_size", "fresh"), None)
-                self.assertEqual(m("envoy_thaw_wasm_cold_start_microseconds_count", "pool"), 1)
-                self.assertEqual(m("envoy_thaw_wasm_cold_start_microseconds_count", "fresh"), 5)
+                # One cold start for the pooled tenant, one per request for the fresh one; the
+                # latency histograms are not labelled by tenant.
+                self.assertEqual(m("envoy_thaw_wasm_cold_start_microseconds_count"), 6)
+                self.assertEqual(m("envoy_thaw_wasm_cold_start_microseconds_count", "pool"), None)
                 # Both tenants use one artifact: it was read, verified and loaded once.
-                loads = [m("envoy_thaw_wasm_aot_load_microseconds_count", t) for t in ("pool", "fresh")]
-                self.assertEqual(sorted(loads, key=str), [1.0, None])
+                self.assertEqual(m("envoy_thaw_wasm_aot_load_microseconds_count"), 1)
             upstream.close()
         finally:
             h.cleanup(d)

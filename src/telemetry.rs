@@ -3,7 +3,8 @@
 //!
 //! The metric catalogue lives here; `envoy::hooks` defines the metrics with Envoy at config
 //! creation, and every place that counts does so through a [`StatsSink`] (an Envoy stream, the
-//! config being created, or a test fake). Every metric is labelled by `tenant`.
+//! config being created, or a test fake). Every metric but the three latency histograms is labelled
+//! by `tenant` (see [`Metric::labels`]).
 
 use crate::config::TenantId;
 
@@ -133,9 +134,18 @@ impl Metric {
         }
     }
 
-    /// Label names: every metric has `tenant`; guest-defined ones also `name`.
+    /// Label names: guest-defined metrics have `tenant` and `name`, `wasm_artifact_refused` has
+    /// `tenant` and `reason`, the latency histograms (cold start, snapshot resume, artifact load)
+    /// none, every other metric `tenant`.
+    ///
+    /// The latency histograms are unlabelled because Envoy merges every histogram at each stats
+    /// flush on its main thread, which shares the workers' CPUs: one histogram per tenant ever
+    /// started made a cold-tenant flood slow every flush down, round by round, and with it every
+    /// warm tenant's requests (RELIABILITY.md, "Cold-tenant floods"). Per-tenant cold starts stay
+    /// visible as `wasm_pool_miss_total` (pooled) and a tenant's slowness in its own p99.
     pub fn labels(self) -> &'static [&'static str] {
         match self {
+            Metric::ColdStart | Metric::SnapshotResume | Metric::AotLoad => &[],
             Metric::GuestCounter | Metric::GuestGauge | Metric::GuestHistogram => &[TENANT_LABEL, GUEST_NAME_LABEL],
             Metric::ArtifactRefused => &[TENANT_LABEL, REASON_LABEL],
             _ => &[TENANT_LABEL],
@@ -152,7 +162,7 @@ impl Metric {
     }
 }
 
-/// The label every metric carries.
+/// The label every metric but the latency histograms carries.
 pub const TENANT_LABEL: &str = "tenant";
 /// The second label of guest-defined metrics: the name the guest gave it.
 pub const GUEST_NAME_LABEL: &str = "name";

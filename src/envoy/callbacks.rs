@@ -181,15 +181,17 @@ pub struct ConfigStats {
 
 impl StatsSink for ConfigStats {
     fn record(&mut self, metric: Metric, tenant: &TenantId, value: i64) {
-        let label = [ModuleBuffer::of(tenant.as_str().as_bytes())];
+        let tenant_label = [ModuleBuffer::of(tenant.as_str().as_bytes())];
+        let label = &tenant_label[..metric.labels().len().min(1)]; // none for unlabelled metrics
         let id = self.ids.0[metric.index()];
         let record = match metric.kind() {
             MetricKind::Counter => self.cb.http_filter_config_increment_counter,
             MetricKind::Histogram => self.cb.http_filter_config_record_histogram_value,
             MetricKind::Gauge => return, // no gauge moves at config creation
         };
-        // SAFETY: `ce` is the config pointer of the running config hook; `id` was defined on it;
-        // the label buffer is borrowed for the call.
+        // SAFETY: `ce` is the config pointer of the running config hook; `id` was defined on it
+        // with as many labels as `label` holds (none or the tenant); the buffer is borrowed for
+        // the call.
         unsafe { record(self.ce, id, label.as_ptr(), label.len(), value.max(0) as u64) };
     }
 
@@ -307,7 +309,8 @@ impl EnvoyStream {
 
 impl StatsSink for EnvoyStream {
     fn record(&mut self, metric: Metric, tenant: &TenantId, value: i64) {
-        let label = [ModuleBuffer::of(tenant.as_str().as_bytes())];
+        let tenant_label = [ModuleBuffer::of(tenant.as_str().as_bytes())];
+        let label = &tenant_label[..metric.labels().len().min(1)]; // none for unlabelled metrics
         let id = self.ids.0[metric.index()];
         let (record, amount) = match metric.kind() {
             MetricKind::Counter => (self.cb.http_filter_increment_counter, value.max(0) as u64),
@@ -315,8 +318,8 @@ impl StatsSink for EnvoyStream {
             MetricKind::Gauge if value >= 0 => (self.cb.http_filter_increment_gauge, value as u64),
             MetricKind::Gauge => (self.cb.http_filter_decrement_gauge, value.unsigned_abs()),
         };
-        // SAFETY: live stream of the current hook; `id` was defined on this stream's config; the
-        // label buffer is borrowed for the call.
+        // SAFETY: live stream of the current hook; `id` was defined on this stream's config with
+        // as many labels as `label` holds (none or the tenant); the buffer is borrowed for the call.
         unsafe { record(self.fe, id, label.as_ptr(), label.len(), amount) };
     }
 
