@@ -141,8 +141,9 @@ impl Metric {
     /// The latency histograms are unlabelled because Envoy merges every histogram at each stats
     /// flush on its main thread, which shares the workers' CPUs: one histogram per tenant ever
     /// started made a cold-tenant flood slow every flush down, round by round, and with it every
-    /// warm tenant's requests (RELIABILITY.md, "Cold-tenant floods"). Per-tenant cold starts stay
-    /// visible as `wasm_pool_miss_total` (pooled) and a tenant's slowness in its own p99.
+    /// warm tenant's requests (RELIABILITY.md, "Cold-tenant floods"). A pooled tenant's cold
+    /// starts stay counted per tenant as `wasm_pool_miss_total`; a per_request tenant has one per
+    /// request.
     pub fn labels(self) -> &'static [&'static str] {
         match self {
             Metric::ColdStart | Metric::SnapshotResume | Metric::AotLoad => &[],

@@ -149,7 +149,7 @@ impl Callouts for ConfigCaller {
 pub struct MetricIds([usize; Metric::ALL.len()]);
 
 impl MetricIds {
-    /// Defines every metric of `telemetry::Metric` with Envoy, labelled by tenant. Only possible
+    /// Defines every metric of `telemetry::Metric` with Envoy, with its labels. Only possible
     /// during config creation (Envoy freezes definitions afterwards).
     pub(super) fn define(cb: &Callbacks, ce: ConfigEnvoyPtr) -> Result<MetricIds, String> {
         let mut ids = [0usize; Metric::ALL.len()];
