@@ -720,6 +720,9 @@ def report(results, args, started, finished, m0, m1, pngs):
     w("## Running one scenario\n")
     w("`./bazel-free-build.sh bench` runs all. One scenario: `./bazel-free-build.sh bench --scenarios 3` (1 start/memory, 2 cold tenant, "
       "3 per-request, 5 heavy init, 6 micro, 7 where the time goes; 4 is measured with 1). `--quick` uses fewer tenants and shorter runs.\n")
+    w("Platform scale (10,000 and 100,000 tenants), a reload that changes one tenant of 10,000, and cold-tenant floods in both "
+      "isolation modes, with and without `cold_starts`: `./bazel-free-build.sh scale` (`bench/scale.py`), which writes its figures "
+      "into [RELIABILITY.md](RELIABILITY.md), \"Scale, reloads and cold-tenant floods\".\n")
     return "\n".join(L) + "\n"
 
 
