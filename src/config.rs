@@ -231,8 +231,9 @@ pub struct CrashLoop {
 /// How many first requests of tenants a worker has not served lately (cold starts) it takes per
 /// second, with bursts of up to `burst`; past it, such requests are shed (503, `retry-after`), so
 /// a flood aimed at never-seen tenants cannot make every request pay for cold starts. A rate, not
-/// a count of concurrent cold starts: a worker runs one at a time on its own thread, so what a
-/// flood takes from its warm tenants is the worker time the cold starts use per second.
+/// a count of concurrent cold starts: a worker runs one at a time on its own thread, so such a
+/// count would always be one; the bucket bounds the worker time cold starts take, on average
+/// (`per_second`) and back to back (`burst`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ColdStartLimit {
     pub per_second: u32,

@@ -138,12 +138,11 @@ impl Metric {
     /// `tenant` and `reason`, the latency histograms (cold start, snapshot resume, artifact load)
     /// none, every other metric `tenant`.
     ///
-    /// The latency histograms are unlabelled because Envoy merges every histogram at each stats
-    /// flush on its main thread, which shares the workers' CPUs: one histogram per tenant ever
-    /// started made a cold-tenant flood slow every flush down, round by round, and with it every
-    /// warm tenant's requests (RELIABILITY.md, "Cold-tenant floods"). A pooled tenant's cold
-    /// starts stay counted per tenant as `wasm_pool_miss_total`; a per_request tenant has one per
-    /// request.
+    /// The latency histograms are unlabelled because at every stats flush Envoy visits each
+    /// histogram on every worker and merges it on the main thread: one histogram per tenant ever
+    /// started grows that work with every tenant a flood of never-seen tenants starts
+    /// (RELIABILITY.md, "Cold-tenant floods"). A pooled tenant's fresh instances stay counted per tenant in
+    /// `wasm_pool_miss_total`; a per_request tenant makes one for every request.
     pub fn labels(self) -> &'static [&'static str] {
         match self {
             Metric::ColdStart | Metric::SnapshotResume | Metric::AotLoad => &[],
