@@ -35,7 +35,8 @@ use std::time::{Duration, Instant};
 /// `wasm_snapshot_resume_microseconds`) are recorded per worker per second. One value into an
 /// Envoy histogram (then labelled by tenant) cost Envoy more than resuming the instance it times:
 /// per_request with a snapshot served 6-12% more requests a second without it (`bench/bench.py`'s
-/// peer under wrk, paired runs). Below this rate every instance is counted; above it the histograms hold a sample.
+/// peer under wrk, paired runs). Below this rate every instance is counted; above it the
+/// histograms hold a sample.
 pub const LATENCY_SAMPLES_PER_SECOND: u32 = 100;
 
 /// How often a worker sweeps its idle instances for retirement.

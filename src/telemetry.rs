@@ -3,8 +3,8 @@
 //!
 //! The metric catalogue lives here; `envoy::hooks` defines the metrics with Envoy at config
 //! creation, and every place that counts does so through a [`StatsSink`] (an Envoy stream, the
-//! config being created, or a test fake). Every metric but the three latency histograms is labelled
-//! by `tenant` (see [`Metric::labels`]).
+//! config being created, or a test fake). Every metric but the three latency histograms is
+//! labelled by `tenant` (see [`Metric::labels`]).
 
 use crate::config::TenantId;
 
@@ -141,8 +141,8 @@ impl Metric {
     /// The latency histograms are unlabelled because at every stats flush Envoy visits each
     /// histogram on every worker and merges it on the main thread: one histogram per tenant ever
     /// started grows that work with every tenant a flood of never-seen tenants starts
-    /// (RELIABILITY.md, "Cold-tenant floods"). A pooled tenant's fresh instances stay counted per tenant in
-    /// `wasm_pool_miss_total`; a per_request tenant makes one for every request.
+    /// (RELIABILITY.md, "Cold-tenant floods"). A pooled tenant's fresh instances stay counted per
+    /// tenant in `wasm_pool_miss_total`; a per_request tenant makes one for every request.
     pub fn labels(self) -> &'static [&'static str] {
         match self {
             Metric::ColdStart | Metric::SnapshotResume | Metric::AotLoad => &[],
